@@ -1,0 +1,415 @@
+"""Typed run configuration: defaults < YAML file < `--set key=value` overrides.
+
+Every knob has a dotted name (`loss.k_sap_pos`, `model.embed_dim`, ...). Sweeps, MLflow params and
+checkpoints all use these names, so they are the public contract of the project. Unknown keys,
+wrong types and out-of-range values raise `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cobra.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------
+# Field helpers: validation rules travel with the field as dataclass metadata.
+
+
+def _f(default: Any, *, choices: Iterable[Any] | None = None, ge: float | None = None,
+       gt: float | None = None, le: float | None = None, help: str = "") -> Any:  # noqa: A002
+    meta = {"choices": tuple(choices) if choices else None, "ge": ge, "gt": gt, "le": le,
+            "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections. Each lives next to the code that reads it in spirit; they are gathered here so the
+# whole contract can be read (and validated) in one place.
+
+
+@dataclass
+class ModelConfig:
+    cnn: str = _f("resnet152", help="timm name of the CNN (CAK) branch backbone")
+    vit: str = _f("deit_small_patch16_224", help="timm name of the ViT (SAK) branch backbone")
+    branches: str = _f("both", choices=("both", "cnn", "vit"),
+                       help="`cnn`/`vit` train one branch alone (Table 3's single-branch rows)")
+    embed_dim: int = _f(256, ge=1, help="D, the CAP/SAP projection size (Table 11)")
+    pretrained: bool | str = _f(
+        True, help="true: timm hub weights; false: random init; a path: a local weights file "
+        "(single branch) or a directory holding <timm_name>.safetensors|.pth per backbone")
+    cnn_downsample: str = _f(
+        "stride", choices=("stride", "dilate"),
+        help="how the CNN reaches output stride 16: last stage stride 1 without dilation "
+        "(authors) or timm's dilated output_stride=16")
+    freeze_bn: bool = _f(True, help="BatchNorm uses frozen running statistics (IRN convention)")
+    freeze_stem: bool = _f(True, help="CNN stem takes no gradient (IRN convention)")
+    detach_stage2: bool = _f(False, help="stop gradients below the CNN's second stage (IRN)")
+    vit_cam_kernel: int = _f(3, ge=1, help="kernel size of the ViT CAM head (authors: 3)")
+
+
+@dataclass
+class LossConfig:
+    k_sap_pos: int = _f(20, ge=1, help="k+ for L_sap: top-k patches by the pseudo class score")
+    k_sap_neg: int = _f(5, ge=1, help="k- for L_sap: bottom-k patches by the pseudo class score")
+    k_cap_pos: int = _f(5, ge=1, help="k+ for L_cap: top-k patches by ViT patch affinity")
+    k_cap_neg: int = _f(20, ge=1, help="k- for L_cap: bottom-k patches by ViT patch affinity")
+    lambda_cam: float = _f(0.1, ge=0.0, help="λ1, weight of L_cam")
+    lambda_proj: float = _f(0.1, ge=0.0, help="λ2, weight of L_sap + L_cap")
+    tau: float = _f(0.1, gt=0.0, help="InfoNCE temperature τ")
+    cam_start_epoch: int = _f(1, ge=0, help="epochs trained before L_cam switches on")
+    proj_start_epoch: int = _f(1, ge=0, help="epochs trained before L_sap and L_cap switch on")
+    use_cam: bool = _f(True, help="include L_cam (Table 3)")
+    use_cap: bool = _f(True, help="include L_cap (Table 3)")
+    use_sap: bool = _f(True, help="include L_sap (Table 3)")
+    exclude_self_pair: bool = _f(False, help="drop the anchor itself from its positive set")
+    fidelity: str = _f(
+        "paper", choices=("paper", "code"),
+        help="`code` reproduces the authors' released behaviour (see SPEC.md): exp(s)/τ in SAP, "
+        "absent classes zeroed before the pseudo-label softmax, CNN projection head untrained")
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = _f(240, ge=1, help="images in the synthetic train split")
+    num_val: int = _f(80, ge=1, help="images in the synthetic val split")
+    image_size: int = _f(128, ge=32, help="side of the square synthetic images")
+    seed: int = _f(0, ge=0, help="generator seed: the same seed writes the same dataset")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("synthetic", choices=("synthetic", "voc", "coco"))
+    root: str | None = _f(
+        None, help="dataset root (VOC layout for synthetic/voc, COCO 2014 for coco); "
+        "synthetic with no root is written to a cache dir keyed by its generator settings")
+    image_size: int = _f(224, ge=16, help="training crop side; the ViT patch grid follows it")
+    resize_long: list[int] = _f([320, 640], help="random resize range of the long side [lo, hi]")
+    train_split: str | None = _f(None, help="None: train_aug if present, else train")
+    val_split: str = _f("val")
+    seed_split: str = _f("train", help="split on which seeds and masks are made and scored")
+    num_workers: int = _f(2, ge=0)
+    on_bad_file: str = _f("fail", choices=("fail", "skip"),
+                          help="corrupt or missing images: fail listing them, or skip counting")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(20, ge=1)
+    batch_size: int = _f(32, ge=1)
+    lr: float = _f(0.1, gt=0.0, help="backbone lr; new heads get lr × head_lr_mult")
+    head_lr_mult: float = _f(10.0, gt=0.0)
+    weight_decay: float = _f(1e-4, ge=0.0)
+    momentum: float = _f(
+        0.0, ge=0.0, le=1.0,
+        help="SGD momentum. The IRN lineage passed weight_decay positionally into momentum, so "
+        "the published runs trained with none; set it explicitly here")
+    poly_power: float = _f(0.9, ge=0.0)
+    seed: int = _f(0, ge=0)
+    device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
+    max_steps_per_epoch: int | None = _f(None, help="cap steps per epoch (smoke tests, demos)")
+    progress: bool = _f(True, help="show a progress bar")
+
+
+@dataclass
+class SeedsConfig:
+    fusion: str = _f("fuse", choices=("cnn", "tran", "avg", "max", "fuse", "fuse_code"),
+                     help="how M_cnn and M_tran are combined (Table 5); fuse_code = fuse")
+    scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    flip: bool = _f(True, help="add each scale's horizontal flip")
+    fixed_bg: float = _f(0.15, ge=0.0, le=1.0, help="IRN's fixed background score")
+    threshold_grid: list[float] = _f([round(0.05 * i, 2) for i in range(1, 20)],
+                                     help="fixed background scores swept on ground truth")
+    percentile_grid: list[float] = _f([float(p) for p in range(50, 100, 5)],
+                                      help="A_obj percentiles θ swept (the paper's protocol)")
+    max_images: int | None = _f(None, help="make seeds for only the first N images")
+
+
+@dataclass
+class MasksConfig:
+    """Stages `ir_labels`, `irn` and `masks` (owned by cobra/masks/)."""
+
+
+@dataclass
+class SegmentConfig:
+    """Stage `segment` (owned by cobra/segment/)."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs", help="parent directory of run directories")
+    name: str | None = _f(None, help="run directory name; None: a timestamped name")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Introspection
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """All leaf keys of a config class, dotted (`loss.k_sap_pos`, ...)."""
+    keys: list[str] = []
+    hints = _hints(cls)
+    for name in _fields(cls):
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            keys += dotted_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(key: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def unknown_key_error(key: str, where: str = "config") -> ConfigError:
+    return ConfigError(f"unknown {where} key '{key}'{_suggest(key, dotted_keys())}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Type coercion and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:  # first type that accepts the value wins (bool before str in bool|str)
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{key}' must be a string, got {value!r}")
+    raise ConfigError(f"'{key}' has an unsupported type {tp!r}")  # a bug in this file
+
+
+def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"'{key}' must be one of {', '.join(map(str, choices))}; got {value!r}"
+                          f"{_suggest(str(value), map(str, choices))}")
+    for bound, ok, text in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                            ("le", lambda v, b: v <= b, "<=")):
+        b = meta.get(bound)
+        if b is not None and isinstance(value, (int, float)) and not ok(value, b):
+            raise ConfigError(f"'{key}' must be {text} {b}, got {value!r}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate section `cls` from a (possibly partial) mapping, validating each value."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+    fields, hints = _fields(cls), _hints(cls)
+    for name in data:
+        if name not in fields:
+            raise unknown_key_error(f"{prefix}{name}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key, tp, value = f"{prefix}{name}", hints[name], data[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+            _check_range(key, kwargs[name], f.metadata)
+    return cls(**kwargs)
+
+
+def _validate_cross_field(cfg: Config) -> None:
+    lo, hi = (cfg.data.resize_long + [0, 0])[:2]
+    if len(cfg.data.resize_long) != 2 or not 0 < lo <= hi:
+        raise ConfigError(f"'data.resize_long' must be [lo, hi] with 0 < lo <= hi, "
+                          f"got {cfg.data.resize_long}")
+    if not cfg.seeds.scales or any(s <= 0 for s in cfg.seeds.scales):
+        raise ConfigError(f"'seeds.scales' must be positive numbers, got {cfg.seeds.scales}")
+    if any(not 0 <= t <= 1 for t in cfg.seeds.threshold_grid):
+        raise ConfigError("'seeds.threshold_grid' values must lie in [0, 1]")
+    if any(not 0 <= p <= 100 for p in cfg.seeds.percentile_grid):
+        raise ConfigError("'seeds.percentile_grid' values must lie in [0, 100]")
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain-dict form (YAML/JSON friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """`{'loss.k_sap_pos': 20, ...}` for every leaf."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def unflatten(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten` for a partial set of dotted keys; unknown keys raise ConfigError."""
+    known = set(dotted_keys())
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if key not in known:
+            raise unknown_key_error(key)
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`'loss.tau=0.05'` -> `('loss.tau', 0.05)`; the value is read as YAML (so `true`, `[1,2]`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not key=value; e.g. --set loss.tau=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with safe_load; a missing or malformed file is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; check the path")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, e.g. 'loss: {{}}'")
+    return data
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from a nested mapping (a YAML file, a checkpoint)."""
+    cfg = _build(Config, data, "")
+    _validate_cross_field(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < `base` mapping < YAML file at `path` < `key=value` overrides, validated."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+    dotted = dict(parse_override(o) for o in overrides)
+    data = _deep_merge(data, unflatten(dotted))
+    return from_dict(data)
+
+
+def with_overrides(cfg: Config, dotted: Mapping[str, Any]) -> Config:
+    """A new validated Config with dotted keys replaced (used by sweeps)."""
+    return from_dict(_deep_merge(to_dict(cfg), unflatten(dotted)))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every knob, for `launch.py config --list`."""
+    rows = []
+    defaults = flatten(Config())
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for name, f in _fields(cls).items():
+            if dataclasses.is_dataclass(hints[name]):
+                walk(hints[name], f"{prefix}{name}.")
+            else:
+                key = f"{prefix}{name}"
+                rows.append((key, defaults[key], f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows

@@ -1,0 +1,160 @@
+"""Where every stage reads and writes: the on-disk contract of a run directory, in one place.
+
+    RUN/
+      config.yaml            resolved config of the run
+      metrics.jsonl          the file reporter's log (one JSON object a line)
+      summary.json           headline metrics of every stage that finished
+      checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
+      seeds/<id>.npz         per-image CAMs (stage `seeds`)
+      seeds/eval.json        seed mIoU per threshold protocol
+      ir_labels/<id>.png     IR labels, palette PNG, 255 = unknown (stage `ir_labels`)
+      irn/model.pt           refinement network (stage `irn`)
+      masks/rw/<id>.npz      random-walk class probabilities (stage `masks`)
+      masks/png/<id>.png     pseudo masks (stage `masks`)
+      segment/model.pt       segmentation network (stage `segment`)
+      segment/pred/<id>.png  segmentation predictions
+      pictures/*.png         overlays for humans
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cobra.errors import CobraError
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    # --- files of the run as a whole
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def pictures(self) -> Path:
+        return self.root / "pictures"
+
+    # --- stage `train`
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    # --- stage `seeds`
+    @property
+    def seeds(self) -> Path:
+        return self.root / "seeds"
+
+    def seed_file(self, image_id: str) -> Path:
+        return self.seeds / f"{image_id}.npz"
+
+    @property
+    def seeds_eval(self) -> Path:
+        return self.seeds / "eval.json"
+
+    # --- stage `ir_labels`
+    @property
+    def ir_labels(self) -> Path:
+        return self.root / "ir_labels"
+
+    def ir_label_file(self, image_id: str) -> Path:
+        return self.ir_labels / f"{image_id}.png"
+
+    # --- stage `irn`
+    @property
+    def irn(self) -> Path:
+        return self.root / "irn"
+
+    @property
+    def irn_checkpoint(self) -> Path:
+        return self.irn / "model.pt"
+
+    # --- stage `masks`
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    def rw_file(self, image_id: str) -> Path:
+        return self.masks / "rw" / f"{image_id}.npz"
+
+    def mask_file(self, image_id: str) -> Path:
+        return self.masks / "png" / f"{image_id}.png"
+
+    # --- stage `segment`
+    @property
+    def segment(self) -> Path:
+        return self.root / "segment"
+
+    @property
+    def segment_checkpoint(self) -> Path:
+        return self.segment / "model.pt"
+
+    def segment_pred_file(self, image_id: str) -> Path:
+        return self.segment / "pred" / f"{image_id}.png"
+
+    # --- helpers
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text()) if self.summary.exists() else {}
+
+    def update_summary(self, metrics: dict[str, Any]) -> None:
+        """Merge `metrics` into summary.json (atomically, so a crash never leaves half a file)."""
+        merged = {**self.read_summary(), **metrics}
+        atomic_write_text(self.summary, json.dumps(merged, indent=2, sort_keys=True))
+
+
+def new_run(parent: str | Path, name: str | None, *, exist_ok: bool = False) -> RunLayout:
+    """Create a fresh run directory; refuses to reuse an existing one unless `exist_ok`."""
+    name = name or time.strftime("%Y%m%d-%H%M%S")
+    root = Path(parent).expanduser().resolve() / name
+    if root.exists() and any(root.iterdir()) and not exist_ok:
+        raise CobraError(f"run directory '{root}' already exists; pick another run.name "
+                         f"or pass --resume to continue it")
+    root.mkdir(parents=True, exist_ok=True)
+    return RunLayout(root)
+
+
+def open_run(path: str | Path) -> RunLayout:
+    """An existing run directory (one with a config.yaml)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "config.yaml").is_file():
+        raise CobraError(f"'{root}' is not a run directory (no config.yaml); "
+                         f"run `launch.py train` first or check the path")
+    return RunLayout(root)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory + fsync + rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())

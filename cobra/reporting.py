@@ -1,0 +1,117 @@
+"""The reporter interface: how training and stages tell the outside world what happened.
+
+Training code calls these methods and knows nothing else. The file reporter ships here; the sweep
+package plugs in Ray and MLflow reporters with the same methods, so training never imports either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Reporter:
+    """Base reporter: every hook is a no-op, so a subclass overrides only what it cares about."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Flat dotted config keys and other run settings, once at the start."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Scalars (per step or per stage)."""
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float],
+                  checkpoint: Path | None = None) -> None:
+        """End of a training epoch: averages of the epoch's losses, validation metrics, and the
+        checkpoint just written (a sweep scheduler may stop the trial or restore from it)."""
+        self.log_metrics(metrics, step=epoch)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        """A file (picture, table, checkpoint) worth keeping with the run."""
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        """Headline metrics of a finished stage (`seed_miou`, `mask_miou`, ...)."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """The run ended: FINISHED, FAILED or KILLED."""
+
+
+class FileReporter(Reporter):
+    """JSON lines in the run directory: `{"kind": ..., "time": ..., ...}` one per event."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, kind: str, **payload: Any) -> None:
+        record = {"kind": kind, "time": round(time.time(), 3), **payload}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(_jsonable(record)) + "\n")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._write("params", params=dict(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._write("metrics", step=step, metrics=dict(metrics))
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float],
+                  checkpoint: Path | None = None) -> None:
+        self._write("epoch", epoch=epoch, metrics=dict(metrics),
+                    checkpoint=str(checkpoint) if checkpoint else None)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self._write("artifact", path=str(path), subdir=subdir)
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        self._write("summary", metrics=dict(metrics))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._write("end", status=status)
+
+
+class MultiReporter(Reporter):
+    """Fan every call out to several reporters, in order."""
+
+    def __init__(self, reporters: Sequence[Reporter]) -> None:
+        self.reporters = list(reporters)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        for r in self.reporters:
+            r.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for r in self.reporters:
+            r.log_metrics(metrics, step)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float],
+                  checkpoint: Path | None = None) -> None:
+        for r in self.reporters:
+            r.log_epoch(epoch, metrics, checkpoint)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        for r in self.reporters:
+            r.log_artifact(path, subdir)
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        for r in self.reporters:
+            r.log_summary(metrics)
+
+    def close(self, status: str = "FINISHED") -> None:
+        for r in self.reporters:
+            r.close(status)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf become null (strict JSON), numpy scalars become Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
