@@ -1,0 +1,159 @@
+"""Command line: `python launch.py COMMAND ...`. Thin: parse, call a library function, print.
+
+Every command ends by printing one JSON line with its headline metrics (and the run directory) on
+stdout so scripts can read it. Problems the user can fix print one `error:` line on stderr and exit
+with code 2; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cobra.errors import CobraError, NonFiniteLossError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and still exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key (repeatable), e.g. --set loss.tau=0.05")
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from cobra.config import load_config, with_overrides
+    from cobra.layout import new_run, open_run
+    from cobra.pipeline import run_trial
+    from cobra.reporting import FileReporter
+    from cobra.stages import train
+
+    if args.resume:
+        layout = open_run(args.resume)
+        cfg = load_config(layout.config, args.overrides)
+        resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
+    else:
+        cfg = load_config(args.config, args.overrides)
+        if args.name:
+            cfg = with_overrides(cfg, {"run.name": args.name})
+        layout = new_run(cfg.run.dir, cfg.run.name)
+        resume_from = None
+    reporter = FileReporter(layout.metrics)
+    try:
+        if args.no_seeds:
+            metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
+        else:
+            metrics = run_trial(cfg, layout, reporter, resume_from=resume_from)
+    except BaseException:
+        reporter.close("FAILED")
+        raise
+    reporter.close("FINISHED")
+    return {**metrics, "run_dir": str(layout.root)}
+
+
+def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
+    from cobra.config import load_config
+    from cobra.layout import open_run
+    from cobra.pipeline import run_stages
+    from cobra.reporting import FileReporter
+
+    layout = open_run(args.run_dir)
+    cfg = load_config(layout.config, args.overrides)
+    reporter = FileReporter(layout.metrics)
+    metrics = run_stages(cfg, layout, reporter, stages=args.names, force=args.force)
+    return {**metrics, "run_dir": str(layout.root)}
+
+
+def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
+    from cobra.config import load_config
+    from cobra.data.synthetic import write_synthetic
+
+    cfg = load_config(None, args.overrides)
+    root = write_synthetic(Path(args.out), cfg.data.synthetic)
+    return {"data_root": str(root)}
+
+
+def cmd_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    import yaml
+
+    from cobra.config import describe, load_config, to_dict
+
+    if args.list:
+        for key, default, text in describe():
+            print(f"{key:32s} {default!s:24s} {text}")
+        return None
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="launch.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train CoBra, then make and score seeds")
+    p.add_argument("config", nargs="?", help="run config YAML (default: built-in defaults)")
+    p.add_argument("--name", help="run directory name under run.dir")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--no-seeds", action="store_true", help="stop after training")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("stage", help="run post-training stages on an existing run directory")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="seeds, ir_labels, irn, masks, segment (in that order)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--force", action="store_true", help="redo even if outputs are complete")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("data", help="write the built-in synthetic dataset in VOC layout")
+    p.add_argument("kind", choices=["synthetic"])
+    p.add_argument("--out", required=True, help="directory to write (must not hold other data)")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("config", help="print the resolved config, or --list every key")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--list", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_config)
+
+    try:
+        from cobra.sweep.cli import add_subcommands
+    except ModuleNotFoundError as exc:  # only while the sweep package is absent
+        if exc.name is None or not exc.name.startswith("cobra.sweep"):
+            raise
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except CobraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(json.dumps(result, default=str))
+    return 0

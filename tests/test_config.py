@@ -1,0 +1,111 @@
+"""Config: precedence, validation errors naming the dotted key, round-trips."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cobra import config
+from cobra.errors import ConfigError
+
+
+def test_precedence_defaults_file_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"loss": {"tau": 0.2, "k_sap_pos": 7}, "train": {"epochs": 3}}))
+    cfg = config.load_config(path, ["loss.tau=0.05", "model.branches=cnn"])
+    assert cfg.loss.tau == 0.05  # override beats file
+    assert cfg.loss.k_sap_pos == 7  # file beats default
+    assert cfg.train.epochs == 3
+    assert cfg.model.branches == "cnn"
+    assert cfg.loss.k_cap_neg == config.LossConfig().k_cap_neg  # untouched default
+
+
+def test_paper_knobs_have_the_documented_dotted_names():
+    keys = set(config.dotted_keys())
+    documented = {
+        "loss.k_sap_pos", "loss.k_sap_neg", "loss.k_cap_pos", "loss.k_cap_neg",
+        "loss.lambda_cam", "loss.lambda_proj", "loss.tau", "loss.cam_start_epoch",
+        "model.embed_dim", "model.cnn", "model.vit", "model.branches", "model.pretrained",
+        "data.dataset", "data.root", "data.image_size", "train.epochs", "train.batch_size",
+        "train.lr", "train.seed", "seeds.fusion", "seeds.scales",
+    }
+    assert documented <= keys
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("loss.k_sap_pos_=3", "unknown config key 'loss.k_sap_pos_'; did you mean 'loss.k_sap_pos'"),
+        ("los.tau=0.1", "unknown config key 'los.tau'"),
+        ("loss.k_sap_pos=abc", "'loss.k_sap_pos' must be an integer"),
+        ("loss.k_sap_pos=2.5", "'loss.k_sap_pos' must be an integer"),
+        ("loss.tau=0", "'loss.tau' must be > 0.0"),
+        ("loss.k_cap_neg=0", "'loss.k_cap_neg' must be >= 1"),
+        ("model.branches=cn", "did you mean 'cnn'"),
+        ("seeds.fusion=mean", "'seeds.fusion' must be one of"),
+        ("train.progress=maybe", "'train.progress' must be true or false"),
+        ("seeds.scales=[1.0, -0.5]", "'seeds.scales' must be positive"),
+        ("data.resize_long=[400, 300]", "'data.resize_long' must be [lo, hi]"),
+        ("loss", "is not key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        config.load_config(None, [override])
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  embed_dimm: 128\n")
+    with pytest.raises(ConfigError, match="did you mean 'model.embed_dim'"):
+        config.load_config(path)
+
+
+def test_section_must_be_a_mapping(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("loss: 3\n")
+    with pytest.raises(ConfigError, match="'loss' must be a mapping"):
+        config.load_config(path)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load_config(tmp_path / "nope.yaml")
+
+
+def test_pretrained_accepts_bool_or_path():
+    assert config.load_config(None, ["model.pretrained=false"]).model.pretrained is False
+    assert config.load_config(None, ["model.pretrained=/w/r18.pth"]).model.pretrained == "/w/r18.pth"
+
+
+def test_int_is_accepted_for_float_but_not_bool():
+    assert config.load_config(None, ["loss.tau=1"]).loss.tau == 1.0
+    with pytest.raises(ConfigError):
+        config.load_config(None, ["loss.tau=true"])
+
+
+def test_round_trip_through_yaml_and_flatten(tmp_path):
+    cfg = config.load_config(None, ["loss.k_sap_neg=9", "seeds.scales=[1.0, 2.0]"])
+    path = tmp_path / "saved.yaml"
+    config.save_config(cfg, path)
+    again = config.load_config(path)
+    assert again == cfg
+    flat = config.flatten(cfg)
+    assert flat["loss.k_sap_neg"] == 9
+    assert set(flat) == set(config.dotted_keys())
+    assert config.from_dict(config.unflatten(flat)) == cfg
+
+
+def test_with_overrides_validates():
+    cfg = config.Config()
+    assert config.with_overrides(cfg, {"loss.tau": 0.3}).loss.tau == 0.3
+    assert cfg.loss.tau == config.LossConfig().tau  # original untouched
+    with pytest.raises(ConfigError, match="did you mean 'loss.lambda_cam'"):
+        config.with_overrides(cfg, {"loss.lambda_camm": 1.0})
