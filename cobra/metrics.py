@@ -1,0 +1,79 @@
+"""Evaluation metrics: one confusion matrix over a whole set, mIoU from it, classification mAP.
+
+mIoU follows the field's protocol (SPEC "Evaluation"): accumulate a single confusion matrix over
+every pixel of every image (never an average of per-image scores), ignore label 255, include
+background, and leave classes absent from both prediction and ground truth out of the mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
+                     ignore_index: int = 255) -> np.ndarray:
+    """(K, K) int64 counts, rows = ground truth, columns = prediction.
+
+    pred, gt: integer arrays of the same shape with values in [0, K) (gt may hold ignore_index).
+    """
+    pred = np.asarray(pred).reshape(-1).astype(np.int64)
+    gt = np.asarray(gt).reshape(-1).astype(np.int64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction has {pred.size} pixels but ground truth has {gt.size}")
+    keep = gt != ignore_index
+    pred, gt = pred[keep], gt[keep]
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"prediction values must lie in [0, {num_classes}), "
+                         f"got [{pred.min()}, {pred.max()}]")
+    if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
+        raise ValueError(f"ground-truth values must lie in [0, {num_classes}) or be "
+                         f"{ignore_index}, got [{gt.min()}, {gt.max()}]")
+    counts = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """IoU in [0, 1] per class; NaN where the class is absent from prediction and ground truth."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mIoU %, per-class IoU %) from a confusion matrix; absent classes are NaN and skipped."""
+    iou = iou_per_class(confusion) * 100.0
+    valid = ~np.isnan(iou)
+    miou = float(iou[valid].mean()) if valid.any() else float("nan")
+    return miou, iou
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the precision-recall step curve for one class (ties share one threshold).
+
+    scores: (N,) any real; positives: (N,) bool. NaN when there is no positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives).astype(bool)
+    n_pos = int(positives.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, positives = scores[order], positives[order]
+    tp = np.cumsum(positives)
+    # Evaluate only at the last index of each run of equal scores, so tied items count together.
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tp = tp[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / n_pos
+    recall_gain = np.diff(np.r_[0.0, recall])
+    return float((recall_gain * precision).sum())
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Classification mAP (%) over classes with at least one positive. scores, labels: (N, C)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    aps = [average_precision(scores[:, c], labels[:, c] > 0.5) for c in range(labels.shape[1])]
+    aps = [ap for ap in aps if not np.isnan(ap)]
+    return float(np.mean(aps) * 100.0) if aps else float("nan")
