@@ -1,0 +1,139 @@
+"""CoBra's losses (paper Eq. 1–4) as vectorised functions of tensors and scalars.
+
+Shapes: B batch, C foreground classes (index 0 = background in every C+1 tensor), N_h × N_w
+patch grid, M = N_h·N_w patches, D projection size. The guiding side of each complementary loss
+is detached (one-way knowledge transfer): L_cap learns from the ViT's affinity, L_sap from the
+CNN's CAM. The slow references these must match live in tests/test_losses.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cobra.errors import ConfigError
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label soft-margin loss (what both codebases use where the paper says "softmax").
+
+    logits, labels: (B, C).
+    """
+    return F.multilabel_soft_margin_loss(logits, labels)
+
+
+def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: torch.Tensor,
+                         size: tuple[int, int]) -> torch.Tensor:
+    """L_cam: mean |M_cnn − M_tran| over all C+1 maps, plus the same over each image's positive
+    classes, both after bilinear upsampling to the input size.
+
+    cam_cnn, cam_vit: (B, C+1, N_h, N_w); labels: (B, C) multi-hot; size: (H, W).
+    """
+    up_cnn = F.interpolate(cam_cnn, size=size, mode="bilinear", align_corners=False)
+    up_vit = F.interpolate(cam_vit, size=size, mode="bilinear", align_corners=False)
+    diff = (up_cnn - up_vit).abs().mean(dim=(2, 3))  # (B, C+1)
+    positive = labels > 0.5
+    fg_diff = diff[:, 1:][positive]
+    fg_term = fg_diff.mean() if fg_diff.numel() else diff.new_zeros(())
+    return diff.mean() + fg_term
+
+
+def info_nce(z: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, tau: float,
+             *, neg_exp_over_tau: bool = False) -> torch.Tensor:
+    """Mean over all B·M anchors of the per-anchor InfoNCE loss (SPEC, Eq. 1–2):
+
+        ℓ_i = (1/|P⁺|) Σ_{j∈P⁺} −log( e^{s_ij/τ} / (e^{s_ij/τ} + Σ_{k∈P⁻} e^{s_ik/τ}) ),  s = z·zᵀ
+
+    z: (B, M, D) L2-normalised; pos_idx: (B, M, Kp), neg_idx: (B, M, Kn) long indices into M.
+    `neg_exp_over_tau` reproduces the authors' SAP bug, negatives weighted e^{s}/τ instead of
+    e^{s/τ}. Computed in log space, so small τ cannot overflow.
+    """
+    sim = torch.bmm(z, z.transpose(1, 2))  # (B, M, M)
+    pos = sim.gather(2, pos_idx) / tau  # (B, M, Kp)
+    neg_sim = sim.gather(2, neg_idx)  # (B, M, Kn)
+    neg = neg_sim - math.log(tau) if neg_exp_over_tau else neg_sim / tau
+    neg_lse = torch.logsumexp(neg, dim=2, keepdim=True)  # log Σ_k e^{·}: (B, M, 1)
+    per_pair = torch.logaddexp(pos, neg_lse) - pos  # −log softmax of the positive: (B, M, Kp)
+    return per_pair.mean(dim=2).mean()
+
+
+def _flatten_patches(z: torch.Tensor) -> torch.Tensor:
+    """(B, D, N_h, N_w) or (B, M, D) → (B, M, D), L2-normalised along D."""
+    if z.dim() == 4:
+        z = z.flatten(2).transpose(1, 2)
+    return F.normalize(z, dim=2)
+
+
+def _top_bottom(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor positives (top-k_pos) and negatives (bottom-k_neg) of scores (B, M, M)."""
+    m = scores.shape[-1]
+    check_k(k_pos + int(exclude_self), m, "k_pos")
+    check_k(k_neg, m, "k_neg")
+    pos_scores = scores
+    if exclude_self:
+        eye = torch.eye(m, dtype=torch.bool, device=scores.device)
+        pos_scores = scores.masked_fill(eye, float("-inf"))
+    pos_idx = pos_scores.topk(k_pos, dim=2).indices
+    neg_idx = scores.topk(k_neg, dim=2, largest=False).indices
+    return pos_idx, neg_idx
+
+
+def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int, tau: float,
+             *, exclude_self: bool = False) -> torch.Tensor:
+    """L_cap (Eq. 1): every CNN patch vector is an anchor; positives / negatives are the patches
+    with the highest / lowest ViT affinity in its row.
+
+    z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way).
+    """
+    z = _flatten_patches(z_cnn)
+    pos_idx, neg_idx = _top_bottom(affinity.detach(), k_pos, k_neg, exclude_self)
+    return info_nce(z, pos_idx, neg_idx, tau)
+
+
+def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
+                      ) -> torch.Tensor:
+    """Pseudo class per patch: argmax of the softmax over background + the image's classes.
+
+    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M) long in 0..C. `absent="zero"`
+    reproduces the authors' code, which zeroes absent classes instead of removing them, so an
+    absent class can still win where every present score is negative.
+    """
+    present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1) > 0.5
+    scores = cam_cnn.flatten(2)  # (B, C+1, M)
+    if absent == "mask":
+        scores = scores.masked_fill(~present[:, :, None], float("-inf"))
+    elif absent == "zero":
+        scores = scores * present[:, :, None]
+    else:
+        raise ValueError(f"absent must be 'mask' or 'zero', got '{absent}'")
+    return scores.softmax(dim=1).argmax(dim=1)
+
+
+def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k_pos: int,
+             k_neg: int, tau: float, *, absent: str = "mask", exclude_self: bool = False,
+             neg_exp_over_tau: bool = False) -> torch.Tensor:
+    """L_sap (Eq. 2): every ViT patch vector is an anchor; for its pseudo class c (from the CNN's
+    CAM), positives / negatives are the patches with the highest / lowest CNN score for c.
+
+    z_vit: (B, M, D) or (B, D, N_h, N_w); cam_cnn: (B, C+1, N_h, N_w), detached here (one-way);
+    labels: (B, C) multi-hot.
+    """
+    z = _flatten_patches(z_vit)
+    cam = cam_cnn.detach()
+    pseudo = sap_pseudo_labels(cam, labels, absent)  # (B, M)
+    class_scores = cam.flatten(2)  # (B, C+1, M)
+    # Row i holds the scores of all patches for anchor i's pseudo class: (B, M, M).
+    rows = class_scores.gather(1, pseudo[:, :, None].expand(-1, -1, class_scores.shape[2]))
+    pos_idx, neg_idx = _top_bottom(rows, k_pos, k_neg, exclude_self)
+    return info_nce(z, pos_idx, neg_idx, tau, neg_exp_over_tau=neg_exp_over_tau)
+
+
+def check_k(k: int, num_patches: int, name: str) -> None:
+    """k must be a count the patch grid can supply: 1 ≤ k ≤ N²."""
+    if not 1 <= k <= num_patches:
+        raise ConfigError(
+            f"{name}={k} but the patch grid has only {num_patches} patches at this input size; "
+            f"use 1..{num_patches} (or a larger data.image_size)")

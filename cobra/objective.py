@@ -1,0 +1,74 @@
+"""The CoBra objective (Eq. 3): which loss terms are on at a given epoch, and their weighted sum.
+
+L_total = L_cls + λ1 L_cam + λ2 (L_sap + L_cap). Kept apart from the training loop so the gating
+rules (Table 3's switches, delayed starts, the authors' fidelity quirks) are testable on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cobra import losses
+from cobra.config import LossConfig
+from cobra.models.output import CoBraOutput
+
+
+@dataclass
+class LossTerms:
+    """Every term as a scalar tensor (zero when off); `total` is what backward() sees."""
+
+    total: torch.Tensor
+    cls: torch.Tensor
+    cam: torch.Tensor
+    cap: torch.Tensor
+    sap: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": self.total.item(), "loss_cls": self.cls.item(),
+                "loss_cam": self.cam.item(), "loss_cap": self.cap.item(),
+                "loss_sap": self.sap.item()}
+
+
+def active_terms(cfg: LossConfig, epoch: int, both_branches: bool) -> dict[str, bool]:
+    """Which complementary terms contribute at 0-based `epoch` (L_cls is always on)."""
+    proj_on = both_branches and epoch >= cfg.proj_start_epoch and cfg.lambda_proj > 0
+    return {
+        "cam": both_branches and cfg.use_cam and epoch >= cfg.cam_start_epoch
+        and cfg.lambda_cam > 0,
+        "cap": proj_on and cfg.use_cap,
+        "sap": proj_on and cfg.use_sap,
+    }
+
+
+def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoch: int,
+                   input_size: tuple[int, int]) -> LossTerms:
+    """All loss terms for one batch. labels: (B, C) multi-hot; input_size: (H, W) of the batch."""
+    zero = labels.new_zeros(())
+    cls = zero
+    for logits in (out.logits_cnn, out.logits_vit):
+        if logits is not None:
+            cls = cls + losses.classification_loss(logits, labels)
+
+    both = out.cam_cnn is not None and out.cam_vit is not None
+    on = active_terms(cfg, epoch, both)
+    code = cfg.fidelity == "code"
+    cam = cap = sap = zero
+    if on["cam"]:
+        cam = losses.cam_consistency_loss(out.cam_cnn, out.cam_vit, labels, input_size)
+    if on["cap"]:
+        cap = losses.cap_loss(out.proj_cnn, out.affinity, cfg.k_cap_pos, cfg.k_cap_neg, cfg.tau,
+                              exclude_self=cfg.exclude_self_pair)
+    if on["sap"]:
+        sap = losses.sap_loss(out.proj_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
+                              cfg.tau, absent="zero" if code else "mask",
+                              exclude_self=cfg.exclude_self_pair, neg_exp_over_tau=code)
+    total = cls + cfg.lambda_cam * cam + cfg.lambda_proj * (sap + cap)
+    return LossTerms(total=total, cls=cls, cam=cam, cap=cap, sap=sap)
+
+
+def check_k_values(cfg: LossConfig, num_patches: int) -> None:
+    """Reject k± that the patch grid cannot supply, before any training step runs."""
+    for name in ("k_sap_pos", "k_sap_neg", "k_cap_pos", "k_cap_neg"):
+        losses.check_k(getattr(cfg, name), num_patches, f"loss.{name}")
