@@ -1,0 +1,62 @@
+"""timm backbones for both branches, and where their weights come from.
+
+`model.pretrained`: true → timm's hub weights (needs network or a filled HF cache), false → random
+init, a path → local weights: a file (one branch) or a directory holding `<timm name>.safetensors`
+(or .pth/.pt/.bin) per backbone. Local files go through timm's own loader (`pretrained_cfg_overlay`
+with `file=`), so position embeddings are resized and classifier heads dropped exactly as for hub
+weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from cobra.errors import ConfigError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def weights_file(pretrained: bool | str, timm_name: str, single_branch: bool) -> Path | None:
+    """The local weights file for `timm_name`, or None when `pretrained` is not a path."""
+    if isinstance(pretrained, bool):
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        for suffix in WEIGHT_SUFFIXES:
+            candidate = path / f"{timm_name}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise ConfigError(f"model.pretrained directory '{path}' holds no weights for "
+                          f"'{timm_name}'; add {timm_name}.safetensors (or .pth) there")
+    if path.is_file():
+        if not single_branch:
+            raise ConfigError(f"model.pretrained='{path}' is one file but both branches need "
+                              f"weights; point it at a directory with one file per backbone")
+        return path
+    raise ConfigError(f"model.pretrained path '{path}' does not exist; give a weights file or "
+                      f"directory, true for hub weights, or false for random init")
+
+
+def create(timm_name: str, pretrained: bool | str, single_branch: bool, **kwargs: Any
+           ) -> torch.nn.Module:
+    """timm.create_model with CoBra's weight-source rule; unknown names are a ConfigError."""
+    if not timm.is_model(timm_name):
+        close = timm.list_models(f"*{timm_name.split('_')[0]}*")[:5]
+        hint = f"; e.g. {', '.join(close)}" if close else ""
+        raise ConfigError(f"'{timm_name}' is not a timm model name{hint}")
+    local = weights_file(pretrained, timm_name, single_branch)
+    if local is not None:
+        return timm.create_model(timm_name, pretrained=True,
+                                 pretrained_cfg_overlay={"file": str(local)}, **kwargs)
+    try:
+        return timm.create_model(timm_name, pretrained=bool(pretrained), **kwargs)
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise ConfigError(f"cannot fetch hub weights for '{timm_name}' ({type(exc).__name__}); "
+                          f"go online, or set model.pretrained to a local weights directory, "
+                          f"or false") from None

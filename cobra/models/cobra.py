@@ -1,0 +1,85 @@
+"""CoBra: the CNN (CAK) and ViT (SAK) branches side by side, one typed output."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cobra.config import ModelConfig
+from cobra.models.cnn import CNNBranch
+from cobra.models.output import CoBraOutput
+from cobra.models.vit import ViTBranch
+
+CNN_STRIDE = 16
+
+
+def _gap_logits(cam: torch.Tensor) -> torch.Tensor:
+    """Classification logits = global average of the CAM's foreground channels: (B, C)."""
+    return cam[:, 1:].mean(dim=(2, 3))
+
+
+def _tokens(maps: torch.Tensor) -> torch.Tensor:
+    """(B, D, N_h, N_w) → (B, M, D)."""
+    return maps.flatten(2).transpose(1, 2)
+
+
+class CoBra(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        single = cfg.branches != "both"
+        self.num_classes = num_classes
+        self.cnn = CNNBranch(cfg, num_classes, single) if cfg.branches in ("both", "cnn") else None
+        self.vit = ViTBranch(cfg, num_classes, single) if cfg.branches in ("both", "vit") else None
+
+    @property
+    def patch_size(self) -> int:
+        """Input pixels per grid cell (the ViT's patch; the CNN runs at the same stride)."""
+        return self.vit.patch_size if self.vit is not None else CNN_STRIDE
+
+    def patch_grid(self, h: int, w: int) -> tuple[int, int]:
+        """(N_h, N_w) for an (h, w) input."""
+        p = self.patch_size
+        return -(-h // p), -(-w // p)
+
+    def forward(self, x: torch.Tensor) -> CoBraOutput:
+        """x: (B, 3, H, W) normalised images."""
+        grid = self.patch_grid(*x.shape[-2:])
+        cam_cnn = proj_cnn = cam_vit = proj_vit = attention = affinity = a_obj = None
+        if self.cnn is not None:
+            cam_cnn, proj_cnn = self.cnn(x)
+            if cam_cnn.shape[-2:] != grid:  # a CNN whose padding rounds differently
+                cam_cnn = F.interpolate(cam_cnn, size=grid, mode="bilinear", align_corners=False)
+                proj_cnn = F.normalize(F.interpolate(proj_cnn, size=grid, mode="bilinear",
+                                                     align_corners=False), dim=1)
+            proj_cnn = _tokens(proj_cnn)
+        if self.vit is not None:
+            cam_vit, proj_vit, attention = self.vit(x)
+            proj_vit = _tokens(proj_vit)
+            prefix = self.vit.num_prefix
+            affinity = attention[:, :, prefix:, prefix:].sum(dim=1)  # (B, M, M)
+            a_obj = attention[:, :, 0, prefix:].sum(dim=1).reshape(-1, *grid)  # (B, N_h, N_w)
+        return CoBraOutput(
+            logits_cnn=_gap_logits(cam_cnn) if cam_cnn is not None else None,
+            logits_vit=_gap_logits(cam_vit) if cam_vit is not None else None,
+            cam_cnn=cam_cnn, cam_vit=cam_vit, proj_cnn=proj_cnn, proj_vit=proj_vit,
+            attention=attention, affinity=affinity, a_obj=a_obj)
+
+    def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float,
+                     train_cnn_proj: bool = True) -> list[dict]:
+        """SGD groups: backbones at lr, new heads at lr × head_lr_mult. `train_cnn_proj=False`
+        reproduces the authors' code, whose optimizer never sees the CNN projection head."""
+        backbone, heads = [], []
+        for branch in (self.cnn, self.vit):
+            if branch is None:
+                continue
+            backbone += [p for p in branch.backbone.parameters() if p.requires_grad]
+            parts = branch.head_parameters()
+            heads += parts["cam"]
+            if branch is not self.cnn or train_cnn_proj:
+                heads += parts["proj"]
+        return [
+            {"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,
+             "name": "heads"},
+        ]

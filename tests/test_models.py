@@ -1,0 +1,136 @@
+"""CoBra model: shapes from the backbones and the input (two sizes, train and eval), attention
+bookkeeping, every trainable parameter reached by the loss and the optimizer, local weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cobra.config import load_config
+from cobra.models import build_model
+from cobra.objective import compute_losses
+
+TINY = ["model.cnn=resnet18", "model.vit=deit_tiny_patch16_224", "model.pretrained=false",
+        "model.embed_dim=8", "loss.k_sap_pos=2", "loss.k_sap_neg=2", "loss.k_cap_pos=2",
+        "loss.k_cap_neg=2", "loss.cam_start_epoch=0", "loss.proj_start_epoch=0"]
+C = 5
+
+
+def tiny_model(*extra: str):
+    cfg = load_config(None, [*TINY, *extra])
+    torch.manual_seed(0)
+    return cfg, build_model(cfg.model, C)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 80)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_output_shapes_follow_the_input(size, mode):
+    _, model = tiny_model()
+    model.train(mode == "train")
+    h, w = size
+    nh, nw = -(-h // 16), -(-w // 16)
+    m = nh * nw
+    with torch.set_grad_enabled(mode == "train"):
+        out = model(torch.randn(2, 3, h, w))
+    layers = len(model.vit.backbone.blocks)
+    assert out.logits_cnn.shape == out.logits_vit.shape == (2, C)
+    assert out.cam_cnn.shape == out.cam_vit.shape == (2, C + 1, nh, nw)
+    assert out.proj_cnn.shape == out.proj_vit.shape == (2, m, 8)
+    assert out.attention.shape == (2, layers, m + 1, m + 1)
+    assert out.affinity.shape == (2, m, m)
+    assert out.a_obj.shape == (2, nh, nw)
+    torch.testing.assert_close(out.proj_cnn.norm(dim=2), torch.ones(2, m))
+    torch.testing.assert_close(out.proj_vit.norm(dim=2), torch.ones(2, m))
+    # head-averaged softmax rows sum to 1 per layer, so the row sums of the layer-summed
+    # attention equal L: affinity + A_obj's column together cover them
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(2, layers, m + 1))
+    torch.testing.assert_close(out.logits_cnn, out.cam_cnn[:, 1:].mean((2, 3)))
+
+
+def test_non_multiple_of_patch_input_is_padded():
+    _, model = tiny_model()
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 70, 50))
+    assert out.cam_vit.shape[-2:] == out.cam_cnn.shape[-2:] == (5, 4)
+
+
+@pytest.mark.parametrize("branches", ["cnn", "vit"])
+def test_single_branch_models(branches):
+    _, model = tiny_model(f"model.branches={branches}")
+    out = model(torch.randn(1, 3, 64, 64))
+    present = out.cam_cnn if branches == "cnn" else out.cam_vit
+    absent = out.cam_vit if branches == "cnn" else out.cam_cnn
+    assert present.shape == (1, C + 1, 4, 4) and absent is None
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_an_optimizer_slot():
+    cfg, model = tiny_model("model.freeze_bn=false", "model.freeze_stem=false")
+    # timm zero-initialises each residual block's last BatchNorm scale, which blocks gradients
+    # into that block at random init only; give them the non-zero scale trained weights have.
+    for module in model.cnn.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+    model.train()
+    labels = torch.zeros(2, C)
+    labels[0, 1] = labels[1, 3] = 1
+    x = torch.randn(2, 3, 64, 64)
+    terms = compute_losses(model(x), labels, cfg.loss, epoch=0, input_size=(64, 64))
+    terms.total.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    groups = model.param_groups(0.1, 10.0, 1e-4)
+    in_optimizer = [id(p) for g in groups for p in g["params"]]
+    assert len(in_optimizer) == len(set(in_optimizer))
+    assert set(in_optimizer) == {id(p) for p in trainable.values()}
+    heads = {id(p) for p in groups[1]["params"]}
+    assert id(model.cnn.proj_head.weight) in heads and id(model.vit.cam_head.weight) in heads
+    # the authors' optimizer leaves the CNN projection head out; one flag away
+    code_groups = model.param_groups(0.1, 10.0, 1e-4, train_cnn_proj=False)
+    assert id(model.cnn.proj_head.weight) not in {id(p) for g in code_groups for p in g["params"]}
+
+
+def test_frozen_batchnorm_and_stem():
+    _, model = tiny_model("model.freeze_bn=true", "model.freeze_stem=true")
+    model.train()
+    bns = [m for m in model.cnn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert all(not p.requires_grad for p in model.cnn.backbone["conv1"].parameters())
+    before = bns[-1].running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(bns[-1].running_mean, before)
+
+
+def test_stride_and_dilation_reach_the_same_grid():
+    _, strided = tiny_model("model.cnn_downsample=stride")
+    _, dilated = tiny_model("model.cnn_downsample=dilate")
+    x = torch.randn(1, 3, 96, 64)
+    assert strided.cnn(x)[0].shape == dilated.cnn(x)[0].shape == (1, C + 1, 6, 4)
+
+
+def test_local_weights_directory_is_loaded(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    for name in ("resnet18", "deit_tiny_patch16_224"):
+        source = timm.create_model(name, pretrained=False)
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+                  tmp_path / f"{name}.safetensors")
+        if name == "resnet18":
+            expected_cnn = source.layer3[0].conv1.weight.detach().clone()
+        else:
+            expected_vit = source.blocks[0].attn.qkv.weight.detach().clone()
+    _, model = tiny_model(f"model.pretrained={tmp_path}")
+    torch.testing.assert_close(model.cnn.backbone["layer3"][0].conv1.weight, expected_cnn)
+    torch.testing.assert_close(model.vit.backbone.blocks[0].attn.qkv.weight, expected_vit)
+
+
+def test_bad_backbone_name_and_missing_weights_are_config_errors(tmp_path):
+    from cobra.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a timm model"):
+        tiny_model("model.cnn=resnet_does_not_exist")
+    with pytest.raises(ConfigError, match="holds no weights"):
+        tiny_model(f"model.pretrained={tmp_path}")
