@@ -1,0 +1,91 @@
+"""Image transforms on torch tensors (IRN / CoBra augmentation).
+
+Every random draw uses torch's global RNG (`torch.randint`, `torch.rand`), so a DataLoader with a
+seeded generator reproduces the same batches; Python's `random` and numpy's global state are never
+touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:  # timm is a hard dependency of the models; keep the constants identical to its own.
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+except ImportError:  # pragma: no cover - only when timm is absent
+    IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+    IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=torch.float32).view(3, 1, 1) * 255.0
+_STD = torch.tensor(IMAGENET_DEFAULT_STD, dtype=torch.float32).view(3, 1, 1) * 255.0
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in [0, 255]."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 255] -> ImageNet-normalized (3, H, W) float32."""
+    return (image - _MEAN.to(image.device)) / _STD.to(image.device)
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalized with ImageNet mean/std."""
+    return normalize(to_tensor(image))
+
+
+def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(3, H, W) float -> (3, height, width), bilinear with antialiasing when shrinking."""
+    if image.shape[-2:] == (height, width):
+        return image
+    out = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
+                        antialias=True)[0]
+    return out
+
+
+def random_resize_long(image: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """(3, H, W) -> (3, H', W') with the long side drawn uniformly from [lo, hi], aspect kept."""
+    h, w = image.shape[-2:]
+    target = int(torch.randint(lo, hi + 1, ()).item())
+    scale = target / max(h, w)
+    return resize(image, max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def random_hflip(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """(3, H, W) -> the same, mirrored left-right with probability p."""
+    if torch.rand(()).item() < p:
+        return image.flip(-1)
+    return image
+
+
+def random_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) -> (3, size, size): a random window; a smaller side is placed at a random offset
+    in a zero canvas (zero = the mean colour once normalized), as IRN's random_crop does."""
+    c, h, w = image.shape
+    out = image.new_zeros((c, size, size))
+    # Per axis: crop offset into the image when it is larger, paste offset into the canvas if not.
+    ch, cw = min(h, size), min(w, size)
+    src_y = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
+    src_x = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0
+    dst_y = int(torch.randint(0, size - h + 1, ()).item()) if h < size else 0
+    dst_x = int(torch.randint(0, size - w + 1, ()).item()) if w < size else 0
+    out[:, dst_y:dst_y + ch, dst_x:dst_x + cw] = image[:, src_y:src_y + ch, src_x:src_x + cw]
+    return out
+
+
+def train_transform(image: np.ndarray, size: int, resize_long: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32: random resize, flip, normalize, random crop."""
+    x = to_tensor(image)
+    x = random_resize_long(x, resize_long[0], resize_long[1])
+    x = random_hflip(x)
+    x = normalize(x)
+    return random_crop(x, size)
+
+
+def eval_transform(image: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32: resized to exactly size x size, normalized."""
+    return normalize(resize(to_tensor(image), size, size))

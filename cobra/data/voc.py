@@ -1,0 +1,170 @@
+"""PASCAL VOC 2012 layout reader (also reads the synthetic dataset, which is written this way).
+
+    ROOT/
+      JPEGImages/<id>.jpg          (.png accepted: the synthetic set is lossless)
+      SegmentationClass/<id>.png   palette PNG, pixel value = class index, 255 = ignore
+      SegmentationClassAug/<id>.png  optional (SBD-augmented masks for train_aug)
+      ImageSets/Segmentation/<split>.txt
+      classes.txt                  optional: one name a line, background first
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cobra.data.source import _PIL_ERRORS, Source, check_ids_nonempty, multi_hot
+from cobra.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def voc_palette() -> list[int]:
+    """The VOC colour map as a flat 768-long list for `Image.putpalette` (255 -> cream)."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def read_class_names(root: Path) -> list[str]:
+    """classes.txt at the root if present (background first), else the 21 VOC names."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return list(VOC_CLASSES)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) < 2 or names[0] != "background":
+        raise DataError(f"'{path}' must list 'background' first and at least one class, "
+                        f"one name a line; fix it or delete it to use the VOC names")
+    return names
+
+
+def has_train_aug(root: Path) -> bool:
+    """True when the root offers the SBD-augmented train_aug split."""
+    return (root / "ImageSets/Segmentation/train_aug.txt").is_file() or (
+        root / "SegmentationClassAug").is_dir()
+
+
+def _read_split(root: Path, split: str) -> list[str]:
+    """Ids of a split list; lines may also be `/JPEGImages/<id>.jpg /SegmentationClassAug/...`."""
+    path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        aug = root / "SegmentationClassAug"
+        if split == "train_aug" and aug.is_dir():
+            # train_aug = every SBD-augmented mask that is not a val image (the IRN convention).
+            val_path = root / "ImageSets/Segmentation/val.txt"
+            val = set(_read_split(root, "val")) if val_path.is_file() else set()
+            return sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+        lists = sorted(p.stem for p in (root / "ImageSets" / "Segmentation").glob("*.txt"))
+        have = f" (found: {', '.join(lists)})" if lists else ""
+        raise DataError(f"split list '{path}' does not exist{have}; add it or set "
+                        f"data.train_split / data.val_split / data.seed_split to a listed split")
+    ids = []
+    for line in path.read_text().splitlines():
+        token = line.split()[0] if line.split() else ""
+        if token:
+            ids.append(Path(token).stem if "/" in token or "." in token else token)
+    return ids
+
+
+class VOCSource(Source):
+    """A split of a VOC-layout directory; labels are derived from the masks and cached."""
+
+    def __init__(self, root: str | Path, split: str, *, skip_missing: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.split = split
+        if not self.root.is_dir():
+            raise DataError(f"data.root '{self.root}' does not exist; set data.root to a "
+                            f"VOC-layout directory (or use data.dataset=synthetic)")
+        image_dir = self.root / "JPEGImages"
+        if not image_dir.is_dir():
+            raise DataError(f"'{image_dir}' does not exist; data.root must be a VOC-layout "
+                            f"directory with JPEGImages/, SegmentationClass/ and ImageSets/")
+        self.class_names = read_class_names(self.root)
+        ids = _read_split(self.root, split)
+        check_ids_nonempty(ids, str(self.root), split)
+
+        # One directory listing resolves every id's extension and finds missing files cheaply.
+        by_stem: dict[str, Path] = {}
+        for p in image_dir.iterdir():
+            if p.suffix in IMAGE_EXTS and p.stem not in by_stem:
+                by_stem[p.stem] = p
+        missing = [i for i in ids if i not in by_stem]
+        if missing and not skip_missing:
+            raise DataError(f"image '{image_dir / missing[0]}.jpg' listed in split '{split}' does "
+                            f"not exist ({len(missing)} missing in all); restore the images or "
+                            f"set data.on_bad_file=skip")
+        self._paths = {i: by_stem[i] for i in ids if i in by_stem}
+        self.ids = [i for i in ids if i in self._paths]
+        if missing:
+            print(f"warning: skipped {len(missing)} missing image(s) of split '{split}' in "
+                  f"'{self.root}' (first: '{missing[0]}')", file=sys.stderr)
+        check_ids_nonempty(self.ids, str(self.root), split)
+
+        # train_aug ids mostly have only SBD masks; other splits use the original VOC masks.
+        aug, plain = self.root / "SegmentationClassAug", self.root / "SegmentationClass"
+        order = [aug, plain] if split == "train_aug" else [plain, aug]
+        self._mask_dirs = [d for d in order if d.is_dir()]
+        self.has_masks = bool(self._mask_dirs)
+        self._labels: dict[str, np.ndarray] = {}
+
+    def image_path(self, image_id: str) -> Path:
+        try:
+            return self._paths[image_id]
+        except KeyError:
+            raise DataError(f"image id '{image_id}' is not in split '{self.split}' of "
+                            f"'{self.root}'; check the id") from None
+
+    def mask_path(self, image_id: str) -> Path:
+        """The mask file of an id: the preferred mask directory that holds it."""
+        if not self.has_masks:
+            raise DataError(f"'{self.root}' has no SegmentationClass/ directory; masks (and the "
+                            f"image-level labels derived from them) need it")
+        for d in self._mask_dirs:
+            path = d / f"{image_id}.png"
+            if path.is_file():
+                return path
+        raise DataError(f"mask '{self._mask_dirs[0] / image_id}.png' does not exist; restore it "
+                        f"or remove '{image_id}' from split '{self.split}'")
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8 class indices 0..C, 255 = ignore (palette indices, never RGB colours)."""
+        path = self.mask_path(image_id)
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("P", "L"):
+                    raise DataError(f"mask '{path}' is {img.mode}, not a palette or greyscale "
+                                    f"PNG of class indices; re-save it with indices as pixels")
+                mask = np.asarray(img, dtype=np.uint8).copy()
+        except _PIL_ERRORS as exc:
+            raise DataError(f"mask '{path}' cannot be read ({exc}); replace or remove it") from None
+        bad = (mask > self.num_classes) & (mask != 255)
+        if bad.any():
+            raise DataError(f"mask '{path}' holds class index {int(mask[bad].max())} but "
+                            f"'{self.root}' has {self.num_classes} classes; fix the mask or "
+                            f"classes.txt")
+        return mask
+
+    def labels(self, image_id: str) -> np.ndarray:
+        """(C,) float32 multi-hot of the classes in the mask other than 0 and 255 (cached)."""
+        cached = self._labels.get(image_id)
+        if cached is None:
+            cached = multi_hot(np.unique(self.load_mask(image_id)), self.num_classes)
+            self._labels[image_id] = cached
+        return cached.copy()
