@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from cobra.errors import CobraError, NonFiniteLossError
+from cobra.reporting import jsonable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +58,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
         else:
             metrics = run_trial(cfg, layout, reporter, resume_from=resume_from)
+    except CobraError:
+        if not args.resume and not layout.last_checkpoint.exists():
+            # Bad input found before the first checkpoint: leave no half-made run behind.
+            shutil.rmtree(layout.root, ignore_errors=True)
+        else:
+            reporter.close("FAILED")
+        raise
     except BaseException:
         reporter.close("FAILED")
         raise
@@ -141,19 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of an error, one line. An error raised in a DataLoader worker comes back with
+    the worker's traceback in its message; its last line is the original message."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
     except CobraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     if result is not None:
-        print(json.dumps(result, default=str))
+        print(json.dumps(jsonable(result), default=str))
     return 0

@@ -66,6 +66,10 @@ class LossConfig:
     k_cap_neg: int = _f(20, ge=1, help="k- for L_cap: bottom-k patches by ViT patch affinity")
     lambda_cam: float = _f(0.1, ge=0.0, help="λ1, weight of L_cam")
     lambda_proj: float = _f(0.1, ge=0.0, help="λ2, weight of L_sap + L_cap")
+    lambda_sap: float | None = _f(None, ge=0.0,
+                                  help="weight of L_sap alone (Table 12); None: lambda_proj")
+    lambda_cap: float | None = _f(None, ge=0.0,
+                                  help="weight of L_cap alone (Table 12); None: lambda_proj")
     tau: float = _f(0.1, gt=0.0, help="InfoNCE temperature τ")
     cam_start_epoch: int = _f(1, ge=0, help="epochs trained before L_cam switches on")
     proj_start_epoch: int = _f(1, ge=0, help="epochs trained before L_sap and L_cap switch on")

@@ -1,7 +1,8 @@
 """The CoBra objective (Eq. 3): which loss terms are on at a given epoch, and their weighted sum.
 
-L_total = L_cls + λ1 L_cam + λ2 (L_sap + L_cap). Kept apart from the training loop so the gating
-rules (Table 3's switches, delayed starts, the authors' fidelity quirks) are testable on their own.
+L_total = L_cls + λ1 L_cam + λ2 (L_sap + L_cap); Table 12 weighs L_sap and L_cap apart.
+Kept apart from the training loop so the gating rules (Table 3's switches, delayed starts,
+the authors' fidelity quirks) are testable on their own.
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ class LossTerms:
                 "loss_sap": self.sap.item()}
 
 
+def projection_weights(cfg: LossConfig) -> tuple[float, float]:
+    """(λ for L_sap, λ for L_cap): both λ2 unless Table 12's separate weights are set."""
+    sap = cfg.lambda_proj if cfg.lambda_sap is None else cfg.lambda_sap
+    cap = cfg.lambda_proj if cfg.lambda_cap is None else cfg.lambda_cap
+    return sap, cap
+
+
 def active_terms(cfg: LossConfig, epoch: int, both_branches: bool) -> dict[str, bool]:
     """Which complementary terms contribute at 0-based `epoch` (L_cls is always on)."""
-    proj_on = both_branches and epoch >= cfg.proj_start_epoch and cfg.lambda_proj > 0
+    proj_on = both_branches and epoch >= cfg.proj_start_epoch
+    lambda_sap, lambda_cap = projection_weights(cfg)
     return {
         "cam": both_branches and cfg.use_cam and epoch >= cfg.cam_start_epoch
         and cfg.lambda_cam > 0,
-        "cap": proj_on and cfg.use_cap,
-        "sap": proj_on and cfg.use_sap,
+        "cap": proj_on and cfg.use_cap and lambda_cap > 0,
+        "sap": proj_on and cfg.use_sap and lambda_sap > 0,
     }
 
 
@@ -64,7 +73,8 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
         sap = losses.sap_loss(out.proj_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
                               cfg.tau, absent="zero" if code else "mask",
                               exclude_self=cfg.exclude_self_pair, neg_exp_over_tau=code)
-    total = cls + cfg.lambda_cam * cam + cfg.lambda_proj * (sap + cap)
+    lambda_sap, lambda_cap = projection_weights(cfg)
+    total = cls + cfg.lambda_cam * cam + lambda_sap * sap + lambda_cap * cap
     return LossTerms(total=total, cls=cls, cam=cam, cap=cap, sap=sap)
 
 

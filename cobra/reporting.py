@@ -49,7 +49,7 @@ class FileReporter(Reporter):
     def _write(self, kind: str, **payload: Any) -> None:
         record = {"kind": kind, "time": round(time.time(), 3), **payload}
         with self.path.open("a") as fh:
-            fh.write(json.dumps(_jsonable(record)) + "\n")
+            fh.write(json.dumps(jsonable(record)) + "\n")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._write("params", params=dict(params))
@@ -104,12 +104,12 @@ class MultiReporter(Reporter):
             r.close(status)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """NaN/inf become null (strict JSON), numpy scalars become Python numbers."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -1,0 +1,31 @@
+"""Compositions of stages: one sweep trial (train → seeds) and the final stage chain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cobra.config import Config
+from cobra.layout import RunLayout
+from cobra.reporting import Reporter
+from cobra.stages import POST_TRAIN_STAGES, get_stage, seeds, train
+
+
+def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
+              resume_from: Path | None = None) -> dict[str, float]:
+    """Train CoBra, then make and score its seeds: what one sweep trial measures."""
+    train_metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
+    seed_metrics = seeds.run(cfg, layout, reporter)
+    return {**train_metrics, **seed_metrics}
+
+
+def run_stages(cfg: Config, layout: RunLayout, reporter: Reporter,
+               stages: Iterable[str] = POST_TRAIN_STAGES, force: bool = False,
+               on_stage: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Run post-training stages in order over an existing run directory; merged metrics."""
+    metrics: dict[str, float] = {}
+    for name in stages:
+        if on_stage:
+            on_stage(name)
+        metrics.update(get_stage(name).run(cfg, layout, reporter, force=force))
+    return metrics

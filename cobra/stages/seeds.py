@@ -1,0 +1,249 @@
+"""Stage `seeds`: multi-scale + flip CAMs of both branches, written per image, then scored.
+
+Per image (SPEC "Seeds"): every scale and its flip go through the trained model; CAMs of the
+image's positive classes are ReLU'd, upsampled to image size and summed; M_tran is taken as
+ReLU(M_tran ⊗ A_obj); each class map is max-normalised. `RUN/seeds/<id>.npz` keeps M_cnn, M_tran
+and A_obj apart so fusion modes and thresholds can be swept offline without the network.
+Scoring reports both background-threshold protocols side by side (they are not comparable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cobra import seeds as seed_math
+from cobra.checkpoint import checkpoint_config, load_checkpoint
+from cobra.config import Config
+from cobra.data import build_source, normalize_image
+from cobra.errors import StageInputError
+from cobra.layout import RunLayout, atomic_write_text
+from cobra.models import build_model
+from cobra.models.cobra import CoBra
+from cobra.pictures import colorize, heatmap, save_strip
+from cobra.reporting import Reporter, jsonable
+from cobra.stages.train import resolve_device
+
+NUM_PICTURES = 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Making seeds
+
+
+def _to_image_size(maps: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int],
+                   out: tuple[int, int]) -> torch.Tensor:
+    """(B, K, Nh, Nw) grid maps → (B, K, H, W): the grid covers the padded input, so upsample to
+    the padded size, crop the real (scaled) image, then resize to the original size."""
+    maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)
+    maps = maps[..., : scaled[0], : scaled[1]]
+    return F.interpolate(maps, size=out, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: list[float],
+                    flip: bool) -> dict[str, np.ndarray]:
+    """CAMs of classes `keys` (1..C) for one (H, W, 3) uint8 image, summed over scales and flips.
+
+    Returns float32 arrays: `cam_cnn`/`cam_tran` (K, H, W) max-normalised to [0, 1] (absent when
+    the branch is off) and `a_obj` (H, W) normalised to [0, 1] (ViT only).
+    """
+    device = next(model.parameters()).device
+    h, w = image.shape[:2]
+    base = normalize_image(image).to(device)[None]  # (1, 3, H, W)
+    sums: dict[str, torch.Tensor] = {}
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        out = model(x)
+        nh, nw = model.patch_grid(*size)
+        padded = (nh * model.patch_size, nw * model.patch_size)
+        maps: dict[str, torch.Tensor] = {}
+        if out.cam_cnn is not None:
+            maps["cam_cnn"] = F.relu(out.cam_cnn[:, keys])
+        if out.cam_vit is not None:
+            # A_obj's raw scale depends on the token count, so normalise each forward before it
+            # weighs M_tran; otherwise large scales would dominate the sum.
+            a = out.a_obj / out.a_obj.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+            maps["cam_tran"] = F.relu(out.cam_vit[:, keys] * a[:, None])
+            maps["a_obj"] = a[:, None]
+        for name, m in maps.items():
+            m = _to_image_size(m, padded, size, (h, w))
+            if flip:
+                m = m[:1] + m[1:].flip(-1)
+            sums[name] = sums.get(name, 0) + m[0]
+    result = {}
+    for name, total in sums.items():
+        arr = total.float().cpu().numpy()
+        if name == "a_obj":
+            result[name] = seed_math.normalize_attention(arr[0]).astype(np.float32)
+        else:
+            result[name] = seed_math.max_normalize(arr).astype(np.float32)
+    return result
+
+
+def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
+    """Read one seed file: `keys`, `cam` (fused per `fusion`), `a_obj` (None for CNN-only runs).
+
+    A run with one branch has only that branch's CAM, so it is used whatever `fusion` says.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    cnn, tran = arrays.get("cam_cnn"), arrays.get("cam_tran")
+    if cnn is not None and tran is not None:
+        cam = seed_math.fuse(cnn, tran, fusion)
+    else:
+        cam = cnn if cnn is not None else tran
+    return {"keys": arrays["keys"], "cam": cam, "a_obj": arrays.get("a_obj")}
+
+
+def _fingerprint(cfg: Config, checkpoint: Path, ids: list[str]) -> str:
+    """Outputs are complete only for the same checkpoint, seed settings and image list."""
+    stat = checkpoint.stat()
+    text = json.dumps({"ckpt": [stat.st_size, stat.st_mtime_ns], "scales": cfg.seeds.scales,
+                       "flip": cfg.seeds.flip, "ids": ids}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make(cfg: Config, layout: RunLayout, force: bool = False) -> list[str]:
+    """Write `RUN/seeds/<id>.npz` for the seed split; returns the image ids."""
+    state = load_checkpoint(layout.last_checkpoint)
+    trained = checkpoint_config(state)
+    source = build_source(cfg, cfg.data.seed_split)
+    ids = source.ids[: cfg.seeds.max_images] if cfg.seeds.max_images else list(source.ids)
+    fingerprint = _fingerprint(cfg, layout.last_checkpoint, ids)
+    stamp = layout.seeds / "fingerprint.txt"
+    done = stamp.exists() and stamp.read_text() == fingerprint
+    if done and not force and all(layout.seed_file(i).exists() for i in ids):
+        return ids
+
+    device = resolve_device(cfg.train.device)
+    model = build_model(trained.model, source.num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise StageInputError(f"checkpoint '{layout.last_checkpoint}' does not match its model "
+                              f"config ({trained.model.cnn} / {trained.model.vit}); "
+                              f"retrain with stage 'train'") from None
+    model.to(device).eval()
+    stamp.unlink(missing_ok=True)
+    layout.seeds.mkdir(parents=True, exist_ok=True)
+    for image_id in tqdm(ids, desc="seeds", disable=not cfg.train.progress, leave=False):
+        keys = np.flatnonzero(source.labels(image_id)) + 1
+        cams = multiscale_cams(model, source.load_image(image_id), keys, cfg.seeds.scales,
+                               cfg.seeds.flip)
+        tmp = layout.seeds / f".{image_id}.tmp.npz"
+        np.savez(tmp, keys=keys.astype(np.int64), **cams)
+        tmp.replace(layout.seed_file(image_id))
+    atomic_write_text(stamp, fingerprint)
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _per_class(names: list[str], iou: np.ndarray) -> dict[str, float | None]:
+    return {name: (None if np.isnan(v) else round(float(v), 3))
+            for name, v in zip(names, iou, strict=True)}
+
+
+def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
+    """Seed mIoU under both background protocols, over one confusion matrix per threshold.
+
+    fixed: IRN's fixed background score, swept over `seeds.threshold_grid` (plus `fixed_bg`);
+    aobj: the paper's per-image θ-th percentile of A_obj over `seeds.percentile_grid` (runs with
+    a ViT branch only). Both thresholds are chosen on ground truth, as the paper does.
+    """
+    num_classes = source.num_classes + 1
+    thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
+    fixed = seed_math.ThresholdSweep(num_classes, thresholds)
+    aobj = seed_math.ThresholdSweep(num_classes, cfg.seeds.percentile_grid)
+    has_aobj = True
+    for image_id in ids:
+        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        gt = source.load_mask(image_id)
+        fixed.add(seed["cam"], seed["keys"], gt, thresholds)
+        if seed["a_obj"] is None:
+            has_aobj = False
+            continue
+        bgs = [seed_math.percentile_background(seed["a_obj"], t) for t in aobj.thresholds]
+        aobj.add(seed["cam"], seed["keys"], gt, bgs)
+
+    names = list(source.class_names)
+    threshold, miou, per_class = fixed.best()
+    curve = fixed.curve()
+    result = {"fusion": cfg.seeds.fusion, "num_images": len(ids),
+              "fixed": {"threshold": threshold, "miou": miou,
+                        "miou_at_default": curve[cfg.seeds.fixed_bg],
+                        "default_threshold": cfg.seeds.fixed_bg,
+                        "per_class": _per_class(names, per_class), "curve": curve},
+              "aobj": None}
+    if has_aobj:
+        theta, miou_a, per_class_a = aobj.best()
+        result["aobj"] = {"percentile": theta, "miou": miou_a,
+                          "per_class": _per_class(names, per_class_a), "curve": aobj.curve()}
+    return result
+
+
+def headline(evaluation: dict) -> dict[str, float]:
+    """The flat metrics a sweep ranks on; `seed_miou` is the fixed-threshold protocol because
+    it is defined for every branch setup (the A_obj protocol needs the ViT)."""
+    fixed, aobj = evaluation["fixed"], evaluation["aobj"]
+    metrics = {"seed_miou": fixed["miou"], "seed_threshold": fixed["threshold"],
+               "seed_miou_default_bg": fixed["miou_at_default"],
+               "seed_miou_aobj": aobj["miou"] if aobj else float("nan"),
+               "seed_percentile": aobj["percentile"] if aobj else float("nan")}
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], threshold: float,
+                  reporter: Reporter) -> None:
+    """image | CNN CAM | ViT CAM | fused | seed | ground truth, for the first few images."""
+    for image_id in ids[:NUM_PICTURES]:
+        image = source.load_image(image_id)
+        with np.load(layout.seed_file(image_id), allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        panels, titles = [image], ["image"]
+        for key, title in (("cam_cnn", "CNN CAM"), ("cam_tran", "ViT CAM x A_obj")):
+            if key in arrays and arrays[key].shape[0]:
+                panels.append(heatmap(arrays[key].max(0), image))
+                titles.append(title)
+        if seed["cam"].shape[0]:
+            panels.append(heatmap(seed["cam"].max(0), image))
+            titles.append(f"fused ({cfg.seeds.fusion})")
+        label = seed_math.cams_to_label(seed["cam"], seed["keys"], threshold)
+        panels += [colorize(label), colorize(source.load_mask(image_id))]
+        titles += [f"seed (bg {threshold:.2f})", "ground truth"]
+        path = layout.pictures / f"seeds_{image_id}.png"
+        save_strip(path, panels, titles)
+        reporter.log_artifact(path, "pictures")
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
+        ) -> dict[str, float]:
+    """Make seeds for the seed split, score them, draw a few; returns the headline metrics."""
+    ids = make(cfg, layout, force=force)
+    source = build_source(cfg, cfg.data.seed_split)
+    if not source.has_masks:
+        return {}
+    evaluation = evaluate(cfg, layout, source, ids)
+    atomic_write_text(layout.seeds_eval, json.dumps(jsonable(evaluation), indent=2))
+    save_pictures(cfg, layout, source, ids, evaluation["fixed"]["threshold"], reporter)
+    metrics = headline(evaluation)
+    per_class = {f"seed_iou/{name}": v for name, v in evaluation["fixed"]["per_class"].items()
+                 if v is not None}
+    reporter.log_metrics(per_class)
+    reporter.log_artifact(layout.seeds_eval, "seeds")
+    reporter.log_summary(metrics)
+    layout.update_summary(metrics)
+    return metrics

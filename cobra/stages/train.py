@@ -1,0 +1,154 @@
+"""Stage `train`: CoBra from image-level labels (paper §3.3, §10).
+
+SGD with poly decay, new heads at `head_lr_mult` × lr, L_cam and the projection losses switched on
+after their start epochs, per-epoch classification mAP of each branch over the whole validation
+set, an atomic checkpoint every epoch. Reports through a `Reporter`; knows nothing of Ray/MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cobra import metrics
+from cobra.checkpoint import load_checkpoint, save_checkpoint
+from cobra.config import Config, flatten, save_config
+from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
+from cobra.errors import ConfigError, NonFiniteLossError
+from cobra.layout import RunLayout
+from cobra.models import build_model
+from cobra.models.cobra import CoBra
+from cobra.objective import check_k_values, compute_losses
+from cobra.reporting import Reporter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool) -> DataLoader:
+    # A generator seeded per epoch makes the order and the workers' augmentation streams a pure
+    # function of (seed, epoch), so a resumed run replays exactly what an uninterrupted one sees.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      drop_last=shuffle and len(dataset) >= batch_size, generator=generator,
+                      persistent_workers=False, pin_memory=False)
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+@torch.no_grad()
+def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.device
+                            ) -> dict[str, float]:
+    """Classification mAP (%) of each branch over the whole loader (not per batch)."""
+    model.eval()
+    scores: dict[str, list[torch.Tensor]] = {"cnn": [], "vit": []}
+    labels = []
+    for batch in loader:
+        out = model(batch["image"].to(device))
+        for name, logits in (("cnn", out.logits_cnn), ("vit", out.logits_vit)):
+            if logits is not None:
+                scores[name].append(torch.sigmoid(logits).cpu())
+        labels.append(batch["label"])
+    y = torch.cat(labels).numpy()
+    result = {f"cls_map_{name}": metrics.mean_average_precision(torch.cat(s).numpy(), y)
+              for name, s in scores.items() if s}
+    # one number per epoch whatever the branch setup: what an early-stopping scheduler watches
+    result["cls_map_mean"] = float(np.mean(list(result.values())))
+    return result
+
+
+def _check_finite(terms, epoch: int, step: int) -> None:
+    if not torch.isfinite(terms.total):
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step} ({parts}); "
+                                 f"lower train.lr or check the data")
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter,
+        resume_from: Path | None = None) -> dict[str, float]:
+    """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    train_set = build_train_dataset(cfg, resolve_train_split(cfg))
+    val_set = build_eval_dataset(cfg, cfg.data.val_split)
+    model = build_model(cfg.model, train_set.num_classes).to(device)
+    grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
+    if cfg.model.branches == "both":
+        check_k_values(cfg.loss, grid[0] * grid[1])
+
+    optimizer = torch.optim.SGD(
+        model.param_groups(cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay,
+                           train_cnn_proj=cfg.loss.fidelity == "paper"),
+        lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    start_epoch = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+
+    save_config(cfg, layout.config)
+    reporter.log_params(flatten(cfg))
+    steps_per_epoch = math.floor(len(train_set) / cfg.train.batch_size) or 1
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    workers = cfg.data.num_workers
+    val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False)
+
+    result: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        torch.manual_seed(cfg.train.seed * 1009 + epoch)
+        model.train()
+        loader = _loader(train_set, cfg.train.batch_size, workers,
+                         cfg.train.seed * 1009 + epoch, shuffle=True)
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, total=steps_per_epoch, disable=not cfg.train.progress, leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+        for step, batch in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            global_step = epoch * steps_per_epoch + step
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = poly_lr(base, global_step, total_steps, cfg.train.poly_power)
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            out = model(images)
+            terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
+            _check_finite(terms, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            for key, value in terms.as_floats().items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{terms.total.item():.3f}")
+        bar.close()
+        steps_done = max(1, min(steps_per_epoch, len(loader)))
+        result = {key: value / steps_done for key, value in sums.items()}
+        result.update(evaluate_classification(model, val_loader, device))
+        result["lr"] = optimizer.param_groups[0]["lr"]
+        save_checkpoint(layout.last_checkpoint, model=model, cfg=cfg, epoch=epoch,
+                        optimizer=optimizer)
+        reporter.log_epoch(epoch, result, checkpoint=layout.checkpoints)
+    layout.update_summary({k: v for k, v in result.items() if k.startswith("cls_map")})
+    return result

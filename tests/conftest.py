@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny run config, both built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests share 2 cores with each other's subprocesses (Ray workers); one thread each is fastest.
+torch.set_num_threads(1)
+os.environ.setdefault("COBRA_CACHE", str(Path(__file__).resolve().parent.parent / ".cache/cobra"))
+
+TINY_OVERRIDES = [
+    "model.cnn=resnet18",
+    "model.vit=deit_tiny_patch16_224",
+    "model.pretrained=false",
+    "model.freeze_bn=false",
+    "model.freeze_stem=false",
+    "model.embed_dim=16",
+    "loss.k_sap_pos=4",
+    "loss.k_sap_neg=2",
+    "loss.k_cap_pos=2",
+    "loss.k_cap_neg=4",
+    "loss.cam_start_epoch=0",
+    "loss.proj_start_epoch=0",
+    "data.image_size=64",
+    "data.resize_long=[56, 80]",
+    "data.num_workers=0",
+    "data.synthetic.num_train=12",
+    "data.synthetic.num_val=6",
+    "data.synthetic.image_size=64",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.lr=0.01",
+    "train.max_steps_per_epoch=2",
+    "train.progress=false",
+    "seeds.scales=[1.0]",
+    "seeds.max_images=4",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """The synthetic dataset at tiny size, written once for the whole session."""
+    from cobra.config import load_config
+    from cobra.data.synthetic import write_synthetic
+
+    cfg = load_config(None, TINY_OVERRIDES)
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic", cfg.data.synthetic)
+
+
+@pytest.fixture
+def tiny_overrides(tiny_data_root, tmp_path) -> list[str]:
+    """Overrides for a tiny run writing under this test's tmp_path."""
+    return [*TINY_OVERRIDES, f"data.root={tiny_data_root}", f"run.dir={tmp_path / 'runs'}"]
