@@ -1,0 +1,251 @@
+"""cobra.tracking and cobra.report against a real MLflow sqlite store (no mocks)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cobra.errors import TrackingError
+from cobra.report import ablation_table, make_report
+from cobra.tracking import (
+    MlflowReporter,
+    best_trial,
+    check_reachable,
+    download_trial,
+    find_sweep_run,
+    find_trial_run,
+    finish_sweep,
+    list_trials,
+    start_final_run,
+    start_sweep_run,
+    start_trial_run,
+)
+
+EXP = "cobra-test"
+SWEEP = "ksap"
+# (ray trial id, k_sap_pos, seed_miou, final status)
+TRIALS = [("t0", 10, 0.41, "FINISHED"), ("t1", 20, 0.57, "FINISHED"), ("t2", 30, 0.90, "FAILED")]
+EPOCHS = 3
+
+
+@dataclass
+class Store:
+    uri: str
+    root: Path
+    parent: str
+    children: dict[str, str]  # ray trial id -> run id
+
+
+def _trial_params(k: int) -> dict:
+    return {"loss.k_sap_pos": k, "train.lr": 0.01, "data.root": None, "model.cnn": "resnet18"}
+
+
+def _write_run_files(root: Path, k: int) -> tuple[Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "checkpoints").mkdir(exist_ok=True)
+    config = root / "config.yaml"
+    config.write_text(f"loss:\n  k_sap_pos: {k}\n")
+    ckpt = root / "checkpoints" / "last.pt"
+    ckpt.write_bytes(bytes([k]) * 64)
+    return config, ckpt
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """A sweep parent with three trials logged through MlflowReporter; t2 ends FAILED."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    sweep_file = root / "sweep.yaml"
+    sweep_file.write_text("name: ksap\nsearch:\n  loss.k_sap_pos: [10, 20, 30]\n")
+    parent = start_sweep_run(uri, EXP, SWEEP, sweep_file, "seed_miou", "max")
+    children = {}
+    for trial_id, k, miou, status in TRIALS:
+        run_id = start_trial_run(uri, EXP, parent, f"trial-{trial_id}",
+                                 {"ray_trial_id": trial_id, "ray_node_id": "node-a"})
+        rep = MlflowReporter(uri, run_id)
+        rep.log_params(_trial_params(k))
+        rep.log_params(_trial_params(k))  # a retried trial logs the same params again
+        for epoch in range(EPOCHS):
+            rep.log_epoch(epoch, {"loss": 1.0 / (epoch + 1), "val/miou": miou * epoch,
+                                  "nan_metric": float("nan")}, checkpoint=None)
+        config, ckpt = _write_run_files(root / "runs" / trial_id, k)
+        rep.log_artifact(config)
+        if status == "FINISHED":
+            rep.log_artifact(ckpt, "checkpoints")
+        else:
+            rep.set_tags({"cobra.failure": "NonFiniteLossError: loss is nan"})
+            rep.log_text("Traceback ...\nNonFiniteLossError", "failure.txt")
+        rep.log_summary({"seed_miou": miou})
+        rep.close(status)
+        children[trial_id] = run_id
+    return Store(uri=uri, root=root, parent=parent, children=children)
+
+
+def test_parent_child_structure(store: Store) -> None:
+    client = MlflowClient(store.uri)
+    exp = client.get_experiment_by_name(EXP)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("cobra.kind") == "sweep"]
+    assert [r.info.run_id for r in parents] == [store.parent]
+    assert parents[0].info.run_name == SWEEP
+    assert parents[0].data.tags["cobra.metric"] == "seed_miou"
+    assert parents[0].data.tags["cobra.mode"] == "max"
+    assert [a.path for a in client.list_artifacts(store.parent)] == ["sweep.yaml"]
+
+    kids = client.search_runs([exp.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{store.parent}'")
+    assert {r.info.run_id for r in kids} == set(store.children.values())
+    for r in kids:
+        assert r.data.tags["cobra.kind"] == "trial"
+        assert r.data.tags["cobra.sweep"] == SWEEP
+        assert r.data.tags["ray_node_id"] == "node-a"
+        assert r.data.params["data.root"] == "None"
+        assert r.data.params["loss.k_sap_pos"] == str(
+            dict((t[0], t[1]) for t in TRIALS)[r.data.tags["ray_trial_id"]])
+        assert "nan_metric" not in r.data.metrics
+    statuses = {r.data.tags["ray_trial_id"]: r.info.status for r in kids}
+    assert statuses == {t[0]: t[3] for t in TRIALS}
+    failed = client.get_run(store.children["t2"])
+    assert failed.data.tags["cobra.failure"].startswith("NonFiniteLossError")
+    assert "failure.txt" in [a.path for a in client.list_artifacts(failed.info.run_id)]
+
+    assert find_sweep_run(store.uri, EXP, SWEEP) == store.parent
+    assert find_sweep_run(store.uri, EXP, "nope") is None
+    assert find_trial_run(store.uri, store.parent, "t1") == store.children["t1"]
+    assert find_trial_run(store.uri, store.parent, "t9") is None
+
+
+def test_metric_history(store: Store) -> None:
+    client = MlflowClient(store.uri)
+    run_id = store.children["t1"]
+    history = client.get_metric_history(run_id, "val/miou")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (e, pytest.approx(0.57 * e)) for e in range(EPOCHS)]
+    assert len(client.get_metric_history(run_id, "loss")) == EPOCHS
+    assert client.get_run(run_id).data.metrics["seed_miou"] == pytest.approx(0.57)
+
+
+def test_changed_param_raises(store: Store) -> None:
+    rep = MlflowReporter(store.uri, store.children["t0"])
+    with pytest.raises(TrackingError, match="loss.k_sap_pos"):
+        rep.log_params({"loss.k_sap_pos": 99})
+
+
+def test_many_params_and_odd_metric_keys(store: Store) -> None:
+    client = MlflowClient(store.uri)
+    exp_id = client.get_experiment_by_name(EXP).experiment_id
+    run_id = client.create_run(exp_id, run_name="scratch").info.run_id
+    rep = MlflowReporter(store.uri, run_id)
+    rep.log_params({f"p.{i}": i for i in range(250)} | {"long": "x" * 7000})
+    rep.log_metrics({"miou@0.5": 1.0, "a:b": 2.0, "inf": float("inf")}, step=1)
+    data = client.get_run(run_id).data
+    assert len(data.params) == 251 and len(data.params["long"]) == 6000
+    assert data.metrics == {"miou_0.5": 1.0, "a_b": 2.0}
+    client.delete_run(run_id)
+
+
+def test_best_trial_matches_direct_query(store: Store) -> None:
+    client = MlflowClient(store.uri)
+    exp_id = client.get_experiment_by_name(EXP).experiment_id
+    direct = client.search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{store.parent}' and attributes.status = "
+        "'FINISHED'", order_by=["metrics.seed_miou DESC"], max_results=1)[0]
+    best = best_trial(store.uri, EXP, SWEEP)
+    assert best.run_id == direct.info.run_id == store.children["t1"]  # t2 scored higher but FAILED
+    assert best.params["loss.k_sap_pos"] == "20"
+    assert best_trial(store.uri, EXP, SWEEP, mode="min").run_id == store.children["t0"]
+    assert best_trial(store.uri, EXP, run_id=store.children["t2"]).status == "FAILED"
+
+
+def test_download_round_trip(store: Store, tmp_path: Path) -> None:
+    run_id = store.children["t1"]
+    dst = download_trial(store.uri, run_id, tmp_path / "run")
+    src = store.root / "runs" / "t1"
+    assert (dst / "config.yaml").read_text() == (src / "config.yaml").read_text()
+    assert (dst / "checkpoints" / "last.pt").read_bytes() == (src / "checkpoints" /
+                                                               "last.pt").read_bytes()
+    with pytest.raises(TrackingError, match="no checkpoint artifact"):
+        download_trial(store.uri, store.children["t2"], tmp_path / "failed")
+
+
+def test_final_run_and_finish_sweep(store: Store) -> None:
+    client = MlflowClient(store.uri)
+    best = best_trial(store.uri, EXP, SWEEP)
+    final = client.get_run(start_final_run(store.uri, EXP, best))
+    assert final.info.run_name == "final-trial-t1"
+    assert final.data.tags["cobra.kind"] == "final"
+    assert final.data.tags["source_run_id"] == best.run_id
+    finish_sweep(store.uri, store.parent, best.run_id, best.metrics["seed_miou"], "seed_miou")
+    parent = client.get_run(store.parent)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["cobra.best_run_id"] == best.run_id
+    assert parent.data.metrics["best_seed_miou"] == pytest.approx(0.57)
+
+
+def test_unknown_sweep_and_experiment(store: Store) -> None:
+    with pytest.raises(TrackingError, match=r"sweep 'nope' not found.*available: .*ksap"):
+        list_trials(store.uri, EXP, "nope")
+    with pytest.raises(TrackingError, match="experiment 'missing' not found"):
+        best_trial(store.uri, "missing", SWEEP)
+
+
+def test_check_reachable(store: Store, tmp_path: Path) -> None:
+    check_reachable(store.uri)
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable") as info:
+        check_reachable("http://127.0.0.1:9", timeout_s=2.0)
+    assert time.monotonic() - start < 5.0
+    assert "\n" not in str(info.value)
+    with pytest.raises(TrackingError, match="does not exist"):
+        check_reachable(f"sqlite:///{tmp_path}/absent/mlflow.db")
+
+
+def test_report_grid(store: Store, tmp_path: Path) -> None:
+    """2×2 grid × 2 seeds: each cell is the mean of its two seeds; FAILED trials are ignored."""
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text("name: grid\n")
+    parent = start_sweep_run(store.uri, EXP, "grid", sweep_file, "seed_miou", "max")
+    expected = {}
+    for k in (5, 20):
+        for lam in (0.1, 1.0):
+            values = [k / 100 + lam + s / 10 for s in (0, 1)]
+            expected[(k, lam)] = sum(values) / 2
+            for seed, value in zip((0, 1), values, strict=True):
+                run_id = start_trial_run(store.uri, EXP, parent, f"k{k}-l{lam}-s{seed}",
+                                         {"ray_trial_id": f"{k}_{lam}_{seed}"})
+                rep = MlflowReporter(store.uri, run_id)
+                rep.log_params({"loss.k_sap_pos": k, "loss.lambda_proj": lam,
+                                "train.seed": seed, "loss.tau": 0.1})
+                rep.log_summary({"seed_miou": value})
+                rep.close("FINISHED")
+    bad = start_trial_run(store.uri, EXP, parent, "bad", {"ray_trial_id": "bad"})
+    rep = MlflowReporter(store.uri, bad)
+    rep.log_params({"loss.k_sap_pos": 5, "loss.lambda_proj": 0.1, "train.seed": 0})
+    rep.log_summary({"seed_miou": 100.0})
+    rep.close("FAILED")
+
+    newest, _ = list_trials(store.uri, EXP, None)
+    assert newest == parent  # no sweep name: the newest sweep
+    _, trials = list_trials(store.uri, EXP, "grid")
+    table = ablation_table(trials, "seed_miou", None, None)
+    assert table.index.name == "loss.k_sap_pos" and table.columns.name == "loss.lambda_proj"
+    assert list(table.index) == [5, 20] and list(table.columns) == [0.1, 1.0]
+    for (k, lam), value in expected.items():
+        assert table.loc[k, lam] == pytest.approx(value)
+    one_d = ablation_table(trials, "seed_miou", "loss.k_sap_pos", None)
+    assert one_d.loc[5, "seed_miou"] == pytest.approx(
+        (expected[(5, 0.1)] + expected[(5, 1.0)]) / 2)
+
+    out = make_report(store.uri, EXP, "grid", tmp_path / "report")
+    assert out["sweep"] == "grid" and out["parent_run_id"] == parent
+    assert [Path(f).name for f in out["files"]] == ["report.md", "report.csv", "report.png"]
+    assert all(Path(f).stat().st_size > 0 for f in out["files"])
+    assert "loss.k_sap_pos" in out["table"] and f"{expected[(20, 1.0)]:.4f}" in out["table"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"{expected[(5, 0.1)]:.4f}" in md
+    logged = MlflowClient(store.uri).list_artifacts(parent, "report")
+    assert sorted(Path(a.path).name for a in logged) == ["report.csv", "report.md", "report.png"]
