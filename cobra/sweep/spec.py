@@ -1,0 +1,274 @@
+"""Sweep files (`sweeps/*.yaml`): parsed and validated before Ray or MLflow are touched.
+
+    name: k_ablation                  # default: the file's stem
+    base: ../configs/voc.yaml         # run config: a path (relative to this file) or a mapping
+    overrides: {train.epochs: 20}     # dotted keys applied on top of the base
+    space:                            # dotted config keys → search domain
+      loss.k_sap_neg: [5, 10, 15, 20]           # a list is a choice
+      loss.lambda_cam: {loguniform: [0.01, 1]}  # also uniform: [lo, hi], int: [lo, hi]
+    search: {algorithm: grid, seed: 0, num_trials: null}   # grid | tpe | random
+    scheduler: {type: none}           # or asha (metric, mode, grace_period, reduction_factor)
+    metric: seed_miou
+    mode: max
+    resources: {cpu: 1, gpu: 0}       # per trial; fractions allowed
+    max_concurrent: 1
+    max_failures: 1                   # retries of a crashed trial, from its last checkpoint
+    storage: ray_results              # Ray's experiment directory (relative to the cwd)
+    mlflow: {experiment: cobra}
+
+Every mistake is a ConfigError naming the key, with a close match when there is one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobra import config as config_mod
+from cobra.errors import ConfigError
+
+TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
+            "resources", "max_concurrent", "max_failures", "storage", "mlflow")
+SECTION_KEYS = {
+    "search": ("algorithm", "seed", "num_trials"),
+    "scheduler": ("type", "metric", "mode", "grace_period", "reduction_factor"),
+    "resources": ("cpu", "gpu"),
+    "mlflow": ("experiment",),
+}
+DOMAIN_KINDS = ("choice", "int", "uniform", "loguniform")
+# The metrics a trial reports once per epoch (what an early-stopping scheduler can act on).
+EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
+                 "cls_map_vit", "cls_map_mean")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One searched key: a choice of values, or a numeric range."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+
+    def describe(self) -> str:
+        return (f"{list(self.values)}" if self.kind == "choice"
+                else f"{self.kind}[{self.low}, {self.high}]")
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    file: Path
+    base: config_mod.Config
+    space: dict[str, Domain]
+    algorithm: str = "tpe"
+    seed: int = 0
+    num_trials: int = 1
+    scheduler: str = "none"
+    scheduler_metric: str = "cls_map_mean"
+    scheduler_mode: str = "max"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    metric: str = "seed_miou"
+    mode: str = "max"
+    cpu: float = 1.0
+    gpu: float = 0.0
+    max_concurrent: int = 1
+    max_failures: int = 1
+    storage: Path = field(default_factory=lambda: Path("ray_results").resolve())
+    experiment: str = "cobra"
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.storage / self.name
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {key: list(d.values) for key, d in self.space.items()}
+
+
+def _close(key: str, options: tuple[str, ...] | list[str]) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"unknown sweep key '{where}{key}'{_close(key, allowed)}")
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"sweep key '{name}' must be a mapping, got {type(value).__name__}")
+    _check_keys(value, SECTION_KEYS[name], f"{name}.")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"sweep key '{where}' needs numbers, got {value!r}")
+    return float(value)
+
+
+def _domain(key: str, raw: Any) -> Domain:
+    where = f"space.{key}"
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"sweep key '{where}' is an empty list; give at least one value")
+        return Domain(key, "choice", tuple(raw))
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ConfigError(f"sweep key '{where}' must be a list of values or one of "
+                          f"{{choice|int|uniform|loguniform: ...}}, got {raw!r}")
+    kind, arg = next(iter(raw.items()))
+    if kind not in DOMAIN_KINDS:
+        raise ConfigError(f"unknown domain '{kind}' for '{where}'{_close(kind, DOMAIN_KINDS)}")
+    if kind == "choice":
+        return _domain(key, arg)
+    if not isinstance(arg, list) or len(arg) != 2:
+        raise ConfigError(f"sweep key '{where}.{kind}' needs [low, high], got {arg!r}")
+    low, high = (_number(v, f"{where}.{kind}") for v in arg)
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ConfigError(f"sweep key '{where}.{kind}' needs 0 < low < high for loguniform and "
+                          f"low < high otherwise, got [{low}, {high}]")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise ConfigError(f"sweep key '{where}.int' needs integer bounds, got [{low}, {high}]")
+    return Domain(key, kind, (), low, high)
+
+
+def _probe_values(domain: Domain) -> list[Any]:
+    """Values that stand for the domain when checking it against the config's types/ranges."""
+    if domain.kind == "choice":
+        return list(domain.values)
+    if domain.kind == "int":
+        return [int(domain.low), int(domain.high)]
+    return [domain.low, domain.high]
+
+
+def _base_config(data: dict[str, Any], file: Path) -> config_mod.Config:
+    base = data.get("base")
+    overrides = data.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError("sweep key 'overrides' must map dotted config keys to values")
+    if base is None or isinstance(base, dict):
+        cfg = config_mod.from_dict(base or {})
+    elif isinstance(base, str):
+        cfg = config_mod.load_config((file.parent / base).resolve())
+    else:
+        raise ConfigError("sweep key 'base' must be a config path or an inline mapping")
+    for key in overrides:
+        if key not in config_mod.dotted_keys():
+            raise config_mod.unknown_key_error(key, "overrides")
+    return config_mod.with_overrides(cfg, overrides)
+
+
+def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
+    """Every searched key exists and every value the search can pick is a valid config value."""
+    keys = config_mod.dotted_keys()
+    for key, domain in space.items():
+        if key not in keys:
+            raise ConfigError(f"search space key '{key}' is not a config key{_close(key, keys)} "
+                              f"(see `launch.py config --list`)")
+        for value in _probe_values(domain):
+            config_mod.with_overrides(base, {key: value})
+    num_patches = math.ceil(base.data.image_size / 16) ** 2
+    for key, domain in space.items():
+        if key.startswith("loss.k_"):
+            for value in _probe_values(domain):
+                if not 1 <= value <= num_patches:
+                    raise ConfigError(
+                        f"search space '{key}' reaches {value} but a {base.data.image_size} px "
+                        f"input has only {num_patches} patches; use values in 1..{num_patches}")
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise ConfigError(f"sweep file '{file}' does not exist; see sweeps/ for examples")
+    data = config_mod.read_yaml(file)
+    _check_keys(data, TOP_KEYS, "")
+    base = _base_config(data, file)
+    raw_space = data.get("space") or {}
+    if not isinstance(raw_space, dict) or not raw_space:
+        raise ConfigError(f"sweep '{file.name}' has an empty search space; add dotted config "
+                          f"keys under 'space:' (e.g. loss.tau: [0.05, 0.1])")
+    space = {key: _domain(key, raw) for key, raw in raw_space.items()}
+    _check_space(space, base)
+
+    search, scheduler = _section(data, "search"), _section(data, "scheduler")
+    resources, mlflow = _section(data, "resources"), _section(data, "mlflow")
+    spec = SweepSpec(name=str(data.get("name") or file.stem), file=file, base=base, space=space)
+    spec.algorithm = _choice(search.get("algorithm", "tpe"), ("tpe", "grid", "random"),
+                             "search.algorithm")
+    spec.seed = int(search.get("seed", 0))
+    spec.scheduler = _choice(scheduler.get("type", "none"), ("none", "asha"), "scheduler.type")
+    spec.scheduler_metric = _choice(scheduler.get("metric", "cls_map_mean"), EPOCH_METRICS,
+                                    "scheduler.metric")
+    spec.scheduler_mode = _choice(scheduler.get("mode", "max"), ("max", "min"), "scheduler.mode")
+    spec.grace_period = _positive_int(scheduler.get("grace_period", 1), "scheduler.grace_period")
+    spec.reduction_factor = _positive_int(scheduler.get("reduction_factor", 2),
+                                          "scheduler.reduction_factor")
+    spec.metric = str(data.get("metric", "seed_miou"))
+    spec.mode = _choice(data.get("mode", "max"), ("max", "min"), "mode")
+    spec.cpu = _number(resources.get("cpu", 1), "resources.cpu")
+    spec.gpu = _number(resources.get("gpu", 0), "resources.gpu")
+    if spec.cpu <= 0 or spec.gpu < 0:
+        raise ConfigError("sweep key 'resources' needs cpu > 0 and gpu >= 0")
+    spec.max_concurrent = _positive_int(data.get("max_concurrent", 1), "max_concurrent")
+    spec.max_failures = int(data.get("max_failures", 1))
+    spec.storage = Path(str(data.get("storage", "ray_results"))).expanduser().resolve()
+    spec.experiment = str(mlflow.get("experiment", "cobra"))
+
+    if spec.algorithm == "grid":
+        bad = [k for k, d in space.items() if d.kind != "choice"]
+        if bad:
+            raise ConfigError(f"search.algorithm=grid needs lists of values, but "
+                              f"{', '.join(bad)} is a range; list its values or use tpe")
+        grid_size = math.prod(len(d.values) for d in space.values())
+        spec.num_trials = int(search.get("num_trials") or grid_size)
+    else:
+        spec.num_trials = _positive_int(search.get("num_trials", 8), "search.num_trials")
+    return spec
+
+
+def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
+    if value not in options:
+        raise ConfigError(f"sweep key '{where}' must be one of {', '.join(options)}, "
+                          f"got {value!r}{_close(str(value), options)}")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"sweep key '{where}' must be a positive integer, got {value!r}")
+    return value
+
+
+# Short labels so MLflow's run list and compare view stay readable.
+SHORT_NAMES = {"loss.k_sap_pos": "ksap+", "loss.k_sap_neg": "ksap-", "loss.k_cap_pos": "kcap+",
+               "loss.k_cap_neg": "kcap-", "loss.lambda_cam": "l1", "loss.lambda_proj": "l2",
+               "loss.tau": "tau", "model.embed_dim": "D", "train.seed": "seed",
+               "seeds.fusion": "fusion", "model.branches": "branches"}
+
+
+def trial_name(params: dict[str, Any]) -> str:
+    """`ksap-=5_kcap+=20`-style name from a trial's searched values."""
+    parts = []
+    for key, value in params.items():
+        label = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        parts.append(f"{label}={shown}")
+    return "_".join(parts)
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of a grid sweep, in a stable order (for tests and reports)."""
+    keys = list(spec.space)
+    return [dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(spec.space[k].values for k in keys))]

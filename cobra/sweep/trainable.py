@@ -1,0 +1,132 @@
+"""One sweep trial inside a Ray worker: CoBra's own train → seeds, reported to Ray and MLflow.
+
+The training code only sees a `Reporter`; `RayReporter` turns each epoch into a
+`ray.tune.report(metrics, checkpoint=...)` so schedulers can stop a trial and a crashed trial can
+be restored from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from cobra import tracking
+from cobra.config import from_dict, with_overrides
+from cobra.errors import NonFiniteLossError
+from cobra.layout import RunLayout
+from cobra.pipeline import run_trial
+from cobra.reporting import FileReporter, MultiReporter, Reporter
+from cobra.sweep.spec import trial_name
+
+# Fault injection for the fault-tolerance tests and drills: crash a trial's first attempt right
+# after the checkpoint of this epoch (1-based) has been reported.
+CRASH_ENV = "COBRA_CRASH_ONCE_AFTER_EPOCH"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver (picklable: it travels to the workers)."""
+
+    base_config: dict[str, Any]
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    metric: str
+
+
+class RayReporter(Reporter):
+    """Per-epoch metrics + checkpoint to Ray Tune; the final report carries the seed metrics."""
+
+    def __init__(self, layout: RunLayout, run_id: str) -> None:
+        self.layout = layout
+        self.last: dict[str, float] = {"mlflow_run_id": run_id}  # type: ignore[dict-item]
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float],
+                  checkpoint: Path | None = None) -> None:
+        self.last.update(metrics)
+        self.last["epoch"] = epoch + 1
+        ckpt = None
+        if checkpoint is not None:
+            # Ray moves what it is given into its storage, so hand it a copy of the directory.
+            staging = Path(tempfile.mkdtemp(prefix="cobra-ckpt-"))
+            shutil.copy2(self.layout.last_checkpoint, staging / "last.pt")
+            ckpt = tune.Checkpoint.from_directory(str(staging))
+        tune.report(dict(self.last), checkpoint=ckpt)
+        _maybe_crash(epoch + 1, self.layout)
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        self.last.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def final_report(self) -> None:
+        tune.report(dict(self.last))
+
+
+def _maybe_crash(epoch: int, layout: RunLayout) -> None:
+    target = os.environ.get(CRASH_ENV)
+    marker = layout.root / ".crashed-once"
+    if target and int(target) == epoch and not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected crash after epoch {epoch} ({CRASH_ENV})")
+
+
+def _restore(layout: RunLayout) -> Path | None:
+    """The last checkpoint Ray kept for this trial (after a crash or a resumed sweep)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        layout.checkpoints.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(directory) / "last.pt", layout.last_checkpoint)
+    return layout.last_checkpoint
+
+
+def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> str:
+    """The trial's child run: reused when Ray restarts the trial, so retries stay one run."""
+    existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
+    if existing:
+        tracking.reopen_run(ctx.tracking_uri, existing)
+        return existing
+    node = ray.get_runtime_context().get_node_id()
+    return tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
+                                    tags={"ray_trial_id": trial_id, "ray_node_id": node})
+
+
+def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray function trainable: `params` maps dotted config keys to this trial's values."""
+    tune_ctx = tune.get_context()
+    trial_id = tune_ctx.get_trial_id()
+    layout = RunLayout(Path(tune_ctx.get_trial_dir()) / "run")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    cfg = with_overrides(from_dict(ctx.base_config),
+                         {**params, "run.dir": str(layout.root.parent), "run.name": "run",
+                          "train.progress": False})
+    run_id = _mlflow_run(ctx, trial_id, trial_name(params))
+    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id)
+    ray_reporter = RayReporter(layout, run_id)
+    reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
+    mlflow_reporter.set_tags({"cobra.searched": ",".join(params)})
+    try:
+        run_trial(cfg, layout, reporter, resume_from=_restore(layout))
+    except NonFiniteLossError as exc:
+        # Deterministic: retrying from the checkpoint would diverge again. End this trial as
+        # failed with its reason and let the sweep go on.
+        mlflow_reporter.set_tags({"cobra.failure": str(exc)})
+        mlflow_reporter.log_text(str(exc), "failure.txt")
+        mlflow_reporter.close("FAILED")
+        return
+    except BaseException as exc:
+        mlflow_reporter.set_tags({"cobra.failure": f"{type(exc).__name__}: {exc}"[:500]})
+        mlflow_reporter.close("FAILED")
+        raise
+    mlflow_reporter.log_artifact(layout.config, None)
+    mlflow_reporter.log_artifact(layout.last_checkpoint, "checkpoints")
+    ray_reporter.final_report()
+    mlflow_reporter.close("FINISHED")

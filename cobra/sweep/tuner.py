@@ -1,0 +1,162 @@
+"""Run a sweep: Optuna proposes, Ray Tune schedules, MLflow records (parent run + one child per
+trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts for the sweep."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+from cobra import tracking
+from cobra.config import to_dict
+from cobra.data import build_source, resolve_train_split
+from cobra.errors import ConfigError
+from cobra.sweep.spec import SweepSpec, trial_name
+from cobra.sweep.trainable import TrialContext, run_sweep_trial
+
+# A trial reports per-epoch metrics (no seed mIoU yet) before its final report; Ray's strict
+# check would reject those intermediate results for lacking the sweep metric.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+
+def _optuna_search(spec: SweepSpec):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class SeedMetricOptunaSearch(OptunaSearch):
+        """Optuna sees a trial's value once its seeds are scored; the per-epoch reports before
+        that (losses, mAP, for schedulers) do not carry the sweep metric."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    distributions = {}
+    for key, d in spec.space.items():
+        if d.kind == "choice":
+            distributions[key] = optuna.distributions.CategoricalDistribution(list(d.values))
+        elif d.kind == "int":
+            distributions[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
+        else:
+            distributions[key] = optuna.distributions.FloatDistribution(
+                d.low, d.high, log=d.kind == "loguniform")
+    if spec.algorithm == "grid":
+        sampler = optuna.samplers.GridSampler(spec.grid(), seed=spec.seed)
+    elif spec.algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=spec.seed)
+    return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode, sampler=sampler)
+
+
+def _readable_name(trial) -> str:
+    """`ksap-=5_kcap+=20_a1b2c3d4`: the console and the results directory say what was tried."""
+    return f"{trial_name(trial.config)}_{trial.trial_id}"
+
+
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(metric=spec.scheduler_metric, mode=spec.scheduler_mode,
+                         time_attr="epoch", max_t=spec.base.train.epochs,
+                         grace_period=spec.grace_period,
+                         reduction_factor=spec.reduction_factor)
+
+
+def _preflight(spec: SweepSpec, resume: bool) -> str:
+    """Everything that can fail fast does, before Ray starts: the tracker, the data, the
+    experiment directory. Returns the tracking URI."""
+    uri = tracking.resolve_tracking_uri()
+    tracking.check_reachable(uri)
+    # Written once here (synthetic) and checked: trials must not race to create the dataset.
+    build_source(spec.base, resolve_train_split(spec.base))
+    build_source(spec.base, spec.base.data.val_split)
+    exists = (spec.experiment_dir / "tuner.pkl").exists()
+    if exists and not resume:
+        raise ConfigError(f"sweep '{spec.name}' already exists at {spec.experiment_dir}; pass "
+                          f"--resume to continue it, or give the sweep another name")
+    if resume and not exists:
+        raise ConfigError(f"no sweep '{spec.name}' to resume at {spec.experiment_dir}; "
+                          f"start it without --resume")
+    return uri
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
+    from ray import tune
+
+    uri = _preflight(spec, resume)
+    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
+    if parent is None:
+        parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
+                                          spec.metric, spec.mode)
+    else:
+        tracking.reopen_run(uri, parent)
+    ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
+                       experiment=spec.experiment, parent_run_id=parent, metric=spec.metric)
+    trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
+                                    {"cpu": spec.cpu, "gpu": spec.gpu})
+    _init_ray()
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
+                    num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
+                    trial_name_creator=_readable_name, trial_dirname_creator=_readable_name),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(spec.storage),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=1))
+        results = tuner.fit()
+    except BaseException:
+        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
+        raise
+    if _interrupted(spec, results):
+        # Ray caught Ctrl+C, stopped the trials and saved the search state: say how to go on.
+        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
+        print(f"sweep '{spec.name}' interrupted; continue it with "
+              f"`launch.py sweep {spec.file} --resume`", file=sys.stderr)
+        raise KeyboardInterrupt
+    return _summarise(spec, uri, parent, results)
+
+
+def _interrupted(spec: SweepSpec, results) -> bool:
+    ended = results.num_terminated + results.num_errors
+    return len(results) < spec.num_trials or ended < len(results)
+
+
+def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any]:
+    scored = []
+    for result in results:
+        value = (result.metrics or {}).get(spec.metric)
+        if result.error is None and isinstance(value, (int, float)) and math.isfinite(value):
+            scored.append((value, result.metrics.get("mlflow_run_id")))
+    best_value, best_run = (None, None)
+    if scored:
+        best_value, best_run = (max if spec.mode == "max" else min)(scored, key=lambda s: s[0])
+    tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
+    return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
+            "errored": sum(r.error is not None for r in results), "scored": len(scored),
+            "best_run_id": best_run, f"best_{spec.metric}": best_value,
+            "tracking_uri": uri, "experiment_dir": str(spec.experiment_dir)}

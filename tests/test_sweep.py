@@ -1,0 +1,198 @@
+"""Sweeps end to end with a real local Ray, real Optuna and a real MLflow sqlite store: a small
+grid, the best-trial hand-off to `final`, the report, crash retry, non-finite trials, resume after
+an interrupt, and the bad-input contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from cobra.cli import main
+from cobra.config import unflatten
+from tests.conftest import TINY_OVERRIDES
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sweep_env(tmp_path, tiny_data_root, monkeypatch):
+    """A tracking store, a Ray storage dir and a base config, all under tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    base = dict(o.split("=", 1) for o in TINY_OVERRIDES)
+    base = {k: yaml.safe_load(v) for k, v in base.items()}
+    base["data.root"] = str(tiny_data_root)
+    yield {"uri": uri, "dir": tmp_path, "base": unflatten(base)}
+    import ray
+
+    ray.shutdown()
+
+
+def write_sweep(env, name: str, space: dict, **extra) -> Path:
+    sweep = {"name": name, "base": env["base"], "space": space,
+             "search": {"algorithm": "grid", "seed": 0}, "resources": {"cpu": 1},
+             "max_concurrent": 2, "storage": str(env["dir"] / "ray_results"),
+             "mlflow": {"experiment": "tests"}, **extra}
+    path = env["dir"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.startswith("{")]
+    return code, (json.loads(lines[-1]) if lines else None), out.err
+
+
+def children(client: MlflowClient, parent_id: str):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, capsys):
+    path = write_sweep(sweep_env, "grid", {"loss.k_cap_pos": [1, 3]})
+    code, result, err = cli(["sweep", str(path)], capsys)
+    assert code == 0, err
+    assert result["trials"] == 2 and result["errored"] == 0
+
+    client = MlflowClient(sweep_env["uri"])
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.tags["cobra.kind"] == "sweep" and parent.info.status == "FINISHED"
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["loss.k_cap_pos"] in {"1", "3"}
+        assert run.info.run_name.startswith("kcap+=")
+        assert {"ray_trial_id", "ray_node_id"} <= set(run.data.tags)
+        for key in ("loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
+                    "cls_map_vit", "seed_miou", "seed_threshold"):
+            assert key in run.data.metrics, key
+        assert any(k.startswith("seed_iou/") for k in run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "loss_cls")
+        assert [m.step for m in history] == [0]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "checkpoints", "pictures"} <= artifacts
+
+    # the best trial by a direct MLflow query is the one the sweep and `final --best` pick
+    best = max(runs, key=lambda r: r.data.metrics["seed_miou"])
+    assert parent.data.tags["cobra.best_run_id"] == best.info.run_id == result["best_run_id"]
+
+    code, report, err = cli(["report", "--sweep", "grid", "--experiment", "tests",
+                             "--out", str(sweep_env["dir"] / "report")], capsys)
+    assert code == 0, err
+    assert "k_cap_pos" in err
+    assert (sweep_env["dir"] / "report" / "report.md").exists()
+
+    code, final, err = cli(["final", "--best", "--sweep", "grid", "--experiment", "tests",
+                            "--runs-dir", str(sweep_env["dir"] / "runs"),
+                            "--set", "seeds.max_images=2"], capsys)
+    assert code == 0, err
+    assert final["source_run_id"] == best.info.run_id
+    assert "seed_miou" in final
+    final_run = client.get_run(final["final_run_id"])
+    assert final_run.data.tags["source_run_id"] == best.info.run_id
+    assert final["missing_stages"][0] == "ir_labels" or final["missing_stages"] == []
+
+
+def test_crashed_trial_is_retried_from_its_checkpoint_and_nonfinite_fails_alone(
+        sweep_env, capsys, monkeypatch):
+    monkeypatch.setenv("COBRA_CRASH_ONCE_AFTER_EPOCH", "1")
+    path = write_sweep(sweep_env, "faults", {"train.lr": [0.01, 1.0e12]},
+                       overrides={"train.epochs": 2}, max_failures=1)
+    code, result, err = cli(["sweep", str(path)], capsys)
+    assert code == 0, err
+    client = MlflowClient(sweep_env["uri"])
+    runs = {r.data.params["train.lr"]: r for r in children(client, result["parent_run_id"])}
+    assert len(runs) == 2  # a retried trial stays one MLflow run
+
+    good = runs["0.01"]
+    assert good.info.status == "FINISHED" and "seed_miou" in good.data.metrics
+    history = client.get_metric_history(good.info.run_id, "loss_cls")
+    assert sorted(m.step for m in history) == [0, 1]  # epoch 0 not trained twice
+
+    bad = runs["1000000000000.0"]
+    assert bad.info.status == "FAILED"
+    assert "non-finite loss" in bad.data.tags["cobra.failure"]
+    assert result["best_run_id"] == good.info.run_id
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
+    path = write_sweep(sweep_env, "resumable", {"loss.k_cap_pos": [1, 2, 3]}, max_concurrent=1)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep_env["uri"]}
+    launch = [sys.executable, str(ROOT / "launch.py"), "sweep", str(path)]
+    proc = subprocess.Popen(launch, cwd=sweep_env["dir"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(sweep_env["uri"])
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline and not finished:
+        time.sleep(2)
+        exp = client.get_experiment_by_name("tests")
+        if exp is not None:
+            finished = client.search_runs([exp.experiment_id],
+                                          "tags.`cobra.kind` = 'trial' and "
+                                          "attributes.status = 'FINISHED'")
+    assert finished, "no trial finished in time"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+
+    proc = subprocess.run([*launch, "--resume"], cwd=sweep_env["dir"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["trials"] == 3 and result["errored"] == 0
+    runs = children(client, result["parent_run_id"])
+    assert sorted(r.data.params["loss.k_cap_pos"] for r in runs) == ["1", "2", "3"]
+    first = finished[0]
+    assert len(client.get_metric_history(first.info.run_id, "loss_cls")) == 1
+
+
+def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
+    cases = {
+        "unknown key": ({"loss.k_cap_pos": [1]}, {"max_concurent": 2}, "max_concurrent"),
+        "no such config key": ({"loss.k_cap_poss": [1]}, {}, "loss.k_cap_pos"),
+        "empty space": ({}, {}, "empty search space"),
+        "k beyond the grid": ({"loss.k_cap_pos": [1, 99]}, {}, "only 16 patches"),
+    }
+    for name, (space, extra, needle) in cases.items():
+        path = write_sweep(sweep_env, name.replace(" ", "_"), space, **extra)
+        code, result, err = cli(["sweep", str(path)], capsys)
+        assert code == 2 and result is None, name
+        assert len(err.strip().splitlines()) == 1 and needle in err, (name, err)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    path = write_sweep(sweep_env, "unreachable", {"loss.k_cap_pos": [1]})
+    started = time.time()
+    code, _, err = cli(["sweep", str(path)], capsys)
+    assert code == 2 and "unreachable" in err and time.time() - started < 30
+    assert not (sweep_env["dir"] / "ray_results" / "unreachable").exists()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_env["uri"])
+    code, _, err = cli(["final", "--best", "--sweep", "nothing-here", "--experiment", "tests"],
+                       capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+    # a trial that never wrote its checkpoint cannot feed the final stage
+    from cobra import tracking
+
+    parent = tracking.start_sweep_run(sweep_env["uri"], "tests", "stub", path, "seed_miou", "max")
+    trial = tracking.start_trial_run(sweep_env["uri"], "tests", parent, "stub-trial", {})
+    code, _, err = cli(["final", "--run", trial, "--experiment", "tests",
+                        "--runs-dir", str(sweep_env["dir"] / "runs")], capsys)
+    assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not list((sweep_env["dir"] / "runs").glob("*"))
