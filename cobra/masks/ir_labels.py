@@ -1,0 +1,91 @@
+"""Inter-pixel-relation (IR) labels (SPEC "Masks", IRN's `cam_to_ir_label`).
+
+Two background scores split each image's class maps into confident foreground (class ids),
+confident background (0) and unknown (255); both hard maps are refined by denseCRF first.
+`aobj_thresholds` gives the paper's per-image scores derived from A_obj.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cobra.masks.crf import crf_label
+
+UNKNOWN = 255
+
+
+def _conf_map(image: np.ndarray, cam: np.ndarray, id_map: np.ndarray, score: float,
+              crf: dict[str, Any]) -> np.ndarray:
+    """(K, H, W) maps + a background score → (H, W) class ids after a CRF over K+1 labels."""
+    padded = np.concatenate([np.full((1, *cam.shape[1:]), score, dtype=cam.dtype), cam])
+    # argmax picks the first maximum, so a map equal to the score counts as background (IRN).
+    hard = padded.argmax(axis=0)
+    refined = crf_label(image, hard, cam.shape[0] + 1, **crf)
+    return id_map[refined]
+
+
+def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: float,
+             conf_bg: float, crf: dict[str, Any] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 image + (K, H, W) maps in [0, 1] + (K,) ids 1..C → (H, W) uint8 IR label.
+
+    Confident foreground (a map beats `conf_fg` after CRF) keeps its class id, confident
+    background (no map beats `conf_bg` after CRF, so background under both scores) is 0, the rest
+    is 255. `crf` holds keyword arguments for `crf_label` (gt_prob, iters, gauss_sxy, ...).
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 3:
+        raise ValueError(f"cam must be (K, H, W), got shape {cam.shape}")
+    if conf_bg > conf_fg:
+        raise ValueError(f"conf_bg ({conf_bg}) must not exceed conf_fg ({conf_fg})")
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.shape[0] != cam.shape[0]:
+        raise ValueError(f"{keys.shape[0]} keys for {cam.shape[0]} class maps")
+    crf = dict(crf or {})
+    id_map = np.concatenate([[0], keys])
+    fg = _conf_map(image, cam, id_map, conf_fg, crf)
+    bg = _conf_map(image, cam, id_map, conf_bg, crf)
+    out = fg.copy()
+    out[fg == 0] = UNKNOWN
+    # Confident background needs both maps to agree: even the low score found no object there.
+    out[(fg == 0) & (bg == 0)] = 0
+    return out.astype(np.uint8)
+
+
+def aobj_thresholds(a_obj: np.ndarray, percentile: float, step: float, gap: float,
+                    floor: float = 0.01) -> tuple[float, float]:
+    """(H, W) A_obj in [0, 1] → (conf_fg, conf_bg), the paper's per-image IR-label scores.
+
+    conf_fg is the `percentile`-th percentile of A_obj (authors: 93rd) rounded half-up to the
+    nearest multiple of `step` (authors: 0.05) and clipped to [step, 1 − step] so that neither
+    label class can vanish; conf_bg = max(conf_fg − gap, floor) with gap ≈ 0.5, where the small
+    positive `floor` (0.01) keeps a background score that a faint map can still fall under, and
+    never exceeds conf_fg.
+    """
+    if step <= 0:
+        raise ValueError(f"step must be positive, got {step}")
+    p = float(np.percentile(np.asarray(a_obj, dtype=np.float64), percentile))
+    # Half-up rounding (not numpy's half-to-even); the epsilon absorbs float noise like 0.35/0.05.
+    fg = math.floor(p / step + 0.5 + 1e-9) * step
+    fg = min(max(fg, step), 1.0 - step) if step < 0.5 else 0.5
+    fg = round(fg, 10)
+    bg = round(min(max(fg - gap, floor), fg), 10)
+    return float(fg), float(bg)
+
+
+def ir_label_quality(ir: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """(H, W) IR label + (H, W) ground truth → (confident, correct, total) pixel counts.
+
+    Only pixels with gt != 255 count; precision = correct / confident and coverage =
+    confident / total, accumulated over a whole set by the caller.
+    """
+    ir = np.asarray(ir)
+    gt = np.asarray(gt)
+    if ir.shape != gt.shape:
+        raise ValueError(f"IR label {ir.shape} and ground truth {gt.shape} differ in size")
+    valid = gt != UNKNOWN
+    confident = valid & (ir != UNKNOWN)
+    correct = confident & (ir.astype(np.int64) == gt.astype(np.int64))
+    return int(confident.sum()), int(correct.sum()), int(valid.sum())
