@@ -1,0 +1,117 @@
+"""Training pairs for stage `segment`: dataset images with the pseudo masks of stage `masks`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cobra.data.source import Source
+from cobra.data.transforms import normalize, resize, to_tensor
+from cobra.errors import StageInputError
+
+IGNORE = 255
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) uint8 class indices from a palette (or greyscale) PNG; 255 = ignore."""
+    try:
+        with Image.open(path) as img:
+            # Never convert a palette image to RGB: its pixel values *are* the class indices.
+            if img.mode not in ("P", "L"):
+                raise StageInputError(f"mask '{path}' is a {img.mode} image, not a palette PNG of "
+                                      f"class indices; run stage 'masks' again")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise StageInputError(f"mask '{path}' does not exist; run stage 'masks' first") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise StageInputError(f"mask '{path}' cannot be read ({exc}); run stage 'masks' "
+                              f"again") from None
+
+
+class MaskDataset(Dataset):
+    """Augmented (image, pseudo mask) crops: {"image": (3, S, S) float, "mask": (S, S) int64, "id"}.
+
+    Augmentation: long side resized uniformly in `resize_long`, horizontal flip, random crop of
+    side `crop` (image padded with 0 after normalization, mask with 255). Every draw uses torch's
+    global RNG, so a seeded DataLoader reproduces the same crops.
+    """
+
+    def __init__(self, source: Source, mask_dir: Path | Callable[[str], Path], ids: list[str],
+                 crop: int, resize_long: tuple[int, int] | list[int]) -> None:
+        lo, hi = (int(v) for v in resize_long)
+        if not 1 <= lo <= hi:
+            raise ValueError(f"resize_long must be [lo, hi] with 1 <= lo <= hi, got {resize_long}")
+        self.source = source
+        self.mask_dir = mask_dir
+        self.ids = list(ids)
+        self.crop = int(crop)
+        self.resize_long = (lo, hi)
+
+    def mask_path(self, image_id: str) -> Path:
+        """Where the mask of `image_id` lives: `mask_dir/<id>.png` or mask_dir(id)."""
+        if callable(self.mask_dir):
+            return Path(self.mask_dir(image_id))
+        return Path(self.mask_dir) / f"{image_id}.png"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        path = self.mask_path(image_id)
+        mask = read_mask(path)
+        image = self.source.load_image(image_id)
+        if mask.shape != image.shape[:2]:
+            raise StageInputError(f"mask '{path}' is {mask.shape[1]}x{mask.shape[0]} but its "
+                                  f"image is {image.shape[1]}x{image.shape[0]}; run stage "
+                                  f"'masks' again for this dataset")
+        labels = mask[mask != IGNORE]
+        if labels.size and int(labels.max()) > self.source.num_classes:
+            # Caught here, a mask of another dataset is one clear line, not a CUDA assert later.
+            raise StageInputError(f"mask '{path}' holds class {int(labels.max())} but the dataset "
+                                  f"has classes 0..{self.source.num_classes}; run stage 'masks' "
+                                  f"again for this dataset")
+        x, y = augment(to_tensor(image), torch.from_numpy(mask).long(), self.crop,
+                       self.resize_long)
+        return {"image": x, "mask": y, "id": image_id}
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, crop: int,
+            resize_long: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, H, W) [0, 255] float + (H, W) int64 -> (3, S, S) normalized + (S, S), jointly augmented."""
+    h, w = mask.shape
+    target = int(torch.randint(resize_long[0], resize_long[1] + 1, ()).item())
+    scale = target / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    image = resize(image, nh, nw)
+    if (nh, nw) != (h, w):
+        # nearest-exact samples pixel centres, so labels stay aligned with the bilinear image.
+        mask = F.interpolate(mask[None, None].float(), size=(nh, nw),
+                             mode="nearest-exact")[0, 0].long()
+    if torch.rand(()).item() < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    image = normalize(image)
+    return _joint_crop(image, mask, crop)
+
+
+def _joint_crop(image: torch.Tensor, mask: torch.Tensor, size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window for both: (3, H, W), (H, W) -> (3, S, S) 0-padded, (S, S) 255-padded."""
+    h, w = mask.shape
+    out_x = image.new_zeros((image.shape[0], size, size))
+    out_y = mask.new_full((size, size), IGNORE)
+    ch, cw = min(h, size), min(w, size)
+    # Per axis: a crop offset into a larger image, or a paste offset into the canvas otherwise.
+    sy = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
+    sx = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0
+    dy = int(torch.randint(0, size - h + 1, ()).item()) if h < size else 0
+    dx = int(torch.randint(0, size - w + 1, ()).item()) if w < size else 0
+    out_x[:, dy:dy + ch, dx:dx + cw] = image[:, sy:sy + ch, sx:sx + cw]
+    out_y[dy:dy + ch, dx:dx + cw] = mask[sy:sy + ch, sx:sx + cw]
+    return out_x, out_y
