@@ -142,12 +142,69 @@ class SeedsConfig:
 
 @dataclass
 class MasksConfig:
-    """Stages `ir_labels`, `irn` and `masks` (owned by cobra/masks/)."""
+    """Stages `ir_labels`, `irn` and `masks` (SPEC "Masks"; IRN's and the authors' defaults)."""
+
+    threshold_source: str = _f(
+        "fixed", choices=("fixed", "aobj"),
+        help="IR-label thresholds: fixed conf_fg/conf_bg (IRN) or per image from A_obj (paper)")
+    conf_fg: float = _f(0.30, ge=0.0, le=1.0, help="confident-foreground background score")
+    conf_bg: float = _f(0.05, ge=0.0, le=1.0, help="confident-background background score")
+    aobj_percentile: float = _f(93.0, ge=0.0, le=100.0,
+                                help="aobj source: conf_fg = this percentile of A_obj, rounded")
+    aobj_round: float = _f(0.05, gt=0.0, help="aobj source: rounding step of the percentile")
+    aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_bg = conf_fg − gap")
+    crf_iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels)")
+    crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
+    crf_gauss_sxy: float = _f(3.0, gt=0.0)
+    crf_gauss_compat: float = _f(3.0, ge=0.0)
+    crf_bilateral_sxy: float = _f(50.0, gt=0.0)
+    crf_bilateral_srgb: float = _f(5.0, gt=0.0)
+    crf_bilateral_compat: float = _f(10.0, ge=0.0)
+    irn_backbone: str = _f(
+        "resnet50", help="timm CNN of the boundary network (IRN: ResNet-50); when it names the "
+        "run's model.cnn, it starts from the trained CoBra CNN instead of model.pretrained")
+    irn_freeze_backbone: bool = _f(True, help="train only the boundary head (IRN detaches the "
+                                   "backbone features)")
+    irn_crop: int = _f(512, ge=32)
+    irn_batch_size: int = _f(32, ge=1)
+    irn_epochs: int = _f(4, ge=1)
+    irn_lr: float = _f(0.1, gt=0.0)
+    irn_pair_radius: int = _f(10, ge=1, help="pixel pairs for the affinity loss (stride-4 px)")
+    rw_radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
+    rw_beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
+    rw_exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
+    sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
+    mask_crf: bool = _f(True, help="refine masks with a second denseCRF (authors)")
+    mask_crf_gauss_sxy: float = _f(2.0, gt=0.0)
+    mask_crf_gauss_compat: float = _f(3.0, ge=0.0)
+    mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
+    mask_crf_bilateral_srgb: float = _f(5.0, gt=0.0)
+    mask_crf_bilateral_compat: float = _f(4.0, ge=0.0)
+    workers: int = _f(0, ge=0, help="CPU processes for CRF work; 0 = all cores")
+    max_images: int | None = _f(None, help="only the first N images (smoke tests)")
 
 
 @dataclass
 class SegmentConfig:
-    """Stage `segment` (owned by cobra/segment/)."""
+    """Stage `segment`: a segmentation network trained on the masks (SPEC "Segmentation")."""
+
+    arch: str = _f("deeplabv3plus", choices=("deeplabv3plus", "segformer"))
+    encoder: str = _f("resnet101", help="segmentation-models-pytorch encoder (mit_b2 for "
+                      "SegFormer, tu-<timm name> for any timm model)")
+    encoder_weights: str | None = _f("imagenet", help="imagenet (not COCO: a known confounder) "
+                                     "or null for random init")
+    crop: int = _f(512, ge=32)
+    resize_long: list[int] = _f([320, 640])
+    batch_size: int = _f(16, ge=1)
+    epochs: int = _f(30, ge=1)
+    lr: float = _f(0.01, gt=0.0)
+    weight_decay: float = _f(1e-4, ge=0.0)
+    eval_split: str = _f("val")
+    test_split: str | None = _f(None, help="also write VOC-server PNGs for this split")
+    scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5])
+    flip: bool = _f(True)
+    crf: bool = _f(True, help="denseCRF at test time (mask CRF parameters)")
+    max_images: int | None = _f(None, help="only the first N images per split (smoke tests)")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cobra import seeds as seed_math
 from cobra.checkpoint import checkpoint_config, load_checkpoint
-from cobra.config import Config
+from cobra.config import Config, flatten
 from cobra.data import build_source, normalize_image
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout, atomic_write_text
@@ -105,6 +105,28 @@ def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
     return {"keys": arrays["keys"], "cam": cam, "a_obj": arrays.get("a_obj")}
 
 
+def check_model_matches(cfg: Config, trained: Config, checkpoint: Path) -> None:
+    """model.* cannot change after training: a requested value that differs from the
+    checkpoint's is a mistake to report, not to ignore."""
+    asked, have = flatten(cfg.model), flatten(trained.model)
+    diff = [k for k in asked if k != "pretrained" and asked[k] != have[k]]
+    if diff:
+        k = diff[0]
+        raise StageInputError(f"checkpoint '{checkpoint}' does not match the config: "
+                              f"model.{k} is {have[k]!r} there but {asked[k]!r} here; model "
+                              f"settings are fixed once trained (retrain to change them)")
+
+
+def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
+    """The checkpoint's CAM heads must have one channel per class of this dataset."""
+    heads = [v for k, v in state["model"].items() if k.endswith("cam_head.weight")]
+    trained = heads[0].shape[0] - 1 if heads else source.num_classes
+    if trained != source.num_classes:
+        raise StageInputError(f"checkpoint '{checkpoint}' was trained on {trained} classes but "
+                              f"the dataset at data.root has {source.num_classes}; use the "
+                              f"dataset the run was trained on")
+
+
 def _fingerprint(cfg: Config, checkpoint: Path, ids: list[str]) -> str:
     """Outputs are complete only for the same checkpoint, seed settings and image list."""
     stat = checkpoint.stat()
@@ -126,6 +148,8 @@ def make(cfg: Config, layout: RunLayout, force: bool = False) -> list[str]:
         return ids
 
     device = resolve_device(cfg.train.device)
+    check_model_matches(cfg, trained, layout.last_checkpoint)
+    check_dataset_matches(state, source, layout.last_checkpoint)
     model = build_model(trained.model, source.num_classes)
     try:
         model.load_state_dict(state["model"])

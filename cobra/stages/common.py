@@ -1,0 +1,89 @@
+"""What post-training stages share: which images they cover, input checks, parallel maps, and
+fingerprints that tell a complete output from a stale one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cobra.config import Config
+from cobra.errors import StageInputError
+from cobra.layout import atomic_write_text
+
+
+def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
+    """The seed split's images this stage covers (the first `limit` or seeds.max_images)."""
+    ids = list(source.ids)
+    for cap in (cfg.seeds.max_images, limit):
+        if cap:
+            ids = ids[:cap]
+    return ids
+
+
+def require_files(paths: dict[str, Path], what: str, stage: str) -> None:
+    """Every image's input exists, or one line naming the missing ones and the stage to run."""
+    missing = [image_id for image_id, path in paths.items() if not path.exists()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                           else "")
+        raise StageInputError(f"{what} missing for {shown}; run stage '{stage}' first "
+                              f"(or with --force)")
+
+
+def fingerprint(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stamp:
+    """A stage's outputs are complete and current when its stamp file holds the same
+    fingerprint (keyed on inputs and settings, never on "some output file exists")."""
+
+    def __init__(self, directory: Path, value: str) -> None:
+        self.path = directory / "fingerprint.txt"
+        self.value = value
+
+    def current(self) -> bool:
+        return self.path.exists() and self.path.read_text() == self.value
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def write(self) -> None:
+        atomic_write_text(self.path, self.value)
+
+
+def file_signature(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, desc: str,
+                 progress: bool, initializer: Callable[..., None] | None = None,
+                 initargs: tuple = ()) -> Iterator[Any]:
+    """fn over items on `workers` processes (0 = all cores; 1 = in this process), in order."""
+    items = list(items)
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+    if workers == 1 or len(items) <= 1:
+        if initializer:
+            initializer(*initargs)
+        for item in items:
+            yield fn(item)
+            bar.update()
+    else:
+        # spawn: the parent holds OpenMP threads (torch), which a forked child must not inherit
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
+                                 initargs=initargs) as pool:
+            for result in pool.map(fn, items, chunksize=4):
+                yield result
+                bar.update()
+    bar.close()

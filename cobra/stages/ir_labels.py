@@ -1,0 +1,95 @@
+"""Stage `ir_labels`: confident foreground / background / unknown (255) labels from the fused
+seeds, each side refined with denseCRF (IRN's `cam_to_ir_label`, SPEC "Masks").
+
+Thresholds are fixed (`masks.conf_fg` / `masks.conf_bg`, IRN) or per image from A_obj
+(`masks.threshold_source=aobj`, the paper). Scored against ground truth as precision (confident
+pixels that are right) and coverage (pixels that are confident).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cobra.config import Config
+from cobra.data import build_source
+from cobra.layout import RunLayout
+from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
+from cobra.pictures import save_label_png
+from cobra.reporting import Reporter
+from cobra.stages.common import (
+    Stamp,
+    file_signature,
+    fingerprint,
+    parallel_map,
+    require_files,
+    stage_ids,
+)
+from cobra.stages.seeds import load_seed
+
+_WORKER: dict[str, Any] = {}
+
+
+def crf_args(cfg: Config) -> dict[str, float]:
+    m = cfg.masks
+    return {"gt_prob": m.crf_gt_prob, "iters": m.crf_iters, "gauss_sxy": m.crf_gauss_sxy,
+            "gauss_compat": m.crf_gauss_compat, "bi_sxy": m.crf_bilateral_sxy,
+            "bi_srgb": m.crf_bilateral_srgb, "bi_compat": m.crf_bilateral_compat}
+
+
+def thresholds(cfg: Config, a_obj: np.ndarray | None) -> tuple[float, float]:
+    """(conf_fg, conf_bg) for one image."""
+    m = cfg.masks
+    if m.threshold_source == "aobj" and a_obj is not None:
+        return aobj_thresholds(a_obj, m.aobj_percentile, m.aobj_round, m.aobj_gap)
+    return m.conf_fg, m.conf_bg
+
+
+def _init_worker(cfg: Config, layout: RunLayout) -> None:
+    _WORKER.update(cfg=cfg, layout=layout, source=build_source(cfg, cfg.data.seed_split))
+
+
+def _make_one(image_id: str) -> tuple[int, int, int]:
+    cfg, layout, source = _WORKER["cfg"], _WORKER["layout"], _WORKER["source"]
+    seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+    image = source.load_image(image_id)
+    conf_fg, conf_bg = thresholds(cfg, seed["a_obj"])
+    label = ir_label(image, seed["cam"], seed["keys"], conf_fg, conf_bg, crf_args(cfg))
+    save_label_png(layout.ir_label_file(image_id), label)
+    if not source.has_masks:
+        return 0, 0, 0
+    return ir_label_quality(label, source.load_mask(image_id))
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
+        ) -> dict[str, float]:
+    source = build_source(cfg, cfg.data.seed_split)
+    ids = stage_ids(cfg, source, cfg.masks.max_images)
+    require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
+    stamp = Stamp(layout.ir_labels, fingerprint(
+        seeds=file_signature(layout.seeds / "fingerprint.txt"), fusion=cfg.seeds.fusion,
+        masks={k: v for k, v in vars(cfg.masks).items() if not k.startswith(("irn", "rw"))},
+        ids=ids))
+    if stamp.current() and not force:
+        return {k: v for k, v in layout.read_summary().items() if k.startswith("ir_label")}
+    stamp.clear()
+    layout.ir_labels.mkdir(parents=True, exist_ok=True)
+    counts = np.zeros(3, dtype=np.int64)
+    for result in parallel_map(_make_one, ids, cfg.masks.workers, "ir labels",
+                               cfg.train.progress, _init_worker, (cfg, layout)):
+        counts += result
+    stamp.write()
+    confident, correct, total = counts
+    metrics = {} if total == 0 else {
+        "ir_label_precision": round(100.0 * correct / max(confident, 1), 4),
+        "ir_label_coverage": round(100.0 * confident / total, 4)}
+    reporter.log_summary(metrics)
+    layout.update_summary(metrics)
+    return metrics
+
+
+def read_ir_label(layout: RunLayout, image_id: str) -> np.ndarray:
+    """(H, W) uint8 IR label (palette indices; 255 unknown)."""
+    return np.array(Image.open(layout.ir_label_file(image_id)))

@@ -1,0 +1,128 @@
+"""Stage `irn`: train the boundary network on the IR labels (IRN's inter-pixel relations).
+
+Pixel pairs within `masks.irn_pair_radius` (at stride 4) whose IR labels are both known supervise
+the affinity a = 1 − max boundary on the segment between them: same-class pairs pull it to 1,
+different-class pairs to 0. Unknown (255) pixels supervise nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from cobra.config import Config
+from cobra.data import build_source, normalize_image
+from cobra.errors import NonFiniteLossError
+from cobra.layout import RunLayout
+from cobra.masks.affinity_labels import affinity_loss
+from cobra.masks.random_walk import neighbour_offsets
+from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
+from cobra.reporting import Reporter
+from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.ir_labels import read_ir_label
+from cobra.stages.train import poly_lr, resolve_device
+
+
+class IRLabelDataset(Dataset):
+    """Items: image (3, crop, crop) normalised, ir (crop/4, crop/4) long with 255 unknown."""
+
+    def __init__(self, source, layout: RunLayout, ids: list[str], crop: int) -> None:
+        self.source, self.layout, self.ids, self.crop = source, layout, ids, crop
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_id = self.ids[index]
+        image = normalize_image(self.source.load_image(image_id))
+        label = torch.from_numpy(read_ir_label(self.layout, image_id).astype(np.int64))
+        # random long-side scale in [0.625, 1.25] × crop (IRN: 320–640 for a 512 crop), flip
+        scale = (0.625 + 0.625 * torch.rand(()).item()) * self.crop / max(image.shape[-2:])
+        size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        if torch.rand(()) < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        image_out = torch.zeros(3, self.crop, self.crop)
+        label_out = torch.full((self.crop, self.crop), 255, dtype=torch.long)
+        top = int(torch.randint(0, max(size[0] - self.crop, 0) + 1, ()))
+        left = int(torch.randint(0, max(size[1] - self.crop, 0) + 1, ()))
+        patch = image[:, top:top + self.crop, left:left + self.crop]
+        image_out[:, : patch.shape[1], : patch.shape[2]] = patch
+        label_out[: patch.shape[1], : patch.shape[2]] = label[top:top + self.crop,
+                                                              left:left + self.crop]
+        # labels at the network's stride-4 positions (IRN samples, it does not average labels)
+        half = OUTPUT_STRIDE // 2
+        return {"image": image_out, "ir": label_out[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
+
+
+def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
+    """The boundary net; from the trained CoBra CNN when it is the same timm model."""
+    trained = checkpoint_config(cobra_state)
+    same = cfg.masks.irn_backbone == trained.model.cnn
+    net = BoundaryNet(cfg.masks.irn_backbone, False if same else cfg.model.pretrained,
+                      cfg.masks.irn_freeze_backbone)
+    if same:
+        load_cam_backbone(net, cobra_state["model"])
+    return net
+
+
+def load_boundary_net(cfg: Config, layout: RunLayout, device: torch.device) -> BoundaryNet:
+    state = load_checkpoint(layout.irn_checkpoint, map_location=device)
+    net = BoundaryNet(cfg.masks.irn_backbone, False, cfg.masks.irn_freeze_backbone)
+    net.load_state_dict(state["model"])
+    return net.to(device).eval()
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
+        ) -> dict[str, float]:
+    source = build_source(cfg, cfg.data.seed_split)
+    ids = stage_ids(cfg, source, cfg.masks.max_images)
+    require_files({i: layout.ir_label_file(i) for i in ids}, "IR labels", "ir_labels")
+    m = cfg.masks
+    stamp = Stamp(layout.irn, fingerprint(
+        ir=file_signature(layout.ir_labels / "fingerprint.txt"), seed=cfg.train.seed,
+        irn={k: v for k, v in vars(m).items() if k.startswith("irn")}))
+    if stamp.current() and layout.irn_checkpoint.exists() and not force:
+        return {}
+    stamp.clear()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    net = build_boundary_net(cfg, load_checkpoint(layout.last_checkpoint)).to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=m.irn_lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    dataset = IRLabelDataset(source, layout, ids, m.irn_crop)
+    loader = DataLoader(dataset, batch_size=m.irn_batch_size, shuffle=True,
+                        drop_last=len(dataset) > m.irn_batch_size,
+                        num_workers=cfg.data.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    offsets = neighbour_offsets(m.irn_pair_radius)
+    total = max(1, len(loader) * m.irn_epochs)
+    step, loss_sum = 0, 0.0
+    net.train()
+    for epoch in range(m.irn_epochs):
+        loss_sum, batches = 0.0, 0
+        for batch in tqdm(loader, desc=f"irn {epoch + 1}/{m.irn_epochs}", leave=False,
+                          disable=not cfg.train.progress):
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(m.irn_lr, step, total, cfg.train.poly_power)
+            boundary = net(batch["image"].to(device))
+            loss = affinity_loss(boundary, batch["ir"].to(device), offsets)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"non-finite IRN loss at epoch {epoch} step {step}; "
+                                         f"lower masks.irn_lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum, batches, step = loss_sum + loss.item(), batches + 1, step + 1
+        reporter.log_metrics({"irn_loss": loss_sum / max(batches, 1)}, step=epoch)
+    save_checkpoint(layout.irn_checkpoint, model=net, cfg=cfg, epoch=m.irn_epochs - 1)
+    stamp.write()
+    return {"irn_loss": round(loss_sum / max(batches, 1), 5)}

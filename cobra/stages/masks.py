@@ -1,0 +1,132 @@
+"""Stage `masks`: random walk of the seeds over the boundary network's affinities → masks.
+
+Per image: the boundary map at stride 4 (image and its flip), the fused seed CAMs brought to that
+grid and propagated for 2^`rw_exp_times` steps with affinities (1 − boundary on the path)^β. The
+walk's maps are stored once (`masks/rw/<id>.npz`) so thresholds can be swept offline; masks
+use IRN's background score `sem_seg_bg`, then optionally a second denseCRF (the authors').
+Mask mIoU is reported with and without that CRF.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cobra.config import Config
+from cobra.data import build_source, normalize_image
+from cobra.layout import RunLayout
+from cobra.masks.crf import crf_probs
+from cobra.masks.random_walk import masks_from_rw, random_walk
+from cobra.metrics import confusion_matrix, mean_iou
+from cobra.pictures import colorize, save_label_png, save_strip
+from cobra.reporting import Reporter
+from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.ir_labels import read_ir_label
+from cobra.stages.irn import load_boundary_net
+from cobra.stages.seeds import NUM_PICTURES, load_seed
+from cobra.stages.train import resolve_device
+
+
+@torch.no_grad()
+def boundary_map(net, image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(h4, w4) boundary probability, averaged with the horizontal flip."""
+    x = normalize_image(image).to(device)[None]
+    b = net(torch.cat([x, x.flip(-1)]))
+    return (b[0] + b[1].flip(-1)) / 2
+
+
+def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
+    """Seed CAMs (K, H, W) → random-walk maps (K, h4, w4) on the boundary grid."""
+    if cam.shape[0] == 0:
+        return np.zeros((0, *boundary.shape), dtype=np.float32)
+    small = F.interpolate(torch.from_numpy(cam)[None].to(boundary), size=boundary.shape,
+                          mode="bilinear", align_corners=False)[0]
+    rw = random_walk(small, boundary, cfg.masks.rw_radius, cfg.masks.rw_beta,
+                     2 ** cfg.masks.rw_exp_times)
+    return rw.float().cpu().numpy()
+
+
+def to_image_size(rw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if rw.shape[0] == 0:
+        return np.zeros((0, *size), dtype=np.float32)
+    return F.interpolate(torch.from_numpy(rw)[None], size=size, mode="bilinear",
+                         align_corners=False)[0].numpy()
+
+
+def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The authors' second CRF: over [background score, normalised walk maps] as probabilities."""
+    m = cfg.masks
+    scores = rw_up / max(float(rw_up.max()), 1e-8) if rw_up.size else rw_up
+    planes = np.concatenate([np.full((1, *image.shape[:2]), m.sem_seg_bg, np.float32), scores])
+    probs = planes / np.clip(planes.sum(0, keepdims=True), 1e-8, None)
+    refined = crf_probs(image, probs, iters=m.crf_iters, gauss_sxy=m.mask_crf_gauss_sxy,
+                        gauss_compat=m.mask_crf_gauss_compat, bi_sxy=m.mask_crf_bilateral_sxy,
+                        bi_srgb=m.mask_crf_bilateral_srgb,
+                        bi_compat=m.mask_crf_bilateral_compat)
+    return np.concatenate([[0], keys])[refined.argmax(0)].astype(np.uint8)
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
+        ) -> dict[str, float]:
+    source = build_source(cfg, cfg.data.seed_split)
+    ids = stage_ids(cfg, source, cfg.masks.max_images)
+    require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
+    require_files({"the boundary network": layout.irn_checkpoint}, "checkpoint", "irn")
+    m = cfg.masks
+    stamp = Stamp(layout.masks, fingerprint(
+        irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
+        seeds=file_signature(layout.seeds / "fingerprint.txt"),
+        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.sem_seg_bg], crf=m.mask_crf, ids=ids))
+    if stamp.current() and not force:
+        return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
+    stamp.clear()
+    device = resolve_device(cfg.train.device)
+    net = load_boundary_net(cfg, layout, device)
+    k = source.num_classes + 1
+    conf = {"crf": np.zeros((k, k), np.int64), "nocrf": np.zeros((k, k), np.int64)}
+    for n, image_id in enumerate(tqdm(ids, desc="masks", leave=False,
+                                      disable=not cfg.train.progress)):
+        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        image = source.load_image(image_id)
+        rw = walk(cfg, boundary_map(net, image, device), seed["cam"])
+        layout.rw_file(image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
+        rw_up = to_image_size(rw, image.shape[:2])
+        plain = masks_from_rw(rw_up, seed["keys"], m.sem_seg_bg)
+        mask = crf_mask(cfg, image, rw_up, seed["keys"]) if m.mask_crf else plain
+        save_label_png(layout.mask_file(image_id), mask)
+        if source.has_masks:
+            gt = source.load_mask(image_id)
+            conf["crf"] += confusion_matrix(mask, gt, k)
+            conf["nocrf"] += confusion_matrix(plain, gt, k)
+            if n < NUM_PICTURES:
+                _picture(layout, reporter, image_id, image, seed, mask, gt)
+    stamp.write()
+    if not source.has_masks:
+        return {}
+    metrics = {"mask_miou_nocrf": round(mean_iou(conf["nocrf"])[0], 4)}
+    metrics["mask_miou"] = (round(mean_iou(conf["crf"])[0], 4) if m.mask_crf
+                            else metrics["mask_miou_nocrf"])
+    names = list(source.class_names)
+    per_class = mean_iou(conf["crf"] if m.mask_crf else conf["nocrf"])[1]
+    reporter.log_metrics({f"mask_iou/{n}": float(v) for n, v in zip(names, per_class,
+                                                                      strict=True)
+                          if not np.isnan(v)})
+    reporter.log_summary(metrics)
+    layout.update_summary(metrics)
+    return metrics
+
+
+def _picture(layout: RunLayout, reporter: Reporter, image_id: str, image: np.ndarray,
+             seed: dict, mask: np.ndarray, gt: np.ndarray) -> None:
+    """image | seed | IR label | mask | ground truth."""
+    from cobra.seeds import cams_to_label
+
+    seed_label = cams_to_label(seed["cam"], seed["keys"], 0.15)  # IRN's fixed seed threshold
+    panels = [image, colorize(seed_label), colorize(read_ir_label(layout, image_id)),
+              colorize(mask), colorize(gt)]
+    path = layout.pictures / f"masks_{image_id}.png"
+    save_strip(path, panels, ["image", "seed", "IR label", "mask", "ground truth"])
+    reporter.log_artifact(path, "pictures")

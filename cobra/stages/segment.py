@@ -1,0 +1,71 @@
+"""Stage `segment`: a segmentation network (DeepLabV3+ or SegFormer, segmentation-models-pytorch)
+trained on the masks of the seed split, scored on `segment.eval_split` with multi-scale + flip
+inference and optional denseCRF; VOC-server PNGs for `segment.test_split`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cobra.checkpoint import load_checkpoint, save_checkpoint
+from cobra.config import Config
+from cobra.data import build_source
+from cobra.layout import RunLayout
+from cobra.masks.crf import crf_probs
+from cobra.reporting import Reporter
+from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
+from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.train import resolve_device
+
+
+def _crf_fn(cfg: Config):
+    m = cfg.masks
+    if not cfg.segment.crf:
+        return None
+
+    def refine(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        return crf_probs(image, probs, iters=m.crf_iters, gauss_sxy=m.mask_crf_gauss_sxy,
+                         gauss_compat=m.mask_crf_gauss_compat, bi_sxy=m.mask_crf_bilateral_sxy,
+                         bi_srgb=m.mask_crf_bilateral_srgb,
+                         bi_compat=m.mask_crf_bilateral_compat)
+
+    return refine
+
+
+def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
+        ) -> dict[str, float]:
+    s = cfg.segment
+    train_source = build_source(cfg, cfg.data.seed_split)
+    ids = stage_ids(cfg, train_source, cfg.masks.max_images)
+    require_files({i: layout.mask_file(i) for i in ids}, "masks", "masks")
+    stamp = Stamp(layout.segment, fingerprint(
+        masks=file_signature(layout.masks / "fingerprint.txt"), seed=cfg.train.seed,
+        segment=vars(s)))
+    if stamp.current() and not force:
+        return {k: v for k, v in layout.read_summary().items() if k.startswith("seg_")}
+    stamp.clear()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_segmenter(s, train_source.num_classes).to(device)
+    if layout.segment_checkpoint.exists() and not force:
+        model.load_state_dict(load_checkpoint(layout.segment_checkpoint, device)["model"])
+    else:
+        dataset = MaskDataset(train_source, layout.mask_file, ids, s.crop, tuple(s.resize_long))
+        train_segmenter(model, dataset, s, device, progress=cfg.train.progress,
+                        on_epoch=lambda epoch, m: reporter.log_metrics(m, step=epoch))
+        save_checkpoint(layout.segment_checkpoint, model=model, cfg=cfg, epoch=s.epochs - 1)
+    model.eval()
+    eval_source = build_source(cfg, s.eval_split)
+    eval_ids = list(eval_source.ids)[: s.max_images] if s.max_images else list(eval_source.ids)
+    result = evaluate(model, eval_source, eval_ids, s, layout.segment / "pred", _crf_fn(cfg),
+                      progress=cfg.train.progress)
+    metrics = {"seg_miou": round(float(result["seg_miou"]), 4)} if eval_source.has_masks else {}
+    if s.test_split:
+        test_source = build_source(cfg, s.test_split)
+        evaluate(model, test_source, list(test_source.ids), s,
+                 layout.segment / f"{s.test_split}_png", _crf_fn(cfg),
+                 progress=cfg.train.progress)
+    stamp.write()
+    reporter.log_summary(metrics)
+    layout.update_summary(metrics)
+    return metrics

@@ -1,0 +1,99 @@
+"""The post-training chain on tiny settings through the real CLI: seeds → IR labels → boundary
+network → masks → segmentation, its outputs and metrics, skipping complete outputs, and the
+bad-input contract of each stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cobra.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.startswith("{")]
+    return code, (json.loads(lines[-1]) if lines else None), out.err
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture
+def trained_run(tiny_overrides, capsys) -> Path:
+    code, result, err = cli(["train", "--name", "chain", *sets(tiny_overrides)], capsys)
+    assert code == 0, err
+    return Path(result["run_dir"])
+
+
+def test_masks_and_segmentation_chain(trained_run, capsys):
+    run = str(trained_run)
+    code, result, err = cli(["stage", "ir_labels", "irn", "masks", "segment", "--run-dir", run],
+                            capsys)
+    assert code == 0, err
+    for key in ("ir_label_precision", "ir_label_coverage", "mask_miou", "mask_miou_nocrf",
+                "seg_miou"):
+        assert 0.0 <= result[key] <= 100.0, key
+    ids = sorted(p.stem for p in (trained_run / "seeds").glob("*.npz"))
+    for image_id in ids:
+        ir = np.array(Image.open(trained_run / "ir_labels" / f"{image_id}.png"))
+        mask = np.array(Image.open(trained_run / "masks" / "png" / f"{image_id}.png"))
+        assert ir.shape == mask.shape
+        assert set(np.unique(ir)) <= set(range(9)) | {255}
+        with np.load(trained_run / "masks" / "rw" / f"{image_id}.npz") as rw:
+            assert rw["rw"].shape[0] == rw["keys"].shape[0]
+    assert (trained_run / "irn" / "model.pt").exists()
+    assert list((trained_run / "segment" / "pred").glob("*.png"))
+    assert list((trained_run / "pictures").glob("masks_*.png"))
+
+    # complete outputs are skipped: the boundary network is not retrained
+    before = (trained_run / "irn" / "model.pt").stat().st_mtime_ns
+    code, again, err = cli(["stage", "irn", "masks", "--run-dir", run], capsys)
+    assert code == 0, err
+    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
+    assert again["mask_miou"] == result["mask_miou"]
+
+    # Table 5 as a command: masks for another fusion mode on the same checkpoint
+    code, tran, err = cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
+                           "--set", "seeds.fusion=tran"], capsys)
+    assert code == 0, err
+    assert "mask_miou" in tran
+
+
+def test_stage_bad_inputs_exit_2(trained_run, tiny_data_root, tmp_path, capsys):
+    run = str(trained_run)
+    # a later stage before its input exists names the stage that makes it
+    code, _, err = cli(["stage", "masks", "--run-dir", run], capsys)
+    assert code == 2 and "run stage 'irn'" in err and len(err.strip().splitlines()) == 1
+
+    # seeds missing for some images: name them
+    victim = sorted((trained_run / "seeds").glob("*.npz"))[1]
+    os.remove(victim)
+    code, _, err = cli(["stage", "ir_labels", "--run-dir", run], capsys)
+    assert code == 2 and victim.stem in err and "run stage 'seeds'" in err
+
+    # a checkpoint that does not match the config
+    code, _, err = cli(["stage", "seeds", "--run-dir", run, "--force",
+                        "--set", "model.embed_dim=32"], capsys)
+    assert code == 2 and "does not match" in err and len(err.strip().splitlines()) == 1
+
+    # a run directory made on another dataset (different classes)
+    other = tmp_path / "other"
+    (other / "JPEGImages").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(tiny_data_root, other, dirs_exist_ok=True)
+    names = (other / "classes.txt").read_text().split()
+    (other / "classes.txt").write_text("\n".join(names[:5]) + "\n")
+    code, _, err = cli(["stage", "seeds", "--run-dir", run, "--force",
+                        "--set", f"data.root={other}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
