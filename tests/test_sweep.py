@@ -104,7 +104,9 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     assert "seed_miou" in final
     final_run = client.get_run(final["final_run_id"])
     assert final_run.data.tags["source_run_id"] == best.info.run_id
-    assert final["missing_stages"][0] == "ir_labels" or final["missing_stages"] == []
+    assert final["missing_stages"] == []
+    for key in ("seed_miou", "ir_label_precision", "mask_miou", "mask_miou_nocrf", "seg_miou"):
+        assert key in final and key in final_run.data.metrics, key
 
 
 def test_crashed_trial_is_retried_from_its_checkpoint_and_nonfinite_fails_alone(

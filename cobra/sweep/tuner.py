@@ -84,6 +84,14 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     return uri
 
 
+def _note(spec: SweepSpec) -> str:
+    """The parent run's description in the MLflow UI: what varies and how to read it."""
+    space = "\n".join(f"- `{key}`: {d.describe()}" for key, d in spec.space.items())
+    return (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials), ranked by "
+            f"`{spec.metric}` ({spec.mode}).\n\nSearched:\n{space}\n\nEvery config key is a "
+            f"param of each trial: in Compare, switch on *Show diff only* to see just these.")
+
+
 def _init_ray() -> None:
     import ray
 
@@ -105,6 +113,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     if parent is None:
         parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
                                           spec.metric, spec.mode)
+        tracking.MlflowReporter(uri, parent).set_tags({"mlflow.note.content": _note(spec)})
     else:
         tracking.reopen_run(uri, parent)
     ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
