@@ -55,7 +55,10 @@ SOURCE_TAG = "source_run_id"
 
 # Bounds applied to mlflow's HTTP client in processes that log to a server: its defaults retry a
 # dead server for minutes, which would hang a trial instead of failing it.
-HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# How long a finishing trial waits for an absent server to come back before it fails.
+FLUSH_TIMEOUT_ENV = "COBRA_MLFLOW_FLUSH_TIMEOUT_S"
 
 # A fresh sqlite store announces its schema set-up on stderr; users need one line, not three.
 for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -328,11 +331,17 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 class MlflowReporter(Reporter):
     """Reporter hooks logged to one MLflow run, by id."""
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, resumed: bool = False) -> None:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
         self._params: dict[str, str] | None = None  # what the run already holds, loaded lazily
+        # A restarted trial replays the epoch it was in when it died (resume is exact, so the
+        # values are the same); (key, step) pairs the run already holds are not logged twice.
+        self._logged_steps: dict[str, set[int]] | None = None if resumed else {}
+        # Metrics the store could not take yet (server away): kept in order and sent first on
+        # the next call, so training goes on through an outage and nothing is dropped.
+        self._pending: list[Metric] = []
 
     def _logged_params(self) -> dict[str, str]:
         if self._params is None:
@@ -375,9 +384,41 @@ class MlflowReporter(Reporter):
             number = _as_float(value)
             if number is not None:
                 clean[sanitize_key(key)] = number  # dict: collisions after sanitizing dedupe
-        entries = [Metric(k, v, now, int(step or 0)) for k, v in clean.items()]
-        for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch)
+        seen = self._steps_on_record()
+        fresh = [Metric(k, v, now, int(step or 0)) for k, v in clean.items()
+                 if int(step or 0) not in seen.get(k, ())]
+        self._pending += fresh
+        self._flush()
+
+    def _steps_on_record(self) -> dict[str, set[int]]:
+        if self._logged_steps is None:
+            keys = self.client.get_run(self.run_id).data.metrics
+            self._logged_steps = {k: {m.step for m in self.client.get_metric_history(
+                self.run_id, k)} for k in keys}
+        return self._logged_steps
+
+    def _flush(self) -> bool:
+        """Send buffered metrics; False (and keep them) while the store is unreachable."""
+        while self._pending:
+            batch = self._pending[:MAX_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception:  # connection refused, timeouts, 5xx: the store is away
+                return False
+            del self._pending[: len(batch)]
+        return True
+
+    def _wait_for_store(self, action: str) -> None:
+        """Before the run's last writes: retry buffered metrics until the store is back, or fail
+        the trial with the reason (its metrics stay in the run directory's metrics.jsonl)."""
+        deadline = time.time() + float(os.environ.get(FLUSH_TIMEOUT_ENV, "300"))
+        while not self._flush():
+            if time.time() > deadline:
+                raise TrackingError(
+                    f"MLflow store {self.uri} unreachable while {action}; {len(self._pending)} "
+                    f"metric values of run {self.run_id} are only in the run directory's "
+                    f"metrics.jsonl - bring the server back and resume the sweep")
+            time.sleep(2.0)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float],
                   checkpoint: Path | None = None) -> None:
@@ -387,6 +428,7 @@ class MlflowReporter(Reporter):
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         """Upload a file (or a directory's contents) under `subdir`."""
         path = Path(path)
+        self._wait_for_store(f"uploading {path.name}")
         if path.is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path=subdir)
         else:
@@ -407,7 +449,8 @@ class MlflowReporter(Reporter):
         self.client.log_text(self.run_id, text, artifact_file)
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the run with FINISHED, FAILED or KILLED."""
+        """End the run with FINISHED, FAILED or KILLED (after every buffered metric is in)."""
+        self._wait_for_store("ending the run")
         self.client.set_terminated(self.run_id, status)
 
 
