@@ -13,7 +13,7 @@
     resources: {cpu: 1, gpu: 0}       # per trial; fractions allowed
     max_concurrent: 1
     max_failures: 1                   # retries of a crashed trial, from its last checkpoint
-    storage: ray_results              # Ray's experiment directory (relative to the cwd)
+    storage: ray_results              # Ray's storage: a path every node sees, or s3://...
     mlflow: {experiment: cobra}
 
 Every mistake is a ConfigError naming the key, with a close match when there is one.
@@ -80,12 +80,17 @@ class SweepSpec:
     gpu: float = 0.0
     max_concurrent: int = 1
     max_failures: int = 1
-    storage: Path = field(default_factory=lambda: Path("ray_results").resolve())
+    storage: str = field(default_factory=lambda: str(Path("ray_results").resolve()))
     experiment: str = "cobra"
 
     @property
-    def experiment_dir(self) -> Path:
-        return self.storage / self.name
+    def storage_is_uri(self) -> bool:
+        return "://" in self.storage
+
+    @property
+    def experiment_dir(self) -> str:
+        """Where Ray keeps the sweep: a path all nodes must see (shared FS) or a storage URI."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
 
     def grid(self) -> dict[str, list[Any]]:
         return {key: list(d.values) for key, d in self.space.items()}
@@ -164,7 +169,13 @@ def _base_config(data: dict[str, Any], file: Path) -> config_mod.Config:
     for key in overrides:
         if key not in config_mod.dotted_keys():
             raise config_mod.unknown_key_error(key, "overrides")
-    return config_mod.with_overrides(cfg, overrides)
+    cfg = config_mod.with_overrides(cfg, overrides)
+    if cfg.data.root is not None and not Path(cfg.data.root).expanduser().is_absolute():
+        # trials run in their own directories (and on other nodes): pin relative paths to
+        # where the sweep was launched
+        cfg = config_mod.with_overrides(
+            cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+    return cfg
 
 
 def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
@@ -222,7 +233,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError("sweep key 'resources' needs cpu > 0 and gpu >= 0")
     spec.max_concurrent = _positive_int(data.get("max_concurrent", 1), "max_concurrent")
     spec.max_failures = int(data.get("max_failures", 1))
-    spec.storage = Path(str(data.get("storage", "ray_results"))).expanduser().resolve()
+    storage = str(data.get("storage", "ray_results"))
+    # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
+    spec.storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     spec.experiment = str(mlflow.get("experiment", "cobra"))
 
     if spec.algorithm == "grid":

@@ -88,15 +88,22 @@ def _restore(layout: RunLayout) -> Path | None:
     return layout.last_checkpoint
 
 
-def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> str:
-    """The trial's child run: reused when Ray restarts the trial, so retries stay one run."""
+def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> tuple[str, bool]:
+    """The trial's child run (and whether it is a restart's): reused when Ray restarts the trial,
+    so retries stay one run."""
+    node = ray.get_runtime_context().get_node_id()
     existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
     if existing:
         tracking.reopen_run(ctx.tracking_uri, existing)
-        return existing
-    node = ray.get_runtime_context().get_node_id()
-    return tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
-                                    tags={"ray_trial_id": trial_id, "ray_node_id": node})
+        # a restarted trial may land on another node: keep where every attempt ran
+        history = tracking.get_trial(ctx.tracking_uri, existing).tags.get("ray_node_history", "")
+        tracking.MlflowReporter(ctx.tracking_uri, existing).set_tags(
+            {"ray_node_id": node, "ray_node_history": f"{history},{node}".strip(",")})
+        return existing, True
+    run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
+                                      tags={"ray_trial_id": trial_id, "ray_node_id": node,
+                                            "ray_node_history": node})
+    return run_id, False
 
 
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
@@ -108,11 +115,12 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     cfg = with_overrides(from_dict(ctx.base_config),
                          {**params, "run.dir": str(layout.root.parent), "run.name": "run",
                           "train.progress": False})
-    run_id = _mlflow_run(ctx, trial_id, trial_name(params))
-    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id)
+    run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
+    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed)
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
-    mlflow_reporter.set_tags({"cobra.searched": ",".join(params)})
+    # the worker's pid lets an operator (or a fault drill) find the process of a trial
+    mlflow_reporter.set_tags({"cobra.searched": ",".join(params), "ray_worker_pid": os.getpid()})
     try:
         run_trial(cfg, layout, reporter, resume_from=_restore(layout))
     except NonFiniteLossError as exc:

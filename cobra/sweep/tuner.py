@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cobra import tracking
@@ -74,7 +75,8 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     # Written once here (synthetic) and checked: trials must not race to create the dataset.
     build_source(spec.base, resolve_train_split(spec.base))
     build_source(spec.base, spec.base.data.val_split)
-    exists = (spec.experiment_dir / "tuner.pkl").exists()
+    _check_storage(spec)
+    exists = _sweep_exists(spec)
     if exists and not resume:
         raise ConfigError(f"sweep '{spec.name}' already exists at {spec.experiment_dir}; pass "
                           f"--resume to continue it, or give the sweep another name")
@@ -90,6 +92,31 @@ def _note(spec: SweepSpec) -> str:
     return (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials), ranked by "
             f"`{spec.metric}` ({spec.mode}).\n\nSearched:\n{space}\n\nEvery config key is a "
             f"param of each trial: in Compare, switch on *Show diff only* to see just these.")
+
+
+def _check_storage(spec: SweepSpec) -> None:
+    """The storage path must be writable here; on a cluster it must be the same shared path on
+    every node (Ray's workers write checkpoints there directly)."""
+    if spec.storage_is_uri:
+        return
+    root = Path(spec.storage)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".cobra-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"sweep storage '{root}' is not writable ({exc.strerror}); set "
+                          f"'storage:' to a shared directory every Ray node can write, or an "
+                          f"s3:// URI") from None
+
+
+def _sweep_exists(spec: SweepSpec) -> bool:
+    if spec.storage_is_uri:
+        from ray.tune import Tuner
+
+        return Tuner.can_restore(spec.experiment_dir)
+    return (Path(spec.experiment_dir) / "tuner.pkl").exists()
 
 
 def _init_ray() -> None:
@@ -123,7 +150,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     _init_ray()
     try:
         if resume:
-            tuner = tune.Tuner.restore(str(spec.experiment_dir), trainable=trainable,
+            tuner = tune.Tuner.restore(spec.experiment_dir, trainable=trainable,
                                        resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -133,7 +160,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                     num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
                     trial_name_creator=_readable_name, trial_dirname_creator=_readable_name),
                 run_config=tune.RunConfig(
-                    name=spec.name, storage_path=str(spec.storage),
+                    name=spec.name, storage_path=spec.storage,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=1))
