@@ -55,7 +55,8 @@ def start_sweep(path: Path, env: dict, *extra: str) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, timeout: int = 600) -> dict:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
-    return json.loads(out.strip().splitlines()[-1])
+    # stdout and stderr are merged: Ray may log after the command's JSON line
+    return json.loads([ln for ln in out.splitlines() if ln.startswith('{"sweep"')][-1])
 
 
 def trials(client: MlflowClient, status: str | None = None) -> list:

@@ -112,9 +112,9 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune_ctx.get_trial_id()
     layout = RunLayout(Path(tune_ctx.get_trial_dir()) / "run")
     layout.root.mkdir(parents=True, exist_ok=True)
-    cfg = with_overrides(from_dict(ctx.base_config),
-                         {**params, "run.dir": str(layout.root.parent), "run.name": "run",
-                          "train.progress": False})
+    # run.* stays as in the base config: the trial directory moves between Ray sessions (a
+    # resumed sweep), and a trial's params must not change when it is restarted
+    cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
     run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
     mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed)
     ray_reporter = RayReporter(layout, run_id)
