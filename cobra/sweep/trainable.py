@@ -131,7 +131,8 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         mlflow_reporter.close("FAILED")
         return
     except BaseException as exc:
-        mlflow_reporter.set_tags({"cobra.failure": f"{type(exc).__name__}: {exc}"[:500]})
+        # Ray may retry this attempt from its checkpoint: record the crash, not a verdict
+        mlflow_reporter.set_tags({"cobra.last_crash": f"{type(exc).__name__}: {exc}"[:500]})
         mlflow_reporter.close("FAILED")
         raise
     mlflow_reporter.log_artifact(layout.config, None)
