@@ -62,19 +62,60 @@ def random_hflip(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return image
 
 
+def _crop_window(h: int, w: int, size: int) -> tuple[slice, slice, slice, slice]:
+    """(source rows, source cols, canvas rows, canvas cols) of one random size x size window.
+
+    Per axis: a crop offset into the image when it is larger, a paste offset into the canvas if
+    not (IRN's random_crop).
+    """
+    ch, cw = min(h, size), min(w, size)
+    sy = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
+    sx = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0
+    dy = int(torch.randint(0, size - h + 1, ()).item()) if h < size else 0
+    dx = int(torch.randint(0, size - w + 1, ()).item()) if w < size else 0
+    return (slice(sy, sy + ch), slice(sx, sx + cw), slice(dy, dy + ch), slice(dx, dx + cw))
+
+
 def random_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """(3, H, W) -> (3, size, size): a random window; a smaller side is placed at a random offset
-    in a zero canvas (zero = the mean colour once normalized), as IRN's random_crop does."""
+    in a zero canvas (zero = the mean colour once normalized)."""
     c, h, w = image.shape
     out = image.new_zeros((c, size, size))
-    # Per axis: crop offset into the image when it is larger, paste offset into the canvas if not.
-    ch, cw = min(h, size), min(w, size)
-    src_y = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
-    src_x = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0
-    dst_y = int(torch.randint(0, size - h + 1, ()).item()) if h < size else 0
-    dst_x = int(torch.randint(0, size - w + 1, ()).item()) if w < size else 0
-    out[:, dst_y:dst_y + ch, dst_x:dst_x + cw] = image[:, src_y:src_y + ch, src_x:src_x + cw]
+    sy, sx, dy, dx = _crop_window(h, w, size)
+    out[:, dy, dx] = image[:, sy, sx]
     return out
+
+
+def random_crop_pair(image: torch.Tensor, label: torch.Tensor, size: int, ignore: int = 255
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window for both: (3, H, W), (H, W) -> (3, S, S) 0-padded, (S, S) ignore-padded."""
+    h, w = label.shape
+    out_x = image.new_zeros((image.shape[0], size, size))
+    out_y = label.new_full((size, size), ignore)
+    sy, sx, dy, dx = _crop_window(h, w, size)
+    out_x[:, dy, dx] = image[:, sy, sx]
+    out_y[dy, dx] = label[sy, sx]
+    return out_x, out_y
+
+
+def joint_train_transform(image: np.ndarray, label: np.ndarray, size: int,
+                          resize_long: tuple[int, int], ignore: int = 255
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 + (H, W) class ids -> (3, S, S) normalized + (S, S) int64: the same random
+    resize, flip and crop for both (label pixels outside the image are `ignore`)."""
+    x = to_tensor(image)
+    y = torch.from_numpy(np.ascontiguousarray(label)).long()
+    h, w = y.shape
+    target = int(torch.randint(resize_long[0], resize_long[1] + 1, ()).item())
+    scale = target / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = resize(x, nh, nw)
+    if (nh, nw) != (h, w):
+        # nearest-exact samples pixel centres, so labels stay aligned with the bilinear image
+        y = F.interpolate(y[None, None].float(), size=(nh, nw), mode="nearest-exact")[0, 0].long()
+    if torch.rand(()).item() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    return random_crop_pair(normalize(x), y, size, ignore)
 
 
 def train_transform(image: np.ndarray, size: int, resize_long: tuple[int, int]) -> torch.Tensor:

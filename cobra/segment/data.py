@@ -6,13 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
 from cobra.data.source import Source
-from cobra.data.transforms import normalize, resize, to_tensor
+from cobra.data.transforms import joint_train_transform
 from cobra.errors import StageInputError
 
 IGNORE = 255
@@ -77,41 +75,5 @@ class MaskDataset(Dataset):
             raise StageInputError(f"mask '{path}' holds class {int(labels.max())} but the dataset "
                                   f"has classes 0..{self.source.num_classes}; run stage 'masks' "
                                   f"again for this dataset")
-        x, y = augment(to_tensor(image), torch.from_numpy(mask).long(), self.crop,
-                       self.resize_long)
+        x, y = joint_train_transform(image, mask, self.crop, self.resize_long, IGNORE)
         return {"image": x, "mask": y, "id": image_id}
-
-
-def augment(image: torch.Tensor, mask: torch.Tensor, crop: int,
-            resize_long: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H, W) [0, 255] float + (H, W) int64 -> (3, S, S) normalized + (S, S), jointly augmented."""
-    h, w = mask.shape
-    target = int(torch.randint(resize_long[0], resize_long[1] + 1, ()).item())
-    scale = target / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    image = resize(image, nh, nw)
-    if (nh, nw) != (h, w):
-        # nearest-exact samples pixel centres, so labels stay aligned with the bilinear image.
-        mask = F.interpolate(mask[None, None].float(), size=(nh, nw),
-                             mode="nearest-exact")[0, 0].long()
-    if torch.rand(()).item() < 0.5:
-        image, mask = image.flip(-1), mask.flip(-1)
-    image = normalize(image)
-    return _joint_crop(image, mask, crop)
-
-
-def _joint_crop(image: torch.Tensor, mask: torch.Tensor, size: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random window for both: (3, H, W), (H, W) -> (3, S, S) 0-padded, (S, S) 255-padded."""
-    h, w = mask.shape
-    out_x = image.new_zeros((image.shape[0], size, size))
-    out_y = mask.new_full((size, size), IGNORE)
-    ch, cw = min(h, size), min(w, size)
-    # Per axis: a crop offset into a larger image, or a paste offset into the canvas otherwise.
-    sy = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
-    sx = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0
-    dy = int(torch.randint(0, size - h + 1, ()).item()) if h < size else 0
-    dx = int(torch.randint(0, size - w + 1, ()).item()) if w < size else 0
-    out_x[:, dy:dy + ch, dx:dx + cw] = image[:, sy:sy + ch, sx:sx + cw]
-    out_y[dy:dy + ch, dx:dx + cw] = mask[sy:sy + ch, sx:sx + cw]
-    return out_x, out_y

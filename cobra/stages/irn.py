@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config
-from cobra.data import build_source, normalize_image
+from cobra.data import build_source
+from cobra.data.transforms import joint_train_transform
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.masks.affinity_labels import affinity_loss
@@ -40,26 +39,14 @@ class IRLabelDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image_id = self.ids[index]
-        image = normalize_image(self.source.load_image(image_id))
-        label = torch.from_numpy(read_ir_label(self.layout, image_id).astype(np.int64))
-        # random long-side scale in [0.625, 1.25] × crop (IRN: 320–640 for a 512 crop), flip
-        scale = (0.625 + 0.625 * torch.rand(()).item()) * self.crop / max(image.shape[-2:])
-        size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        if torch.rand(()) < 0.5:
-            image, label = image.flip(-1), label.flip(-1)
-        image_out = torch.zeros(3, self.crop, self.crop)
-        label_out = torch.full((self.crop, self.crop), 255, dtype=torch.long)
-        top = int(torch.randint(0, max(size[0] - self.crop, 0) + 1, ()))
-        left = int(torch.randint(0, max(size[1] - self.crop, 0) + 1, ()))
-        patch = image[:, top:top + self.crop, left:left + self.crop]
-        image_out[:, : patch.shape[1], : patch.shape[2]] = patch
-        label_out[: patch.shape[1], : patch.shape[2]] = label[top:top + self.crop,
-                                                              left:left + self.crop]
+        # long side uniform in [0.625, 1.25] x crop (IRN: 320-640 for a 512 crop), flip, crop
+        scale_range = (round(0.625 * self.crop), round(1.25 * self.crop))
+        image, label = joint_train_transform(self.source.load_image(image_id),
+                                             read_ir_label(self.layout, image_id), self.crop,
+                                             scale_range)
         # labels at the network's stride-4 positions (IRN samples, it does not average labels)
         half = OUTPUT_STRIDE // 2
-        return {"image": image_out, "ir": label_out[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
+        return {"image": image, "ir": label[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
 
 
 def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
@@ -105,7 +92,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     offsets = neighbour_offsets(m.irn_pair_radius)
     total = max(1, len(loader) * m.irn_epochs)
-    step, loss_sum = 0, 0.0
+    step = 0
     net.train()
     for epoch in range(m.irn_epochs):
         loss_sum, batches = 0.0, 0
