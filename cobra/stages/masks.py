@@ -22,6 +22,7 @@ from cobra.masks.random_walk import masks_from_rw, random_walk
 from cobra.metrics import confusion_matrix, mean_iou
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
+from cobra.seeds import cams_to_label
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
@@ -55,16 +56,21 @@ def to_image_size(rw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                          align_corners=False)[0].numpy()
 
 
+def mask_crf_args(cfg: Config) -> dict[str, float]:
+    """The authors' second-CRF settings (masks here, segmentation at test time)."""
+    m = cfg.masks
+    return {"iters": m.crf_iters, "gauss_sxy": m.mask_crf_gauss_sxy,
+            "gauss_compat": m.mask_crf_gauss_compat, "bi_sxy": m.mask_crf_bilateral_sxy,
+            "bi_srgb": m.mask_crf_bilateral_srgb, "bi_compat": m.mask_crf_bilateral_compat}
+
+
 def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """The authors' second CRF: over [background score, normalised walk maps] as probabilities."""
-    m = cfg.masks
     scores = rw_up / max(float(rw_up.max()), 1e-8) if rw_up.size else rw_up
-    planes = np.concatenate([np.full((1, *image.shape[:2]), m.sem_seg_bg, np.float32), scores])
+    bg = np.full((1, *image.shape[:2]), cfg.masks.sem_seg_bg, np.float32)
+    planes = np.concatenate([bg, scores])
     probs = planes / np.clip(planes.sum(0, keepdims=True), 1e-8, None)
-    refined = crf_probs(image, probs, iters=m.crf_iters, gauss_sxy=m.mask_crf_gauss_sxy,
-                        gauss_compat=m.mask_crf_gauss_compat, bi_sxy=m.mask_crf_bilateral_sxy,
-                        bi_srgb=m.mask_crf_bilateral_srgb,
-                        bi_compat=m.mask_crf_bilateral_compat)
+    refined = crf_probs(image, probs, **mask_crf_args(cfg))
     return np.concatenate([[0], keys])[refined.argmax(0)].astype(np.uint8)
 
 
@@ -122,8 +128,6 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
 def _picture(layout: RunLayout, reporter: Reporter, image_id: str, image: np.ndarray,
              seed: dict, mask: np.ndarray, gt: np.ndarray) -> None:
     """image | seed | IR label | mask | ground truth."""
-    from cobra.seeds import cams_to_label
-
     seed_label = cams_to_label(seed["cam"], seed["keys"], 0.15)  # IRN's fixed seed threshold
     panels = [image, colorize(seed_label), colorize(read_ir_label(layout, image_id)),
               colorize(mask), colorize(gt)]

@@ -4,7 +4,6 @@ inference and optional denseCRF; VOC-server PNGs for `segment.test_split`."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from cobra.checkpoint import load_checkpoint, save_checkpoint
@@ -15,21 +14,16 @@ from cobra.masks.crf import crf_probs
 from cobra.reporting import Reporter
 from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.masks import mask_crf_args
 from cobra.stages.train import resolve_device
 
 
 def _crf_fn(cfg: Config):
-    m = cfg.masks
+    """Test-time denseCRF with the masks' second-CRF settings, or None when off."""
     if not cfg.segment.crf:
         return None
-
-    def refine(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        return crf_probs(image, probs, iters=m.crf_iters, gauss_sxy=m.mask_crf_gauss_sxy,
-                         gauss_compat=m.mask_crf_gauss_compat, bi_sxy=m.mask_crf_bilateral_sxy,
-                         bi_srgb=m.mask_crf_bilateral_srgb,
-                         bi_compat=m.mask_crf_bilateral_compat)
-
-    return refine
+    args = mask_crf_args(cfg)
+    return lambda image, probs: crf_probs(image, probs, **args)
 
 
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
