@@ -9,7 +9,6 @@ Scoring reports both background-threshold protocols side by side (they are not c
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.pictures import colorize, heatmap, save_strip
 from cobra.reporting import Reporter, jsonable
+from cobra.stages.common import Stamp, file_signature, fingerprint, stage_ids
 from cobra.stages.train import resolve_device
 
 NUM_PICTURES = 4
@@ -90,19 +90,26 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
     return result
 
 
-def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
-    """Read one seed file: `keys`, `cam` (fused per `fusion`), `a_obj` (None for CNN-only runs).
-
-    A run with one branch has only that branch's CAM, so it is used whatever `fusion` says.
-    """
+def read_seed_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every named array of one seed file (no pickles)."""
     with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files}
+
+
+def fuse_seed(arrays: dict[str, np.ndarray], fusion: str) -> dict[str, np.ndarray]:
+    """`keys`, `cam` (fused per `fusion`), `a_obj` (None for CNN-only runs) from a seed file's
+    arrays. A run with one branch has only that branch's CAM, used whatever `fusion` says."""
     cnn, tran = arrays.get("cam_cnn"), arrays.get("cam_tran")
     if cnn is not None and tran is not None:
         cam = seed_math.fuse(cnn, tran, fusion)
     else:
         cam = cnn if cnn is not None else tran
     return {"keys": arrays["keys"], "cam": cam, "a_obj": arrays.get("a_obj")}
+
+
+def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
+    """Read one seed file: `keys`, `cam` (fused per `fusion`), `a_obj`."""
+    return fuse_seed(read_seed_arrays(path), fusion)
 
 
 def check_model_matches(cfg: Config, trained: Config, checkpoint: Path) -> None:
@@ -127,26 +134,20 @@ def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
                               f"dataset the run was trained on")
 
 
-def _fingerprint(cfg: Config, checkpoint: Path, ids: list[str]) -> str:
-    """Outputs are complete only for the same checkpoint, seed settings and image list."""
-    stat = checkpoint.stat()
-    text = json.dumps({"ckpt": [stat.st_size, stat.st_mtime_ns], "scales": cfg.seeds.scales,
-                       "flip": cfg.seeds.flip, "ids": ids}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def make(cfg: Config, layout: RunLayout, force: bool = False) -> list[str]:
+def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[str]:
     """Write `RUN/seeds/<id>.npz` for the seed split; returns the image ids."""
-    state = load_checkpoint(layout.last_checkpoint)
-    trained = checkpoint_config(state)
-    source = build_source(cfg, cfg.data.seed_split)
-    ids = source.ids[: cfg.seeds.max_images] if cfg.seeds.max_images else list(source.ids)
-    fingerprint = _fingerprint(cfg, layout.last_checkpoint, ids)
-    stamp = layout.seeds / "fingerprint.txt"
-    done = stamp.exists() and stamp.read_text() == fingerprint
-    if done and not force and all(layout.seed_file(i).exists() for i in ids):
+    ids = stage_ids(cfg, source)
+    checkpoint = layout.last_checkpoint
+    # complete only for the same checkpoint, seed settings and image list
+    stamp = Stamp(layout.seeds, fingerprint(
+        ckpt=file_signature(checkpoint) if checkpoint.exists() else None,
+        scales=cfg.seeds.scales, flip=cfg.seeds.flip, ids=ids))
+    if (checkpoint.exists() and stamp.current() and not force
+            and all(layout.seed_file(i).exists() for i in ids)):
         return ids
 
+    state = load_checkpoint(checkpoint)
+    trained = checkpoint_config(state)
     device = resolve_device(cfg.train.device)
     check_model_matches(cfg, trained, layout.last_checkpoint)
     check_dataset_matches(state, source, layout.last_checkpoint)
@@ -158,7 +159,7 @@ def make(cfg: Config, layout: RunLayout, force: bool = False) -> list[str]:
                               f"config ({trained.model.cnn} / {trained.model.vit}); "
                               f"retrain with stage 'train'") from None
     model.to(device).eval()
-    stamp.unlink(missing_ok=True)
+    stamp.clear()
     layout.seeds.mkdir(parents=True, exist_ok=True)
     for image_id in tqdm(ids, desc="seeds", disable=not cfg.train.progress, leave=False):
         keys = np.flatnonzero(source.labels(image_id)) + 1
@@ -167,7 +168,7 @@ def make(cfg: Config, layout: RunLayout, force: bool = False) -> list[str]:
         tmp = layout.seeds / f".{image_id}.tmp.npz"
         np.savez(tmp, keys=keys.astype(np.int64), **cams)
         tmp.replace(layout.seed_file(image_id))
-    atomic_write_text(stamp, fingerprint)
+    stamp.write()
     return ids
 
 
@@ -234,9 +235,8 @@ def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], thresh
     """image | CNN CAM | ViT CAM | fused | seed | ground truth, for the first few images."""
     for image_id in ids[:NUM_PICTURES]:
         image = source.load_image(image_id)
-        with np.load(layout.seed_file(image_id), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        arrays = read_seed_arrays(layout.seed_file(image_id))
+        seed = fuse_seed(arrays, cfg.seeds.fusion)
         panels, titles = [image], ["image"]
         for key, title in (("cam_cnn", "CNN CAM"), ("cam_tran", "ViT CAM x A_obj")):
             if key in arrays and arrays[key].shape[0]:
@@ -256,8 +256,8 @@ def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], thresh
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         ) -> dict[str, float]:
     """Make seeds for the seed split, score them, draw a few; returns the headline metrics."""
-    ids = make(cfg, layout, force=force)
     source = build_source(cfg, cfg.data.seed_split)
+    ids = make(cfg, layout, source, force=force)
     if not source.has_masks:
         return {}
     evaluation = evaluate(cfg, layout, source, ids)
