@@ -64,11 +64,16 @@ def cams_to_label(cam: np.ndarray, keys: np.ndarray, bg_score: float) -> np.ndar
     A pixel takes the class with the highest map unless no map beats `bg_score` (a tie goes to
     background, as argmax over [bg, maps] does).
     """
+    peak, label = _best_class(cam, keys)
+    return np.where(peak > bg_score, label, 0)
+
+
+def _best_class(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) highest map value and (H, W) int64 class id of that map (0 when K = 0)."""
     if cam.shape[0] == 0:
-        return np.zeros(cam.shape[1:], dtype=np.int64)
-    best = cam.argmax(axis=0)
-    label = np.asarray(keys, dtype=np.int64)[best]
-    return np.where(cam.max(axis=0) > bg_score, label, 0)
+        zeros = np.zeros(cam.shape[1:], dtype=np.int64)
+        return zeros.astype(cam.dtype), zeros
+    return cam.max(axis=0), np.asarray(keys, dtype=np.int64)[cam.argmax(axis=0)]
 
 
 def percentile_background(a_obj: np.ndarray, theta: float) -> float:
@@ -92,8 +97,9 @@ class ThresholdSweep:
             bg_scores: Sequence[float]) -> None:
         """Score one image at every threshold; bg_scores[i] is the background score that
         thresholds[i] means for this image (the threshold itself, or a percentile of A_obj)."""
+        peak, label = _best_class(cam, keys)  # once per image, not once per threshold
         for i, bg in enumerate(bg_scores):
-            pred = cams_to_label(cam, keys, bg)
+            pred = np.where(peak > bg, label, 0)
             self.confusions[i] += confusion_matrix(pred, gt, self.num_classes)
 
     def best(self) -> tuple[float, float, np.ndarray]:
