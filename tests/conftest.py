@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def tiny_data_root(tmp_path_factory) -> Path:
 def tiny_overrides(tiny_data_root, tmp_path) -> list[str]:
     """Overrides for a tiny run writing under this test's tmp_path."""
     return [*TINY_OVERRIDES, f"data.root={tiny_data_root}", f"run.dir={tmp_path / 'runs'}"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    """Run `launch.py ARGS` in-process: (exit code, its final JSON line or None, stderr)."""
+    from cobra.cli import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.startswith("{")]
+    return code, (json.loads(lines[-1]) if lines else None), out.err
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """["k=v", ...] → ["--set", "k=v", ...]."""
+    return [arg for o in overrides for arg in ("--set", o)]

@@ -12,26 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from cobra.cli import main
 from cobra.config import load_config
+from tests.conftest import run_cli, set_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    lines = [ln for ln in captured.out.splitlines() if ln.startswith("{")]
-    return code, (json.loads(lines[-1]) if lines else None), captured.err
-
-
-def overrides_args(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
 @pytest.mark.slow
 def test_train_then_seeds_end_to_end(tiny_overrides, capsys):
-    code, result, err = run_cli(["train", "--name", "e2e", *overrides_args(tiny_overrides)],
+    code, result, err = run_cli(["train", "--name", "e2e", *set_args(tiny_overrides)],
                                 capsys)
     assert code == 0, err
     run_dir = Path(result["run_dir"])
@@ -65,7 +54,7 @@ def test_seeded_training_is_reproducible_and_resume_matches(tiny_overrides, caps
     results = []
     for name in ("a", "b"):
         code, result, err = run_cli(["train", "--no-seeds", "--name", name,
-                                     *overrides_args(two)], capsys)
+                                     *set_args(two)], capsys)
         assert code == 0, err
         results.append(result)
     assert results[0]["loss"] == results[1]["loss"]
@@ -95,8 +84,8 @@ def test_bad_inputs_exit_2_with_one_line(tiny_overrides, tmp_path, capsys):
     cases = [
         ["train", "--set", "loss.k_sap_poss=3"],
         ["train", "--set", "train.epochs=many"],
-        ["train", *overrides_args(tiny_overrides), "--set", "loss.k_sap_pos=500"],
-        ["train", *overrides_args(tiny_overrides), "--set", f"data.root={tmp_path / 'missing'}"],
+        ["train", *set_args(tiny_overrides), "--set", "loss.k_sap_pos=500"],
+        ["train", *set_args(tiny_overrides), "--set", f"data.root={tmp_path / 'missing'}"],
         ["stage", "seeds", "--run-dir", str(tmp_path / "nowhere")],
     ]
     for args in cases:
@@ -111,7 +100,7 @@ def test_existing_run_directory_is_never_overwritten(tiny_overrides, capsys):
     run_dir = Path(cfg.run.dir) / "taken"
     run_dir.mkdir(parents=True)
     (run_dir / "precious.txt").write_text("keep me")
-    code, _, err = run_cli(["train", "--name", "taken", *overrides_args(tiny_overrides)], capsys)
+    code, _, err = run_cli(["train", "--name", "taken", *set_args(tiny_overrides)], capsys)
     assert code == 2 and "already exists" in err
     assert (run_dir / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in run_dir.iterdir()) == ["precious.txt"]
@@ -124,7 +113,7 @@ def test_corrupt_image_is_named(tiny_data_root, tiny_overrides, tmp_path, capsys
     shutil.copytree(tiny_data_root, broken)
     victim = sorted((broken / "JPEGImages").iterdir())[0]
     victim.write_bytes(b"not an image at all")
-    code, _, err = run_cli(["train", *overrides_args(tiny_overrides), "--set",
+    code, _, err = run_cli(["train", *set_args(tiny_overrides), "--set",
                             f"data.root={broken}"], capsys)
     assert code == 2
     assert victim.stem in err and len(err.strip().splitlines()) == 1

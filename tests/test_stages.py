@@ -4,7 +4,6 @@ bad-input contract of each stage."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,32 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobra.cli import main
+from tests.conftest import run_cli, set_args
 
 pytestmark = pytest.mark.slow
 
 
-def cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main(args)
-    out = capsys.readouterr()
-    lines = [ln for ln in out.out.splitlines() if ln.startswith("{")]
-    return code, (json.loads(lines[-1]) if lines else None), out.err
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
 @pytest.fixture
 def trained_run(tiny_overrides, capsys) -> Path:
-    code, result, err = cli(["train", "--name", "chain", *sets(tiny_overrides)], capsys)
+    code, result, err = run_cli(["train", "--name", "chain", *set_args(tiny_overrides)], capsys)
     assert code == 0, err
     return Path(result["run_dir"])
 
 
 def test_masks_and_segmentation_chain(trained_run, capsys):
     run = str(trained_run)
-    code, result, err = cli(["stage", "ir_labels", "irn", "masks", "segment", "--run-dir", run],
+    code, result, err = run_cli(["stage", "ir_labels", "irn", "masks", "segment", "--run-dir", run],
                             capsys)
     assert code == 0, err
     for key in ("ir_label_precision", "ir_label_coverage", "mask_miou", "mask_miou_nocrf",
@@ -57,13 +45,13 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
 
     # complete outputs are skipped: the boundary network is not retrained
     before = (trained_run / "irn" / "model.pt").stat().st_mtime_ns
-    code, again, err = cli(["stage", "irn", "masks", "--run-dir", run], capsys)
+    code, again, err = run_cli(["stage", "irn", "masks", "--run-dir", run], capsys)
     assert code == 0, err
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert again["mask_miou"] == result["mask_miou"]
 
     # Table 5 as a command: masks for another fusion mode on the same checkpoint
-    code, tran, err = cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
+    code, tran, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
                            "--set", "seeds.fusion=tran"], capsys)
     assert code == 0, err
     assert "mask_miou" in tran
@@ -72,17 +60,17 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
 def test_stage_bad_inputs_exit_2(trained_run, tiny_data_root, tmp_path, capsys):
     run = str(trained_run)
     # a later stage before its input exists names the stage that makes it
-    code, _, err = cli(["stage", "masks", "--run-dir", run], capsys)
+    code, _, err = run_cli(["stage", "masks", "--run-dir", run], capsys)
     assert code == 2 and "run stage 'irn'" in err and len(err.strip().splitlines()) == 1
 
     # seeds missing for some images: name them
     victim = sorted((trained_run / "seeds").glob("*.npz"))[1]
     os.remove(victim)
-    code, _, err = cli(["stage", "ir_labels", "--run-dir", run], capsys)
+    code, _, err = run_cli(["stage", "ir_labels", "--run-dir", run], capsys)
     assert code == 2 and victim.stem in err and "run stage 'seeds'" in err
 
     # a checkpoint that does not match the config
-    code, _, err = cli(["stage", "seeds", "--run-dir", run, "--force",
+    code, _, err = run_cli(["stage", "seeds", "--run-dir", run, "--force",
                         "--set", "model.embed_dim=32"], capsys)
     assert code == 2 and "does not match" in err and len(err.strip().splitlines()) == 1
 
@@ -94,6 +82,6 @@ def test_stage_bad_inputs_exit_2(trained_run, tiny_data_root, tmp_path, capsys):
     shutil.copytree(tiny_data_root, other, dirs_exist_ok=True)
     names = (other / "classes.txt").read_text().split()
     (other / "classes.txt").write_text("\n".join(names[:5]) + "\n")
-    code, _, err = cli(["stage", "seeds", "--run-dir", run, "--force",
+    code, _, err = run_cli(["stage", "seeds", "--run-dir", run, "--force",
                         "--set", f"data.root={other}"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -16,9 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from cobra.cli import main
 from cobra.config import unflatten
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -49,13 +48,6 @@ def write_sweep(env, name: str, space: dict, **extra) -> Path:
     return path
 
 
-def cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main(args)
-    out = capsys.readouterr()
-    lines = [ln for ln in out.out.splitlines() if ln.startswith("{")]
-    return code, (json.loads(lines[-1]) if lines else None), out.err
-
-
 def children(client: MlflowClient, parent_id: str):
     exp = client.get_run(parent_id).info.experiment_id
     return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
@@ -63,7 +55,7 @@ def children(client: MlflowClient, parent_id: str):
 
 def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, capsys):
     path = write_sweep(sweep_env, "grid", {"loss.k_cap_pos": [1, 3]})
-    code, result, err = cli(["sweep", str(path)], capsys)
+    code, result, err = run_cli(["sweep", str(path)], capsys)
     assert code == 0, err
     assert result["trials"] == 2 and result["errored"] == 0
 
@@ -90,13 +82,13 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     best = max(runs, key=lambda r: r.data.metrics["seed_miou"])
     assert parent.data.tags["cobra.best_run_id"] == best.info.run_id == result["best_run_id"]
 
-    code, report, err = cli(["report", "--sweep", "grid", "--experiment", "tests",
+    code, report, err = run_cli(["report", "--sweep", "grid", "--experiment", "tests",
                              "--out", str(sweep_env["dir"] / "report")], capsys)
     assert code == 0, err
     assert "k_cap_pos" in err
     assert (sweep_env["dir"] / "report" / "report.md").exists()
 
-    code, final, err = cli(["final", "--best", "--sweep", "grid", "--experiment", "tests",
+    code, final, err = run_cli(["final", "--best", "--sweep", "grid", "--experiment", "tests",
                             "--runs-dir", str(sweep_env["dir"] / "runs"),
                             "--set", "seeds.max_images=2"], capsys)
     assert code == 0, err
@@ -114,7 +106,7 @@ def test_crashed_trial_is_retried_from_its_checkpoint_and_nonfinite_fails_alone(
     monkeypatch.setenv("COBRA_CRASH_ONCE_AFTER_EPOCH", "1")
     path = write_sweep(sweep_env, "faults", {"train.lr": [0.01, 1.0e12]},
                        overrides={"train.epochs": 2}, max_failures=1)
-    code, result, err = cli(["sweep", str(path)], capsys)
+    code, result, err = run_cli(["sweep", str(path)], capsys)
     assert code == 0, err
     client = MlflowClient(sweep_env["uri"])
     runs = {r.data.params["train.lr"]: r for r in children(client, result["parent_run_id"])}
@@ -173,19 +165,19 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
     }
     for name, (space, extra, needle) in cases.items():
         path = write_sweep(sweep_env, name.replace(" ", "_"), space, **extra)
-        code, result, err = cli(["sweep", str(path)], capsys)
+        code, result, err = run_cli(["sweep", str(path)], capsys)
         assert code == 2 and result is None, name
         assert len(err.strip().splitlines()) == 1 and needle in err, (name, err)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     path = write_sweep(sweep_env, "unreachable", {"loss.k_cap_pos": [1]})
     started = time.time()
-    code, _, err = cli(["sweep", str(path)], capsys)
+    code, _, err = run_cli(["sweep", str(path)], capsys)
     assert code == 2 and "unreachable" in err and time.time() - started < 30
     assert not (sweep_env["dir"] / "ray_results" / "unreachable").exists()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_env["uri"])
-    code, _, err = cli(["final", "--best", "--sweep", "nothing-here", "--experiment", "tests"],
+    code, _, err = run_cli(["final", "--best", "--sweep", "nothing-here", "--experiment", "tests"],
                        capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
 
@@ -194,7 +186,7 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
 
     parent = tracking.start_sweep_run(sweep_env["uri"], "tests", "stub", path, "seed_miou", "max")
     trial = tracking.start_trial_run(sweep_env["uri"], "tests", parent, "stub-trial", {})
-    code, _, err = cli(["final", "--run", trial, "--experiment", "tests",
+    code, _, err = run_cli(["final", "--run", trial, "--experiment", "tests",
                         "--runs-dir", str(sweep_env["dir"] / "runs")], capsys)
     assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not list((sweep_env["dir"] / "runs").glob("*"))
