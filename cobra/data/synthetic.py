@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,19 @@ import numpy as np
 from PIL import Image
 
 from cobra.config import SyntheticConfig
+from cobra.data.drawing import (
+    Canvas,
+    background,
+    ellipse,
+    jitter,
+    new_canvas,
+    paint,
+    polygon,
+    rect,
+    segment,
+    smooth_noise,
+    texture,
+)
 from cobra.data.voc import voc_palette
 from cobra.errors import DataError
 
@@ -66,167 +78,53 @@ MARKER = "synthetic.json"  # written last: its presence with matching params mea
 
 
 # ----------------------------------------------------------------------------------------------
-# Drawing primitives: boolean (S, S) regions on pixel-centre coordinates.
-
-
-@dataclass
-class _Canvas:
-    yy: np.ndarray  # (S, S) float32 row coordinate of pixel centres
-    xx: np.ndarray  # (S, S) float32 column coordinate
-    img: np.ndarray  # (S, S, 3) float32 in [0, 255]
-    mask: np.ndarray  # (S, S) uint8 class indices
-    inst: np.ndarray  # (S, S) int16 instance index, 0 = none (to check part visibility)
-    size: int
-
-    @property
-    def u(self) -> float:
-        """Length unit: shapes are designed at 128 px and scale with the image."""
-        return self.size / 128.0
-
-
-def _new_canvas(size: int) -> _Canvas:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    return _Canvas(yy, xx, np.zeros((size, size, 3), np.float32),
-                   np.zeros((size, size), np.uint8), np.zeros((size, size), np.int16), size)
-
-
-def _ellipse(cv: _Canvas, cy: float, cx: float, ry: float, rx: float, angle: float = 0.0
-             ) -> np.ndarray:
-    dy, dx = cv.yy - cy, cv.xx - cx
-    c, s = np.cos(angle), np.sin(angle)
-    v, w = c * dy - s * dx, s * dy + c * dx
-    return (v / ry) ** 2 + (w / rx) ** 2 <= 1.0
-
-
-def _rect(cv: _Canvas, y0: float, x0: float, y1: float, x1: float) -> np.ndarray:
-    return (cv.yy >= y0) & (cv.yy < y1) & (cv.xx >= x0) & (cv.xx < x1)
-
-
-def _polygon(cv: _Canvas, pts: list[tuple[float, float]]) -> np.ndarray:
-    """Convex polygon given as (y, x) vertices in either winding order."""
-    pos = np.ones(cv.yy.shape, bool)
-    neg = np.ones(cv.yy.shape, bool)
-    for (y0, x0), (y1, x1) in zip(pts, pts[1:] + pts[:1], strict=True):
-        cross = (x1 - x0) * (cv.yy - y0) - (y1 - y0) * (cv.xx - x0)
-        pos &= cross >= 0
-        neg &= cross <= 0
-    return pos | neg
-
-
-def _segment(cv: _Canvas, p0: tuple[float, float], p1: tuple[float, float], width: float
-             ) -> np.ndarray:
-    """Pixels within width/2 of the segment p0-p1 ((y, x) points)."""
-    (y0, x0), (y1, x1) = p0, p1
-    dy, dx = y1 - y0, x1 - x0
-    t = ((cv.yy - y0) * dy + (cv.xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6)
-    t = np.clip(t, 0.0, 1.0)
-    return (cv.yy - y0 - t * dy) ** 2 + (cv.xx - x0 - t * dx) ** 2 <= (width / 2) ** 2
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1
-                  ) -> np.ndarray:
-    """(size, size, channels) float32 in [0, 1]: a random grid upsampled with smoothstep."""
-    grid = rng.random((cells + 1, cells + 1, channels), dtype=np.float32)
-    t = (np.arange(size, dtype=np.float32) + 0.5) / size * cells
-    i = np.minimum(t.astype(np.int64), cells - 1)
-    f = t - i
-    f = f * f * (3 - 2 * f)
-    rows = grid[i] * (1 - f)[:, None, None] + grid[i + 1] * f[:, None, None]
-    return rows[:, i] * (1 - f)[None, :, None] + rows[:, i + 1] * f[None, :, None]
-
-
-def _jitter(rng: np.random.Generator, color: np.ndarray, amount: float = 18.0) -> np.ndarray:
-    """A colour with brightness and per-channel jitter, so no class has one exact colour."""
-    c = color * rng.uniform(0.85, 1.15) + rng.uniform(-amount, amount, 3)
-    return np.clip(c, 0, 255).astype(np.float32)
-
-
-def _texture(rng: np.random.Generator, cv: _Canvas, color: np.ndarray, strength: float
-             ) -> np.ndarray:
-    """(S, S, 3) colour field around `color`: stripes or blotches, for object and clutter fill."""
-    if rng.random() < 0.5:
-        angle, period = rng.uniform(0, np.pi), rng.uniform(3, 8) * cv.u
-        wave = np.sin(2 * np.pi * (cv.yy * np.cos(angle) + cv.xx * np.sin(angle)) / period)
-        mod = 1.0 + strength * wave[..., None]
-    else:
-        mod = 1.0 + strength * 2 * (_smooth_noise(rng, cv.size, int(rng.integers(4, 10))) - 0.5)
-    return np.clip(color * mod, 0, 255)
-
-
-def _paint(cv: _Canvas, region: np.ndarray, fill: np.ndarray, cls: int | None = None,
-           inst: int = 0) -> None:
-    """Fill a region with a colour (3,) or colour field (S, S, 3); cls None = background."""
-    # Flat pixel indices into (S*S, 3) views: faster than boolean or `where=` masked copies.
-    idx = np.flatnonzero(region)
-    cv.img.reshape(-1, 3)[idx] = fill.reshape(-1, 3)[idx] if fill.ndim == 3 else fill
-    # Context drawn later (a second beetle's leaf) occludes earlier objects: label 0 then.
-    cv.mask.reshape(-1)[idx] = cls or 0
-    cv.inst.reshape(-1)[idx] = inst if cls else 0
-
-
-# ----------------------------------------------------------------------------------------------
 # Scene parts
 
 
-def _background(rng: np.random.Generator, cv: _Canvas) -> None:
-    base = rng.uniform(60, 200, 3).astype(np.float32)
-    noise = _smooth_noise(rng, cv.size, int(rng.integers(3, 8)), 3)
-    cv.img[:] = np.clip(base + (noise - 0.5) * rng.uniform(40, 110), 0, 255)
-    if rng.random() < 0.5:
-        region = np.ones((cv.size, cv.size), bool)
-        _paint(cv, region, _texture(rng, cv, cv.img.mean((0, 1)), rng.uniform(0.1, 0.3)))
-        cv.img[:] = 0.5 * cv.img + 0.5 * np.clip(base + (noise - 0.5) * 80, 0, 255)
-    for _ in range(int(rng.integers(0, 4))):
-        s = cv.size
-        region = _ellipse(cv, rng.uniform(0, s), rng.uniform(0, s), rng.uniform(4, 18) * cv.u,
-                          rng.uniform(4, 18) * cv.u, rng.uniform(0, np.pi))
-        _paint(cv, region, _texture(rng, cv, rng.uniform(30, 230, 3), rng.uniform(0.0, 0.3)))
-
-
-def _sky(rng: np.random.Generator, cv: _Canvas, bottom: float) -> None:
-    top_c = _jitter(rng, np.array([110, 160, 225], np.float32), 12)
-    low_c = _jitter(rng, np.array([185, 210, 240], np.float32), 12)
+def _sky(rng: np.random.Generator, cv: Canvas, bottom: float) -> None:
+    top_c = jitter(rng, np.array([110, 160, 225], np.float32), 12)
+    low_c = jitter(rng, np.array([185, 210, 240], np.float32), 12)
     t = np.clip(cv.yy / max(bottom, 1.0), 0, 1)[..., None]
     sky = top_c * (1 - t) + low_c * t
-    clouds = _smooth_noise(rng, cv.size, int(rng.integers(3, 6)))
+    clouds = smooth_noise(rng, cv.size, int(rng.integers(3, 6)))
     sky = sky + np.clip(clouds - 0.55, 0, 1) * 2.0 * (250 - sky)
-    _paint(cv, cv.yy < bottom, np.clip(sky, 0, 255))
+    paint(cv, cv.yy < bottom, np.clip(sky, 0, 255))
 
 
-def _water(rng: np.random.Generator, cv: _Canvas, top: float) -> None:
-    color = _jitter(rng, np.array([35, 90, 140], np.float32), 15)
+def _water(rng: np.random.Generator, cv: Canvas, top: float) -> None:
+    color = jitter(rng, np.array([35, 90, 140], np.float32), 15)
     period, wl = rng.uniform(3, 6) * cv.u, rng.uniform(20, 50) * cv.u
     phase = 2 * np.pi * (cv.yy / period + 0.3 * np.sin(2 * np.pi * cv.xx / wl))
     water = color * (1.0 + 0.25 * np.sin(phase)[..., None])
-    _paint(cv, cv.yy >= top, np.clip(water, 0, 255))
+    paint(cv, cv.yy >= top, np.clip(water, 0, 255))
 
 
-def _leaf(rng: np.random.Generator, cv: _Canvas, cy: float, cx: float, ry: float, rx: float
+def _leaf(rng: np.random.Generator, cv: Canvas, cy: float, cx: float, ry: float, rx: float
           ) -> None:
     angle = rng.uniform(-0.4, 0.4)
-    region = _ellipse(cv, cy, cx, ry, rx, angle)
-    _paint(cv, region, _texture(rng, cv, _jitter(rng, np.array([60, 140, 50], np.float32)), 0.15))
+    region = ellipse(cv, cy, cx, ry, rx, angle)
+    paint(cv, region, texture(rng, cv, jitter(rng, np.array([60, 140, 50], np.float32)), 0.15))
     top = (cy - ry * np.cos(angle), cx - ry * np.sin(angle))
     bot = (cy + ry * np.cos(angle), cx + ry * np.sin(angle))
-    _paint(cv, region & _segment(cv, top, bot, 1.2 * cv.u), _jitter(rng, np.array([40, 95, 35])))
+    paint(cv, region & segment(cv, top, bot, 1.2 * cv.u), jitter(rng, np.array([40, 95, 35])))
 
 
 def _part_color(rng: np.random.Generator, red: bool) -> np.ndarray:
-    return _jitter(rng, _RED if red else _BLUE, 12)
+    return jitter(rng, _RED if red else _BLUE, 12)
 
 
 def _mark_color(rng: np.random.Generator) -> np.ndarray:
     """Red, blue or black: the part colours shared by several classes and the distractors."""
-    return [_part_color(rng, True), _part_color(rng, False), _jitter(rng, _BLACK)][
+    return [_part_color(rng, True), _part_color(rng, False), jitter(rng, _BLACK)][
         int(rng.integers(0, 3))]
 
 
-def _cross(cv: _Canvas, cy: float, cx: float, r: float, t: float) -> np.ndarray:
+def _cross(cv: Canvas, cy: float, cx: float, r: float, t: float) -> np.ndarray:
     """A plus sign of arm length r and half thickness t."""
-    return _rect(cv, cy - r, cx - t, cy + r, cx + t) | _rect(cv, cy - t, cx - r, cy + t, cx + r)
+    return rect(cv, cy - r, cx - t, cy + r, cx + t) | rect(cv, cy - t, cx - r, cy + t, cx + r)
 
 
-def _distractor(rng: np.random.Generator, cv: _Canvas) -> None:
+def _distractor(rng: np.random.Generator, cv: Canvas) -> None:
     """A loose part on the background: a red/blue triangle, a dot or a cross (label 0)."""
     u, s = cv.u, cv.size
     cy, cx = rng.uniform(4 * u, s - 4 * u), rng.uniform(4 * u, s - 4 * u)
@@ -234,13 +132,13 @@ def _distractor(rng: np.random.Generator, cv: _Canvas) -> None:
     kind = int(rng.integers(0, 3))
     r = rng.uniform(3.0, 5.0) * u
     if kind == 0:
-        region = _polygon(cv, [(cy - r, cx), (cy + 0.6 * r, cx - 0.8 * r),
+        region = polygon(cv, [(cy - r, cx), (cy + 0.6 * r, cx - 0.8 * r),
                                (cy + 0.6 * r, cx + 0.8 * r)])
     elif kind == 1:
-        region = _ellipse(cv, cy, cx, r * 0.7, r * 0.7)
+        region = ellipse(cv, cy, cx, r * 0.7, r * 0.7)
     else:
         region = _cross(cv, cy, cx, r, 0.6 * u)
-    _paint(cv, region, color)
+    paint(cv, region, color)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,83 +146,83 @@ def _distractor(rng: np.random.Generator, cv: _Canvas) -> None:
 # discriminative part region, to check that the part stays visible.
 
 
-def _kite(rng: np.random.Generator, cv: _Canvas, cls: int, inst: int, cy: float, cx: float,
+def _kite(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
           scale: float) -> np.ndarray:
     u = cv.u
     h, w = rng.uniform(13, 20) * u * scale, rng.uniform(8, 12) * u * scale
     pts = [(cy - h, cx), (cy - 0.2 * h, cx + w), (cy + h, cx), (cy - 0.2 * h, cx - w)]
     # The string is context: background, drawn first so the kite covers its end.
     end = (min(cy + h + rng.uniform(15, 40) * u, cv.size), cx + rng.uniform(-25, 25) * u)
-    _paint(cv, _segment(cv, (cy + h, cx), end, 1.0 * u), _jitter(rng, np.array([60, 50, 40])))
-    body = _polygon(cv, pts)
+    paint(cv, segment(cv, (cy + h, cx), end, 1.0 * u), jitter(rng, np.array([60, 50, 40])))
+    body = polygon(cv, pts)
     hue = np.array([[240, 150, 40], [80, 180, 70], [150, 80, 170], [230, 210, 60], [150, 150, 150]],
                    np.float32)[int(rng.integers(0, 5))]
-    _paint(cv, body, _texture(rng, cv, _jitter(rng, hue), 0.2), cls, inst)
-    spar = body & (_segment(cv, pts[0], pts[2], 1.0 * u) | _segment(cv, pts[1], pts[3], 1.0 * u))
-    _paint(cv, spar, _jitter(rng, np.array([70, 50, 35])), cls, inst)
+    paint(cv, body, texture(rng, cv, jitter(rng, hue), 0.2), cls, inst)
+    spar = body & (segment(cv, pts[0], pts[2], 1.0 * u) | segment(cv, pts[1], pts[3], 1.0 * u))
+    paint(cv, spar, jitter(rng, np.array([70, 50, 35])), cls, inst)
     tip = body & (cv.yy < cy - 0.56 * h)
-    _paint(cv, tip, _part_color(rng, cls == _KITE_RED), cls, inst)
+    paint(cv, tip, _part_color(rng, cls == _KITE_RED), cls, inst)
     return tip
 
 
-def _boat(rng: np.random.Generator, cv: _Canvas, cls: int, inst: int, cy: float, cx: float,
+def _boat(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
           scale: float) -> np.ndarray:
     u = cv.u
     hw, hh = rng.uniform(13, 20) * u * scale, rng.uniform(4, 6) * u * scale
-    hull = _polygon(cv, [(cy - hh, cx - hw), (cy - hh, cx + hw), (cy + hh, cx + 0.7 * hw),
+    hull = polygon(cv, [(cy - hh, cx - hw), (cy - hh, cx + hw), (cy + hh, cx + 0.7 * hw),
                          (cy + hh, cx - 0.7 * hw)])
     mast_h = rng.uniform(18, 26) * u * scale
     mx = cx + rng.uniform(-0.2, 0.2) * hw
-    mast = _rect(cv, cy - hh - mast_h, mx - 0.8 * u, cy - hh, mx + 0.8 * u)
+    mast = rect(cv, cy - hh - mast_h, mx - 0.8 * u, cy - hh, mx + 0.8 * u)
     side = 1.0 if rng.random() < 0.5 else -1.0
-    sail = _polygon(cv, [(cy - hh - mast_h * 0.85, mx + side * u), (cy - hh - u, mx + side * u),
+    sail = polygon(cv, [(cy - hh - mast_h * 0.85, mx + side * u), (cy - hh - u, mx + side * u),
                          (cy - hh - u, mx + side * 0.8 * hw)])
-    _paint(cv, hull, _texture(rng, cv, _jitter(rng, np.array([120, 70, 40])), 0.25), cls, inst)
-    _paint(cv, sail, _texture(rng, cv, _jitter(rng, np.array([225, 220, 200])), 0.08), cls, inst)
-    _paint(cv, mast, _jitter(rng, np.array([70, 50, 35])), cls, inst)
+    paint(cv, hull, texture(rng, cv, jitter(rng, np.array([120, 70, 40])), 0.25), cls, inst)
+    paint(cv, sail, texture(rng, cv, jitter(rng, np.array([225, 220, 200])), 0.08), cls, inst)
+    paint(cv, mast, jitter(rng, np.array([70, 50, 35])), cls, inst)
     fy, fl = cy - hh - mast_h, rng.uniform(6, 8.5) * u * scale
-    flag = _polygon(cv, [(fy, mx - side * 0.8 * u), (fy + 0.6 * fl, mx - side * 0.8 * u),
+    flag = polygon(cv, [(fy, mx - side * 0.8 * u), (fy + 0.6 * fl, mx - side * 0.8 * u),
                          (fy + 0.3 * fl, mx - side * (0.8 * u + fl))])
-    _paint(cv, flag, _part_color(rng, cls == _BOAT_RED), cls, inst)
+    paint(cv, flag, _part_color(rng, cls == _BOAT_RED), cls, inst)
     return flag
 
 
-def _beetle(rng: np.random.Generator, cv: _Canvas, cls: int, inst: int, cy: float, cx: float,
+def _beetle(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
             scale: float) -> np.ndarray:
     u = cv.u
     ry = rng.uniform(10, 15) * u * scale
     rx = ry * rng.uniform(0.6, 0.75)
-    head = _ellipse(cv, cy - ry * 1.05, cx, ry * 0.3, rx * 0.5)
+    head = ellipse(cv, cy - ry * 1.05, cx, ry * 0.3, rx * 0.5)
     legs = np.zeros_like(head)
     for k in (-0.4, 0.0, 0.4):
-        legs |= _segment(cv, (cy + k * ry, cx - rx * 1.35), (cy + k * ry, cx + rx * 1.35), 1.0 * u)
-    body = _ellipse(cv, cy, cx, ry, rx)
-    dark = _jitter(rng, np.array([40, 30, 25]))
-    _paint(cv, legs | head, dark, cls, inst)
+        legs |= segment(cv, (cy + k * ry, cx - rx * 1.35), (cy + k * ry, cx + rx * 1.35), 1.0 * u)
+    body = ellipse(cv, cy, cx, ry, rx)
+    dark = jitter(rng, np.array([40, 30, 25]))
+    paint(cv, legs | head, dark, cls, inst)
     shells = np.array([[120, 70, 30], [40, 110, 60], [140, 40, 40]], np.float32)
     shell = shells[int(rng.integers(0, 3))]
-    _paint(cv, body, _texture(rng, cv, _jitter(rng, shell), 0.2), cls, inst)
-    _paint(cv, body & (np.abs(cv.xx - cx) < 0.5 * u), dark, cls, inst)
+    paint(cv, body, texture(rng, cv, jitter(rng, shell), 0.2), cls, inst)
+    paint(cv, body & (np.abs(cv.xx - cx) < 0.5 * u), dark, cls, inst)
     sy = cy + (-0.5 if cls == _BEETLE_HEAD else 0.5) * ry
-    spot = _ellipse(cv, sy, cx, 0.26 * ry + u, 0.34 * rx + u)
-    _paint(cv, spot, _jitter(rng, np.array([240, 220, 60]), 10), cls, inst)
+    spot = ellipse(cv, sy, cx, 0.26 * ry + u, 0.34 * rx + u)
+    paint(cv, spot, jitter(rng, np.array([240, 220, 60]), 10), cls, inst)
     return spot
 
 
-def _sign(rng: np.random.Generator, cv: _Canvas, cls: int, inst: int, cy: float, cx: float,
+def _sign(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
           scale: float) -> np.ndarray:
     u = cv.u
     hw, hh = rng.uniform(9, 14) * u * scale, rng.uniform(7, 10) * u * scale
-    post = _rect(cv, cy + hh, cx - 1.2 * u, cy + hh + rng.uniform(10, 18) * u * scale, cx + 1.2 * u)
-    plate = _rect(cv, cy - hh, cx - hw, cy + hh, cx + hw)
-    _paint(cv, post, _jitter(rng, np.array([110, 110, 115])), cls, inst)
+    post = rect(cv, cy + hh, cx - 1.2 * u, cy + hh + rng.uniform(10, 18) * u * scale, cx + 1.2 * u)
+    plate = rect(cv, cy - hh, cx - hw, cy + hh, cx + hw)
+    paint(cv, post, jitter(rng, np.array([110, 110, 115])), cls, inst)
     color = rng.uniform(150, 245, 3).astype(np.float32)
-    _paint(cv, plate, _texture(rng, cv, color, 0.1), cls, inst)
-    rim = plate & ~_rect(cv, cy - hh + u, cx - hw + u, cy + hh - u, cx + hw - u)
-    _paint(cv, rim, _jitter(rng, np.array([60, 60, 60])), cls, inst)
+    paint(cv, plate, texture(rng, cv, color, 0.1), cls, inst)
+    rim = plate & ~rect(cv, cy - hh + u, cx - hw + u, cy + hh - u, cx + hw - u)
+    paint(cv, rim, jitter(rng, np.array([60, 60, 60])), cls, inst)
     r, t = rng.uniform(3.5, 4.5) * u * scale, 1.0 * u * scale
-    mark = _ellipse(cv, cy, cx, 0.8 * r, 0.8 * r) if cls == _SIGN_DOT else _cross(cv, cy, cx, r, t)
-    _paint(cv, mark, _mark_color(rng), cls, inst)
+    mark = ellipse(cv, cy, cx, 0.8 * r, 0.8 * r) if cls == _SIGN_DOT else _cross(cv, cy, cx, r, t)
+    paint(cv, mark, _mark_color(rng), cls, inst)
     return mark
 
 
@@ -341,13 +239,13 @@ def _family(cls: int) -> str:
 
 def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Draw one scene; returns (image, mask, ok) where ok = every object is visibly labelled."""
-    cv = _new_canvas(size)
+    cv = new_canvas(size)
     u, s = cv.u, float(size)
     n = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
     classes = [int(c) for c in rng.integers(1, len(CLASS_NAMES), n)]
     families = {_family(c) for c in classes}
 
-    _background(rng, cv)
+    background(rng, cv)
     # Context mostly comes with its class and sometimes without: correlated, not identical.
     p_sky, p_water = (0.9 if fam in families else 0.12 for fam in ("kite", "boat"))
     sky_bottom = s * rng.uniform(0.4, 0.6) if rng.random() < p_sky else None
