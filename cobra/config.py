@@ -52,9 +52,15 @@ class ModelConfig:
         "stride", choices=("stride", "dilate"),
         help="how the CNN reaches output stride 16: last stage stride 1 without dilation "
         "(authors) or timm's dilated output_stride=16")
-    freeze_bn: bool = _f(True, help="BatchNorm uses frozen running statistics (IRN convention)")
-    freeze_stem: bool = _f(True, help="CNN stem takes no gradient (IRN convention)")
-    detach_stage2: bool = _f(False, help="stop gradients below the CNN's second stage (IRN)")
+    freeze_bn: bool = _f(
+        True, help="BatchNorm layers stay in eval mode (frozen running statistics) while their "
+        "scale and shift train, as in IRN and the authors' code; the stem's BN follows freeze_stem")
+    freeze_stem: bool = _f(True, help="CNN stem (first conv and its BN) takes no gradient (IRN)")
+    detach_stage2: bool | None = _f(
+        None, help="stop gradients below the CNN's second stage, so its first two stages keep "
+        "their weights (the authors' code, IRN lineage). None: on when model.pretrained is not "
+        "false, because only pretrained low-level filters are worth keeping; a randomly "
+        "initialised CNN must learn them")
     vit_cam_kernel: int = _f(3, ge=1, help="kernel size of the ViT CAM head (authors: 3)")
 
 

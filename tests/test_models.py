@@ -91,15 +91,61 @@ def test_every_trainable_parameter_gets_a_gradient_and_an_optimizer_slot():
     assert id(model.cnn.proj_head.weight) not in {id(p) for g in code_groups for p in g["params"]}
 
 
-def test_frozen_batchnorm_and_stem():
+def _bn_params(module) -> list[torch.nn.Parameter]:
+    return [p for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for p in m.parameters()]
+
+
+def test_freeze_bn_freezes_statistics_but_trains_scale_and_shift():
     _, model = tiny_model("model.freeze_bn=true", "model.freeze_stem=true")
     model.train()
-    bns = [m for m in model.cnn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    cnn = model.cnn.backbone
+    bns = [m for m in cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns)
-    assert all(not p.requires_grad for p in model.cnn.backbone["conv1"].parameters())
-    before = bns[-1].running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    torch.testing.assert_close(bns[-1].running_mean, before)
+    # the stem (conv1 + its BN) is frozen whole; every other BN trains its affine parameters
+    assert not any(p.requires_grad for p in cnn["conv1"].parameters())
+    assert not any(p.requires_grad for p in cnn["bn1"].parameters())
+    outside_stem = [p for name in ("layer1", "layer2", "layer3", "layer4")
+                    for p in _bn_params(cnn[name])]
+    assert len(outside_stem) == 2 * (len(bns) - 1) > 0
+    assert all(p.requires_grad for p in outside_stem)
+    stats = {k: v.clone() for k, v in cnn.state_dict().items() if "running" in k}
+    scale = bns[-1].weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 3, 64, 64)).logits_cnn.square().sum().backward()
+    optimizer.step()
+    for key, value in cnn.state_dict().items():
+        if key in stats:
+            torch.testing.assert_close(value, stats[key], rtol=0, atol=0)
+    assert not torch.equal(bns[-1].weight, scale)
+
+
+def test_detach_stage2_leaves_the_first_two_stages_without_gradient():
+    _, model = tiny_model("model.detach_stage2=true", "model.freeze_stem=false")
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).logits_cnn.sum().backward()
+    cnn = model.cnn.backbone
+    for name in ("conv1", "layer1", "layer2"):
+        assert all(p.grad is None for p in cnn[name].parameters()), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in cnn["layer3"].parameters())
+    _, attached = tiny_model("model.detach_stage2=false", "model.freeze_stem=false")
+    attached.train()
+    attached(torch.randn(2, 3, 64, 64)).logits_cnn.sum().backward()
+    assert any(p.grad is not None for p in attached.cnn.backbone["layer1"].parameters())
+
+
+def test_detach_stage2_default_is_on_for_pretrained_backbones_only():
+    from cobra.config import load_config
+    from cobra.models.cnn import detaches_stage2
+
+    def detaches(*overrides: str) -> bool:
+        return detaches_stage2(load_config(None, list(overrides)).model)
+
+    assert detaches("model.pretrained=true") and detaches("model.pretrained=/weights")
+    assert not detaches("model.pretrained=false")
+    assert not detaches("model.pretrained=true", "model.detach_stage2=false")
+    assert detaches("model.pretrained=false", "model.detach_stage2=true")
 
 
 def test_stride_and_dilation_reach_the_same_grid():
