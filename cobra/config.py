@@ -62,6 +62,8 @@ class ModelConfig:
         "false, because only pretrained low-level filters are worth keeping; a randomly "
         "initialised CNN must learn them")
     vit_cam_kernel: int = _f(3, ge=1, help="kernel size of the ViT CAM head (authors: 3)")
+    vit_cam_bias: bool = _f(True, help="ViT CAM head has a bias, as in the authors' code (the "
+                            "paper is silent; the CNN CAM head has none in either)")
 
 
 @dataclass

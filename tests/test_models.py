@@ -148,6 +148,13 @@ def test_detach_stage2_default_is_on_for_pretrained_backbones_only():
     assert detaches("model.pretrained=false", "model.detach_stage2=true")
 
 
+def test_vit_cam_head_bias_switch():
+    _, with_bias = tiny_model()
+    assert with_bias.vit.cam_head.bias is not None  # the authors' head, the default
+    _, without = tiny_model("model.vit_cam_bias=false")
+    assert without.vit.cam_head.bias is None
+
+
 def test_stride_and_dilation_reach_the_same_grid():
     _, strided = tiny_model("model.cnn_downsample=stride")
     _, dilated = tiny_model("model.cnn_downsample=dilate")
