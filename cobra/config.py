@@ -87,8 +87,9 @@ class LossConfig:
     exclude_self_pair: bool = _f(False, help="drop the anchor itself from its positive set")
     fidelity: str = _f(
         "paper", choices=("paper", "code"),
-        help="`code` reproduces the authors' released behaviour (see SPEC.md): exp(s)/τ in SAP, "
-        "absent classes zeroed before the pseudo-label softmax, CNN projection head untrained")
+        help="`code` reproduces the authors' released recipe (see SPEC.md): exp(s)/τ in SAP, "
+        "absent classes zeroed before the pseudo-label softmax, and every switch marked "
+        "'None follows loss.fidelity' takes the code's behaviour unless it is set")
 
 
 @dataclass
@@ -128,6 +129,11 @@ class TrainConfig:
         help="SGD momentum. The IRN lineage passed weight_decay positionally into momentum, so "
         "the published runs trained with none; set it explicitly here")
     poly_power: float = _f(0.9, ge=0.0)
+    param_groups: str | None = _f(
+        None, choices=("paper", "code"),
+        help="paper: every new head at lr × head_lr_mult; code: the authors' optimizers, CNN "
+        "projection head left out, ViT 10× group = CAM-head bias + projection weight (their "
+        "head.bias + embed.weight), ViT CAM-head weight at the backbone lr")
     seed: int = _f(0, ge=0)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
     max_steps_per_epoch: int | None = _f(None, help="cap steps per epoch (smoke tests, demos)")
@@ -231,6 +237,30 @@ class Config:
     masks: MasksConfig = field(default_factory=MasksConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper or code. Where the paper and the authors' released code disagree, one key holds the choice.
+# Left unset (None) it follows `loss.fidelity`, so `loss.fidelity=code` alone gives the authors'
+# whole recipe; set, it decides alone. Values: (under fidelity=paper, under fidelity=code).
+
+FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
+    "train.param_groups": ("paper", "code"),
+}
+
+
+def fidelity_choice(key: str, value: str | None, fidelity: str) -> str:
+    """`value` when set, else what `fidelity` (paper|code) picks for switch `key`."""
+    if value is not None:
+        return value
+    paper, code = FIDELITY_SWITCHES[key]
+    return code if fidelity == "code" else paper
+
+
+def switch(cfg: Config, key: str) -> str:
+    """The behaviour a FIDELITY_SWITCHES key selects in `cfg` (e.g. `masks.bg_rule`)."""
+    section, name = key.split(".")
+    return fidelity_choice(key, getattr(getattr(cfg, section), name), cfg.loss.fidelity)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,7 +508,12 @@ def describe() -> list[tuple[str, Any, str]]:
                 walk(hints[name], f"{prefix}{name}.")
             else:
                 key = f"{prefix}{name}"
-                rows.append((key, defaults[key], f.metadata.get("help", "")))
+                text = f.metadata.get("help", "")
+                if key in FIDELITY_SWITCHES:
+                    paper, code = FIDELITY_SWITCHES[key]
+                    text += (f" [None follows loss.fidelity: paper → {paper}, "
+                             f"code → {code}]")
+                rows.append((key, defaults[key], text))
 
     walk(Config, "")
     return rows

@@ -86,9 +86,35 @@ def test_every_trainable_parameter_gets_a_gradient_and_an_optimizer_slot():
     assert set(in_optimizer) == {id(p) for p in trainable.values()}
     heads = {id(p) for p in groups[1]["params"]}
     assert id(model.cnn.proj_head.weight) in heads and id(model.vit.cam_head.weight) in heads
-    # the authors' optimizer leaves the CNN projection head out; one flag away
-    code_groups = model.param_groups(0.1, 10.0, 1e-4, train_cnn_proj=False)
-    assert id(model.cnn.proj_head.weight) not in {id(p) for g in code_groups for p in g["params"]}
+
+
+def _names(model, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_code_param_groups_are_the_authors_optimizers():
+    _, model = tiny_model()
+    backbone, heads = model.param_groups(0.1, 10.0, 1e-4, groups="code")
+    assert heads["lr"] == pytest.approx(1.0) and backbone["lr"] == pytest.approx(0.1)
+    # CNN: classifier at 10×, projection head in no group; ViT: the last two registered
+    # tensors of their model (head.bias, embed.weight) at 10×, the CAM-head weight at 1×
+    assert _names(model, heads["params"]) == {"cnn.cam_head.weight", "vit.cam_head.bias",
+                                              "vit.proj_head.weight"}
+    assert "vit.cam_head.weight" in _names(model, backbone["params"])
+    grouped = _names(model, backbone["params"]) | _names(model, heads["params"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} - grouped == {
+        "cnn.proj_head.weight"}
+    with pytest.raises(ValueError, match="groups"):
+        model.param_groups(0.1, 10.0, 1e-4, groups="codes")
+
+
+def test_train_param_groups_follow_fidelity():
+    from cobra.config import load_config, switch
+
+    assert switch(load_config(None, ["loss.fidelity=code"]), "train.param_groups") == "code"
+    paper = load_config(None, ["loss.fidelity=code", "train.param_groups=paper"])
+    assert switch(paper, "train.param_groups") == "paper"
 
 
 def _bn_params(module) -> list[torch.nn.Parameter]:
