@@ -85,6 +85,11 @@ class LossConfig:
     use_cap: bool = _f(True, help="include L_cap (Table 3)")
     use_sap: bool = _f(True, help="include L_sap (Table 3)")
     exclude_self_pair: bool = _f(False, help="drop the anchor itself from its positive set")
+    cam_form: str | None = _f(
+        None, choices=("paper", "code"),
+        help="L_cam: paper = mean|ΔM| over all maps + the same over positive classes, "
+        "align_corners=False; code = the authors' optimised term, the first mean only, "
+        "align_corners=True (about half the paper's)")
     fidelity: str = _f(
         "paper", choices=("paper", "code"),
         help="`code` reproduces the authors' released recipe (see SPEC.md): exp(s)/τ in SAP, "
@@ -245,6 +250,7 @@ class Config:
 # whole recipe; set, it decides alone. Values: (under fidelity=paper, under fidelity=code).
 
 FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
+    "loss.cam_form": ("paper", "code"),
     "train.param_groups": ("paper", "code"),
 }
 
