@@ -151,6 +151,11 @@ class SeedsConfig:
                      help="how M_cnn and M_tran are combined (Table 5); fuse_code = fuse")
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: bool = _f(True, help="add each scale's horizontal flip")
+    aobj_weighting: str | None = _f(
+        None, choices=("normalized", "raw"),
+        help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "
+        "in each pass, so every scale counts alike; raw = as the network gives it (the "
+        "authors), whose mean falls like 1/tokens, so small scales weigh most (~16× 0.5 vs 2.0)")
     fixed_bg: float = _f(0.15, ge=0.0, le=1.0, help="IRN's fixed background score")
     threshold_grid: list[float] = _f([round(0.05 * i, 2) for i in range(1, 20)],
                                      help="fixed background scores swept on ground truth")
@@ -252,6 +257,7 @@ class Config:
 FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
     "loss.cam_form": ("paper", "code"),
     "train.param_groups": ("paper", "code"),
+    "seeds.aobj_weighting": ("normalized", "raw"),
 }
 
 
