@@ -168,15 +168,17 @@ class SeedsConfig:
 class MasksConfig:
     """Stages `ir_labels`, `irn` and `masks` (SPEC "Masks"; IRN's and the authors' defaults)."""
 
-    threshold_source: str = _f(
-        "fixed", choices=("fixed", "aobj"),
-        help="IR-label thresholds: fixed conf_fg/conf_bg (IRN) or per image from A_obj (paper)")
+    threshold_source: str | None = _f(
+        None, choices=("fixed", "aobj"),
+        help="IR-label thresholds: fixed = conf_fg/conf_bg (IRN's, our default); aobj = per image "
+        "from A_obj (the paper's §9.1 and the authors' code)")
     conf_fg: float = _f(0.30, ge=0.0, le=1.0, help="confident-foreground background score")
     conf_bg: float = _f(0.05, ge=0.0, le=1.0, help="confident-background background score")
     aobj_percentile: float = _f(93.0, ge=0.0, le=100.0,
-                                help="aobj source: conf_fg = this percentile of A_obj, rounded")
-    aobj_round: float = _f(0.05, gt=0.0, help="aobj source: rounding step of the percentile")
-    aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_bg = conf_fg − gap")
+                                help="aobj source: the percentile of A_obj that sets conf_bg")
+    aobj_round: float = _f(0.05, gt=0.0, help="aobj source: conf_bg = the largest multiple of "
+                           "this step below the percentile (the authors' bracket)")
+    aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_fg = conf_bg + gap")
     crf_iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels)")
     crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
     crf_gauss_sxy: float = _f(3.0, gt=0.0)
@@ -258,6 +260,7 @@ FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
     "loss.cam_form": ("paper", "code"),
     "train.param_groups": ("paper", "code"),
     "seeds.aobj_weighting": ("normalized", "raw"),
+    "masks.threshold_source": ("fixed", "aobj"),
 }
 
 

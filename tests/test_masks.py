@@ -88,17 +88,40 @@ def test_ir_label_quality_counts():
     assert ir_label_quality(ir, gt) == (3, 2, 5)
 
 
-def test_aobj_thresholds_rounding_gap_and_clipping():
-    assert aobj_thresholds(np.full((4, 4), 0.62), 93, 0.05, 0.5) == pytest.approx((0.6, 0.1))
-    assert aobj_thresholds(np.full((4, 4), 0.63), 93, 0.05, 0.5) == pytest.approx((0.65, 0.15))
-    # half-up rounding, not half-to-even
-    assert aobj_thresholds(np.full((4, 4), 0.325), 93, 0.05, 0.1)[0] == pytest.approx(0.35)
-    # the percentile, not the maximum, sets the threshold
-    ramp = np.linspace(0, 1, 101).reshape(1, -1)
-    assert aobj_thresholds(ramp, 50, 0.05, 0.5) == pytest.approx((0.5, 0.01))
-    # clipping to [step, 1 − step] and the positive floor
-    assert aobj_thresholds(np.zeros((3, 3)), 93, 0.05, 0.5) == pytest.approx((0.05, 0.01))
-    assert aobj_thresholds(np.ones((3, 3)), 93, 0.05, 0.5) == pytest.approx((0.95, 0.45))
+def ref_authors_thresholds(p: float) -> tuple[float, float]:
+    """The authors' `get_bounds` + `cam_to_ir_label`, from their description: round p to the
+    nearest multiple r of 0.05; the bracket is [r − 0.05, r] when p ≤ r (both neighbours of r
+    when p = r), else [r, r + 0.05]; conf_bg is its lower end, conf_fg = conf_bg + 0.5."""
+    rounded = round(p * 20) / 20
+    low = rounded - 0.05 if p <= rounded else rounded
+    return low + 0.5, low
+
+
+def test_aobj_thresholds_hand_computed():
+    # 0, 0.005, ..., 0.495: the 93rd percentile is 0.46035 (index 92.07), in the bracket
+    # [0.45, 0.50), so conf_bg = 0.45 and conf_fg = 0.95
+    ramp = np.arange(100).reshape(10, 10) / 200
+    assert aobj_thresholds(ramp, 93, 0.05, 0.5) == pytest.approx((0.95, 0.45))
+    # exactly on a multiple: the bracket below (the authors' get_bounds), 0.35 → 0.30
+    assert aobj_thresholds(np.full((4, 4), 0.35), 93, 0.05, 0.5) == pytest.approx((0.8, 0.3))
+    assert aobj_thresholds(np.full((4, 4), 0.02), 93, 0.05, 0.5) == pytest.approx((0.5, 0.0))
+    # nothing is clipped: a high percentile leaves no map above conf_fg
+    assert aobj_thresholds(np.full((4, 4), 0.81), 93, 0.05, 0.5) == pytest.approx((1.3, 0.8))
+    for p in [*np.linspace(0.003, 0.997, 211), *(k / 20 for k in range(1, 20))]:
+        got = aobj_thresholds(np.full((2, 2), p), 93, 0.05, 0.5)
+        assert got == pytest.approx(ref_authors_thresholds(float(p)), abs=1e-9), p
+
+
+def test_aobj_thresholds_follow_fidelity_unless_set():
+    from cobra.config import load_config
+    from cobra.stages.ir_labels import thresholds
+
+    a_obj = np.arange(100).reshape(10, 10) / 200
+    assert thresholds(load_config(None, []), a_obj) == (0.30, 0.05)  # IRN's fixed pair
+    code = load_config(None, ["loss.fidelity=code"])
+    assert thresholds(code, a_obj) == pytest.approx((0.95, 0.45))
+    fixed = load_config(None, ["loss.fidelity=code", "masks.threshold_source=fixed"])
+    assert thresholds(fixed, a_obj) == (0.30, 0.05)
 
 
 # ---------------------------------------------------------------- random walk
