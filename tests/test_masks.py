@@ -275,8 +275,11 @@ def test_affinity_loss_prefers_boundaries_on_label_edges():
     l_flat = affinity_loss(flat, ir, offs)
     l_none = affinity_loss(none, ir, offs)
     assert l_matched < l_flat < l_none
-    # flat 0.5: every set costs −log 0.5, so 0.5·(2·ln 2) + ln 2
-    assert float(l_flat) == pytest.approx(2 * np.log(2), rel=1e-3)
+    # IRN's (pos + neg) / 2 with pos = (pos_fg + pos_bg) / 2: at a flat 0.2 every positive
+    # pair costs −log 0.8 and every negative one −log 0.2
+    l_02 = affinity_loss(torch.full((1, 8, 8), 0.2), ir, offs)
+    assert float(l_02) == pytest.approx((-np.log(0.8) - np.log(0.2)) / 2, rel=1e-3)
+    assert float(l_flat) == pytest.approx(np.log(2), rel=1e-3)
     # symmetric and half offset lists give the same loss
     half = [o for o in offs if o > (0, 0)]
     assert float(affinity_loss(matched, ir, half)) == pytest.approx(float(l_matched))
