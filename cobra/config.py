@@ -191,6 +191,11 @@ class MasksConfig:
         "run's model.cnn, it starts from the trained CoBra CNN instead of model.pretrained")
     irn_freeze_backbone: bool = _f(True, help="train only the boundary head (IRN detaches the "
                                    "backbone features)")
+    irn_layout: str = _f(
+        "irn", choices=("irn", "native"),
+        help="boundary network levels: irn = IRN's edge branch, 5 levels (the stem after its "
+        "max-pool, stages 1-4) with the last stage at stride 16 (both codebases); native = "
+        "stages 1-4 at the backbone's own strides 4-32")
     irn_crop: int = _f(512, ge=32)
     irn_batch_size: int = _f(32, ge=1)
     irn_epochs: int = _f(4, ge=1)

@@ -181,6 +181,21 @@ def test_vit_cam_head_bias_switch():
     assert without.vit.cam_head.bias is None
 
 
+@pytest.mark.parametrize(("layout", "levels", "last"), [("irn", 5, 4), ("native", 4, 2)])
+def test_boundary_net_layouts(layout, levels, last):
+    from cobra.models.irn import BoundaryNet
+
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", False, True, layout=layout).eval()
+    assert len(net.squeeze) == levels
+    with torch.no_grad():
+        feats = net.backbone(torch.randn(1, 3, 64, 64))
+        out = net(torch.randn(2, 3, 64, 72))
+    assert feats[-1].shape[-1] == last  # IRN's last stage at stride 16, not 32
+    assert net.squeeze[0][0].in_channels == 64  # irn: the stem; native: layer1, also 64 wide
+    assert out.shape == (2, 16, 18) and ((out >= 0) & (out <= 1)).all()
+
+
 def test_stride_and_dilation_reach_the_same_grid():
     _, strided = tiny_model("model.cnn_downsample=stride")
     _, dilated = tiny_model("model.cnn_downsample=dilate")

@@ -10,18 +10,6 @@ from cobra.config import ModelConfig
 from cobra.models import backbones
 
 
-def _undo_last_stride(stage: nn.Module) -> None:
-    """Give the last stage stride 1 without dilation (the authors' way to output stride 16):
-    every stride-2 convolution or pooling in it becomes stride 1."""
-    for module in stage.modules():
-        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
-            module.stride = (1, 1)
-        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) and module.stride not in (1, (1, 1)):
-            module.stride = 1
-            module.kernel_size = 1
-            module.padding = 0
-
-
 def detaches_stage2(cfg: ModelConfig) -> bool:
     """Whether gradients stop below the second stage: `model.detach_stage2`, or when unset, on
     for pretrained backbones only (a random-init CNN must learn its low-level filters)."""
@@ -49,7 +37,7 @@ class CNNBranch(nn.Module):
             if reductions[-1] != 32 or reductions[-2] != 16:
                 raise ValueError(f"{cfg.cnn} does not end in a stride-32 stage after a stride-16 "
                                  f"one; use model.cnn_downsample=dilate")
-            _undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
+            backbones.undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
         names = info.module_name()
         self.stem_names = self._stem(names[0])
         self.detach_after = names[2] if detaches_stage2(cfg) and len(names) > 2 else None

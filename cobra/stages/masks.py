@@ -89,7 +89,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
     stamp.clear()
     device = resolve_device(cfg.train.device)
-    net = load_boundary_net(cfg, layout, device)
+    net = load_boundary_net(layout, device)
     k = source.num_classes + 1
     conf = {"crf": np.zeros((k, k), np.int64), "nocrf": np.zeros((k, k), np.int64)}
     for n, image_id in enumerate(tqdm(ids, desc="masks", leave=False,
