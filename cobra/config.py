@@ -204,6 +204,12 @@ class MasksConfig:
     rw_radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
     rw_beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
     rw_exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
+    rw_source: str | None = _f(
+        None, choices=("fuse", "tran"),
+        help="class maps the walk propagates: fuse = the seed combined per seeds.fusion (the "
+        "paper: M_fuse goes to IRN); tran = the ViT-side seed M_tran (the authors' code)")
+    rw_boundary_damp: bool = _f(True, help="multiply the maps by (1 − boundary) before the walk "
+                                "(IRN, and so the authors' code)")
     sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
     mask_crf: bool = _f(True, help="refine masks with a second denseCRF (authors)")
     mask_crf_gauss_sxy: float = _f(2.0, gt=0.0)
@@ -266,6 +272,7 @@ FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
     "train.param_groups": ("paper", "code"),
     "seeds.aobj_weighting": ("normalized", "raw"),
     "masks.threshold_source": ("fixed", "aobj"),
+    "masks.rw_source": ("fuse", "tran"),
 }
 
 

@@ -224,6 +224,42 @@ def test_random_walk_stays_inside_closed_boundary():
     assert free[outside].sum() > 1e3 * out[outside].sum() + 1e-3
 
 
+def _dense_walk(x: torch.Tensor, b: torch.Tensor, radius: int, beta: float,
+                steps: int) -> torch.Tensor:
+    """x ← T x with T = D⁻¹A as a dense matrix, step by step."""
+    rows, cols, vals = affinity(b, radius, beta)
+    n = b.numel()
+    t = torch.zeros(n, n, dtype=torch.float64)
+    t[rows, cols] = vals.double()
+    v = x.double().reshape(x.shape[0], n).t()
+    for _ in range(steps):
+        v = t @ v
+    return v.t().reshape(x.shape)
+
+
+def test_walk_of_a_constant_field_with_and_without_boundary_damping():
+    h = w = 8
+    b = torch.zeros(h, w)
+    b[:, 3] = 0.9  # a wall across the image
+    b[2, 6] = 0.5
+    x = torch.full((1, h, w), 0.7)
+    free = random_walk(x, b, radius=3, beta=2.0, steps=6)
+    torch.testing.assert_close(free, x, atol=1e-5, rtol=0)  # T keeps a constant field
+    damped = random_walk(x, b, radius=3, beta=2.0, steps=6, damp_boundary=True)
+    expected = _dense_walk(x * (1 - b), b, radius=3, beta=2.0, steps=6)
+    torch.testing.assert_close(damped.double(), expected, atol=1e-5, rtol=0)
+    # the walk conserves degree-weighted mass, so what (1 − b) removed stays removed
+    rows, cols, vals = affinity(b, 3, 2.0)
+    deg = 1.0 / vals[rows == cols]  # self-loops (weight 1, in pixel order): T[p, p] = 1 / d_p
+
+    def mass(m: torch.Tensor) -> float:
+        return float((deg * m.reshape(-1)).sum())
+
+    assert mass(damped) == pytest.approx(mass(x * (1 - b)), rel=1e-4)
+    assert mass(damped) < mass(free)
+    assert damped[0, :, 3].max() < 0.7 and damped[0, :, 0].min() > 0.5
+
+
 def test_masks_from_rw_and_relative_masks():
     keys = np.array([5, 9])
     rw = np.array([[[4, 0, 1, 0, 3, 0]],

@@ -130,12 +130,19 @@ def transition_matrix(boundary: torch.Tensor, radius: int, beta: float) -> torch
 
 
 def random_walk(x: torch.Tensor, boundary: torch.Tensor, radius: int, beta: float,
-                steps: int) -> torch.Tensor:
-    """(K, H, W) maps + (H, W) boundary → (K, H, W) maps after `steps` steps x ← T x."""
+                steps: int, damp_boundary: bool = False) -> torch.Tensor:
+    """(K, H, W) maps + (H, W) boundary → (K, H, W) maps after `steps` steps x ← T x.
+
+    `damp_boundary` first multiplies the maps by (1 − boundary), as IRN's `propagate_to_edge`
+    does: CAM mass sitting on a boundary is not trusted to belong to either side.
+    """
     k, h, w = x.shape
     if boundary.shape != (h, w):
         raise ValueError(f"boundary {tuple(boundary.shape)} does not match maps {(h, w)}")
-    t = transition_matrix(boundary.to(x.device), radius, beta)
+    boundary = boundary.to(x.device)
+    t = transition_matrix(boundary, radius, beta)
+    if damp_boundary:
+        x = x * (1.0 - boundary.to(x.dtype))
     v = x.float().reshape(k, h * w).t().contiguous()  # (N, K): one sparse matmul per step
     for _ in range(int(steps)):
         v = t @ v

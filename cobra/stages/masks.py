@@ -1,9 +1,11 @@
 """Stage `masks`: random walk of the seeds over the boundary network's affinities → masks.
 
-Per image: the boundary map at stride 4 (image and its flip), the fused seed CAMs brought to that
-grid and propagated for 2^`rw_exp_times` steps with affinities (1 − boundary on the path)^β. The
-walk's maps are stored once (`masks/rw/<id>.npz`) so thresholds can be swept offline; masks
-use IRN's background score `sem_seg_bg`, then optionally a second denseCRF (the authors').
+Per image: the boundary map at stride 4 (image and its flip); the seed CAMs (`masks.rw_source`:
+the fused seed, or the ViT-side M_tran as the authors walk) brought to that grid, multiplied by
+(1 − boundary) (IRN) and propagated for 2^`rw_exp_times` steps with affinities
+(1 − boundary on the path)^β. The walk's maps are stored once (`masks/rw/<id>.npz`) so
+thresholds can be swept offline; masks use IRN's background score `sem_seg_bg`, then optionally a
+second denseCRF (the authors').
 Mask mIoU is reported with and without that CRF.
 """
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cobra.config import Config
+from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.layout import RunLayout
 from cobra.masks.crf import crf_probs
@@ -26,7 +28,7 @@ from cobra.seeds import cams_to_label
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
-from cobra.stages.seeds import NUM_PICTURES, load_seed
+from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
 from cobra.stages.train import resolve_device
 
 
@@ -38,6 +40,15 @@ def boundary_map(net, image: np.ndarray, device: torch.device) -> torch.Tensor:
     return (b[0] + b[1].flip(-1)) / 2
 
 
+def load_walk_seed(cfg: Config, layout: RunLayout, image_id: str) -> dict[str, np.ndarray]:
+    """`keys`, `cam` (the fused seed) and `walk`, the maps the walk propagates: the fused seed,
+    or with `masks.rw_source=tran` the ViT-side M_tran (a CNN-only run has only the fused)."""
+    arrays = read_seed_arrays(layout.seed_file(image_id))
+    seed = fuse_seed(arrays, cfg.seeds.fusion)
+    tran = switch(cfg, "masks.rw_source") == "tran" and "cam_tran" in arrays
+    return {**seed, "walk": arrays["cam_tran"] if tran else seed["cam"]}
+
+
 def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     """Seed CAMs (K, H, W) → random-walk maps (K, h4, w4) on the boundary grid."""
     if cam.shape[0] == 0:
@@ -45,7 +56,7 @@ def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     small = F.interpolate(torch.from_numpy(cam)[None].to(boundary), size=boundary.shape,
                           mode="bilinear", align_corners=False)[0]
     rw = random_walk(small, boundary, cfg.masks.rw_radius, cfg.masks.rw_beta,
-                     2 ** cfg.masks.rw_exp_times)
+                     2 ** cfg.masks.rw_exp_times, damp_boundary=cfg.masks.rw_boundary_damp)
     return rw.float().cpu().numpy()
 
 
@@ -84,7 +95,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     stamp = Stamp(layout.masks, fingerprint(
         irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
         seeds=file_signature(layout.seeds / "fingerprint.txt"),
-        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.sem_seg_bg], crf=m.mask_crf, ids=ids))
+        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp,
+            switch(cfg, "masks.rw_source"), m.sem_seg_bg], crf=m.mask_crf, ids=ids))
     if stamp.current() and not force:
         return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
     stamp.clear()
@@ -94,9 +106,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     conf = {"crf": np.zeros((k, k), np.int64), "nocrf": np.zeros((k, k), np.int64)}
     for n, image_id in enumerate(tqdm(ids, desc="masks", leave=False,
                                       disable=not cfg.train.progress)):
-        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        seed = load_walk_seed(cfg, layout, image_id)
         image = source.load_image(image_id)
-        rw = walk(cfg, boundary_map(net, image, device), seed["cam"])
+        rw = walk(cfg, boundary_map(net, image, device), seed["walk"])
         layout.rw_file(image_id).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
         rw_up = to_image_size(rw, image.shape[:2])
