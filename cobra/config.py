@@ -210,8 +210,17 @@ class MasksConfig:
         "paper: M_fuse goes to IRN); tran = the ViT-side seed M_tran (the authors' code)")
     rw_boundary_damp: bool = _f(True, help="multiply the maps by (1 − boundary) before the walk "
                                 "(IRN, and so the authors' code)")
+    bg_rule: str | None = _f(
+        None, choices=("irn", "relative"),
+        help="final masks from the walk: irn = background score sem_seg_bg on the globally "
+        "normalised maps, then the soft mask CRF (IRN); relative = class c where its map ≥ "
+        "relative_theta·max_c + min_c, then a hard-label mask CRF (the authors' code). Both are "
+        "scored; this one is written and is mask_miou")
     sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
+    relative_theta: float = _f(0.31, ge=0.0, le=1.0, help="θ of the relative rule (authors)")
     mask_crf: bool = _f(True, help="refine masks with a second denseCRF (authors)")
+    mask_crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999,
+                                 help="relative rule: the hard-label mask CRF's label confidence")
     mask_crf_gauss_sxy: float = _f(2.0, gt=0.0)
     mask_crf_gauss_compat: float = _f(3.0, ge=0.0)
     mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
@@ -273,6 +282,7 @@ FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
     "seeds.aobj_weighting": ("normalized", "raw"),
     "masks.threshold_source": ("fixed", "aobj"),
     "masks.rw_source": ("fuse", "tran"),
+    "masks.bg_rule": ("irn", "relative"),
 }
 
 

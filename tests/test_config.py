@@ -147,3 +147,8 @@ def test_config_list_names_the_papers_and_the_codes_behaviour(capsys):
         assert f"paper → {paper_value}, code → {code_value}" in rows[key], key
 
 
+def test_switches_without_a_paper_reading_name_the_authors_behaviour():
+    rows = {key: text for key, _, text in config.describe()}
+    for key in ("model.freeze_bn", "model.detach_stage2", "model.vit_cam_bias",
+                "masks.rw_boundary_damp", "masks.irn_layout"):
+        assert "authors" in rows[key] or "both codebases" in rows[key], key

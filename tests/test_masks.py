@@ -275,6 +275,33 @@ def test_masks_from_rw_and_relative_masks():
     assert not relative_masks(np.zeros((0, 2, 2)), np.array([]), 0.5).any()
 
 
+def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
+    from cobra.config import load_config
+    from cobra.stages.masks import rule_masks
+
+    img = _two_colour_image()  # colour edge at column 12
+    keys = np.array([4, 7])
+    rw = np.zeros((2, 24, 24), dtype=np.float32)
+    rw[0, :, :15] = np.linspace(1.0, 2.0, 15)  # class 4 spills 3 px over the edge
+    rw[1, :, 12:] = 3.0
+    rw[1, :, 12:15] = 0.5  # ... where class 7 is weak
+    # thresholds: class 4 → 0.31·2 + 0 = 0.62 (its whole extent); class 7 → 0.31·3 + 0 = 0.93
+    cfg = load_config(None, ["masks.relative_theta=0.31", "masks.mask_crf_gt_prob=0.7"])
+    plain, refined = rule_masks(cfg, "relative", img, rw, keys)
+    expected = np.zeros((24, 24), dtype=np.uint8)
+    expected[:, :15], expected[:, 15:] = 4, 7
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(plain, relative_masks(rw, keys, 0.31))
+    # the hard-label CRF pulls class 4's spill back to the colour edge
+    truth = np.where(np.arange(24) < 12, 4, 7)[None].repeat(24, 0)
+    assert (refined != truth).sum() < (plain != truth).sum()
+    assert set(np.unique(refined)) <= {0, 4, 7}
+    off = load_config(None, ["masks.mask_crf=false"])
+    assert all((m == plain).all() for m in rule_masks(off, "relative", img, rw, keys))
+    irn_plain, _ = rule_masks(off, "irn", img, rw, keys)
+    np.testing.assert_array_equal(irn_plain, masks_from_rw(rw, keys, 0.25))
+
+
 # ---------------------------------------------------------------- pair labels and loss
 
 
