@@ -260,6 +260,28 @@ def test_walk_of_a_constant_field_with_and_without_boundary_damping():
     assert damped[0, :, 3].max() < 0.7 and damped[0, :, 0].min() > 0.5
 
 
+def test_walk_source_is_the_fused_seed_or_the_vit_side_one(tmp_path):
+    from cobra.config import load_config
+    from cobra.layout import RunLayout
+    from cobra.stages.masks import load_walk_seed
+
+    layout = RunLayout(tmp_path)
+    layout.seeds.mkdir(parents=True)
+    cnn = np.array([[[0.9, 0.1]]], dtype=np.float32)
+    tran = np.array([[[0.2, 0.6]]], dtype=np.float32)
+    np.savez(layout.seed_file("a"), keys=np.array([3]), cam_cnn=cnn, cam_tran=tran,
+             a_obj=np.ones((1, 2), np.float32))
+
+    def source(*overrides: str) -> np.ndarray:
+        return load_walk_seed(load_config(None, list(overrides)), layout, "a")["walk"]
+
+    np.testing.assert_allclose(source(), [[[0.55, 0.6]]])  # M_fuse = max((a + b) / 2, b)
+    np.testing.assert_array_equal(source("loss.fidelity=code"), tran)
+    np.testing.assert_array_equal(source("masks.rw_source=tran"), tran)
+    np.testing.assert_allclose(source("loss.fidelity=code", "masks.rw_source=fuse"),
+                               [[[0.55, 0.6]]])
+
+
 def test_masks_from_rw_and_relative_masks():
     keys = np.array([5, 9])
     rw = np.array([[[4, 0, 1, 0, 3, 0]],
