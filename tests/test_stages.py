@@ -51,10 +51,12 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert again["mask_miou"] == result["mask_miou"]
 
-    # the other mask rule on the same walk: written and headlined, both scores unchanged
-    code, relative, err = run_cli(["stage", "masks", "--run-dir", run,
+    # the other mask rule on the same walk: written and headlined, both scores unchanged, and
+    # neither the IR labels nor the boundary network are redone for a mask-rule setting
+    code, relative, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
                                    "--set", "masks.bg_rule=relative"], capsys)
     assert code == 0, err
+    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert relative["mask_miou"] == relative["mask_miou_relative"] == result["mask_miou_relative"]
     assert relative["mask_miou_irn"] == result["mask_miou_irn"]
 

@@ -70,7 +70,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     stamp = Stamp(layout.ir_labels, fingerprint(
         seeds=file_signature(layout.seeds / "fingerprint.txt"), fusion=cfg.seeds.fusion,
-        masks={k: v for k, v in vars(cfg.masks).items() if not k.startswith(("irn", "rw"))},
+        # only what IR labels depend on: a mask-rule setting must not retrain the boundary net
+        masks={k: v for k, v in vars(cfg.masks).items()
+               if k.startswith(("conf_", "aobj_", "crf_"))},
         threshold_source=switch(cfg, "masks.threshold_source"),
         ids=ids))
     if stamp.current() and not force:
