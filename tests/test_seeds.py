@@ -34,19 +34,27 @@ class HalvesViT(torch.nn.Module):
         else:
             cam[:, 1, :, nw // 2 :] = 1.0
         a_obj = torch.full((b, nh, nw), LAYERS / (nh * nw))
-        return CoBraOutput(logits_cnn=None, logits_vit=None, cam_cnn=None, cam_vit=cam,
-                           proj_cnn=None, proj_vit=None, attention=None, affinity=None,
-                           a_obj=a_obj)
+        return CoBraOutput(
+            logits_cnn=None,
+            logits_vit=None,
+            cam_cnn=None,
+            cam_vit=cam,
+            proj_cnn=None,
+            proj_vit=None,
+            attention=None,
+            affinity=None,
+            a_obj=a_obj,
+        )
 
 
-@pytest.mark.parametrize(("weighting", "small_over_large"),
-                         [("normalized", 1.0), ("raw", 64 / 16)])
+@pytest.mark.parametrize(("weighting", "small_over_large"), [("normalized", 1.0), ("raw", 64 / 16)])
 def test_per_scale_weights_of_the_seed_sum(weighting, small_over_large):
     # scale 1.0 → 4×4 = 16 tokens (A_obj 0.75), scale 2.0 → 8×8 = 64 tokens (A_obj 0.1875):
     # raw A_obj weighs the small pass 64/16 = 4× the large one, normalised A_obj weighs both 1×
     image = np.zeros((64, 64, 3), dtype=np.uint8)
-    cams = multiscale_cams(HalvesViT(), image, np.array([1]), [1.0, 2.0], flip=False,
-                           aobj_weighting=weighting)
+    cams = multiscale_cams(
+        HalvesViT(), image, np.array([1]), [1.0, 2.0], flip=False, aobj_weighting=weighting
+    )
     # far from the middle, where the halves' upsampled edges overlap, one pass holds alone
     left, right = cams["cam_tran"][0, 32, 4], cams["cam_tran"][0, 32, 59]
     assert left / right == pytest.approx(small_over_large, rel=1e-4)
@@ -54,8 +62,14 @@ def test_per_scale_weights_of_the_seed_sum(weighting, small_over_large):
 
 def test_unknown_weighting_is_rejected():
     with pytest.raises(ValueError, match="weighting"):
-        multiscale_cams(HalvesViT(), np.zeros((32, 32, 3), np.uint8), np.array([1]), [1.0],
-                        flip=False, aobj_weighting="log")
+        multiscale_cams(
+            HalvesViT(),
+            np.zeros((32, 32, 3), np.uint8),
+            np.array([1]),
+            [1.0],
+            flip=False,
+            aobj_weighting="log",
+        )
 
 
 def test_aobj_weighting_follows_fidelity_unless_set():
