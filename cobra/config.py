@@ -52,10 +52,18 @@ class ModelConfig:
         "stride", choices=("stride", "dilate"),
         help="how the CNN reaches output stride 16: last stage stride 1 without dilation "
         "(authors) or timm's dilated output_stride=16")
-    freeze_bn: bool = _f(True, help="BatchNorm uses frozen running statistics (IRN convention)")
-    freeze_stem: bool = _f(True, help="CNN stem takes no gradient (IRN convention)")
-    detach_stage2: bool = _f(False, help="stop gradients below the CNN's second stage (IRN)")
+    freeze_bn: bool = _f(
+        True, help="BatchNorm layers stay in eval mode (frozen running statistics) while their "
+        "scale and shift train, as in IRN and the authors' code; the stem's BN follows freeze_stem")
+    freeze_stem: bool = _f(True, help="CNN stem (first conv and its BN) takes no gradient (IRN)")
+    detach_stage2: bool | None = _f(
+        None, help="stop gradients below the CNN's second stage, so its first two stages keep "
+        "their weights (the authors' code, IRN lineage). None: on when model.pretrained is not "
+        "false, because only pretrained low-level filters are worth keeping; a randomly "
+        "initialised CNN must learn them")
     vit_cam_kernel: int = _f(3, ge=1, help="kernel size of the ViT CAM head (authors: 3)")
+    vit_cam_bias: bool = _f(True, help="ViT CAM head has a bias, as in the authors' code (the "
+                            "paper is silent; the CNN CAM head has none in either)")
 
 
 @dataclass
@@ -77,10 +85,16 @@ class LossConfig:
     use_cap: bool = _f(True, help="include L_cap (Table 3)")
     use_sap: bool = _f(True, help="include L_sap (Table 3)")
     exclude_self_pair: bool = _f(False, help="drop the anchor itself from its positive set")
+    cam_form: str | None = _f(
+        None, choices=("paper", "code"),
+        help="L_cam: paper = mean|ΔM| over all maps + the same over positive classes, "
+        "align_corners=False; code = the authors' optimised term, the first mean only, "
+        "align_corners=True (about half the paper's)")
     fidelity: str = _f(
         "paper", choices=("paper", "code"),
-        help="`code` reproduces the authors' released behaviour (see SPEC.md): exp(s)/τ in SAP, "
-        "absent classes zeroed before the pseudo-label softmax, CNN projection head untrained")
+        help="`code` reproduces the authors' released recipe (see SPEC.md): exp(s)/τ in SAP, "
+        "absent classes zeroed before the pseudo-label softmax, and every switch marked "
+        "'None follows loss.fidelity' takes the code's behaviour unless it is set")
 
 
 @dataclass
@@ -120,6 +134,11 @@ class TrainConfig:
         help="SGD momentum. The IRN lineage passed weight_decay positionally into momentum, so "
         "the published runs trained with none; set it explicitly here")
     poly_power: float = _f(0.9, ge=0.0)
+    param_groups: str | None = _f(
+        None, choices=("paper", "code"),
+        help="paper: every new head at lr × head_lr_mult; code: the authors' optimizers, CNN "
+        "projection head left out, ViT 10× group = CAM-head bias + projection weight (their "
+        "head.bias + embed.weight), ViT CAM-head weight at the backbone lr")
     seed: int = _f(0, ge=0)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
     max_steps_per_epoch: int | None = _f(None, help="cap steps per epoch (smoke tests, demos)")
@@ -132,6 +151,11 @@ class SeedsConfig:
                      help="how M_cnn and M_tran are combined (Table 5); fuse_code = fuse")
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: bool = _f(True, help="add each scale's horizontal flip")
+    aobj_weighting: str | None = _f(
+        None, choices=("normalized", "raw"),
+        help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "
+        "in each pass, so every scale counts alike; raw = as the network gives it (the "
+        "authors), whose mean falls like 1/tokens, so small scales weigh most (~16× 0.5 vs 2.0)")
     fixed_bg: float = _f(0.15, ge=0.0, le=1.0, help="IRN's fixed background score")
     threshold_grid: list[float] = _f([round(0.05 * i, 2) for i in range(1, 20)],
                                      help="fixed background scores swept on ground truth")
@@ -144,15 +168,17 @@ class SeedsConfig:
 class MasksConfig:
     """Stages `ir_labels`, `irn` and `masks` (SPEC "Masks"; IRN's and the authors' defaults)."""
 
-    threshold_source: str = _f(
-        "fixed", choices=("fixed", "aobj"),
-        help="IR-label thresholds: fixed conf_fg/conf_bg (IRN) or per image from A_obj (paper)")
+    threshold_source: str | None = _f(
+        None, choices=("fixed", "aobj"),
+        help="IR-label thresholds: fixed = conf_fg/conf_bg (IRN's, our default); aobj = per image "
+        "from A_obj (the paper's §9.1 and the authors' code)")
     conf_fg: float = _f(0.30, ge=0.0, le=1.0, help="confident-foreground background score")
     conf_bg: float = _f(0.05, ge=0.0, le=1.0, help="confident-background background score")
     aobj_percentile: float = _f(93.0, ge=0.0, le=100.0,
-                                help="aobj source: conf_fg = this percentile of A_obj, rounded")
-    aobj_round: float = _f(0.05, gt=0.0, help="aobj source: rounding step of the percentile")
-    aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_bg = conf_fg − gap")
+                                help="aobj source: the percentile of A_obj that sets conf_bg")
+    aobj_round: float = _f(0.05, gt=0.0, help="aobj source: conf_bg = the largest multiple of "
+                           "this step below the percentile (the authors' bracket)")
+    aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_fg = conf_bg + gap")
     crf_iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels)")
     crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
     crf_gauss_sxy: float = _f(3.0, gt=0.0)
@@ -165,6 +191,11 @@ class MasksConfig:
         "run's model.cnn, it starts from the trained CoBra CNN instead of model.pretrained")
     irn_freeze_backbone: bool = _f(True, help="train only the boundary head (IRN detaches the "
                                    "backbone features)")
+    irn_layout: str = _f(
+        "irn", choices=("irn", "native"),
+        help="boundary network levels: irn = IRN's edge branch, 5 levels (the stem after its "
+        "max-pool, stages 1-4) with the last stage at stride 16 (both codebases); native = "
+        "stages 1-4 at the backbone's own strides 4-32")
     irn_crop: int = _f(512, ge=32)
     irn_batch_size: int = _f(32, ge=1)
     irn_epochs: int = _f(4, ge=1)
@@ -173,8 +204,23 @@ class MasksConfig:
     rw_radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
     rw_beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
     rw_exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
+    rw_source: str | None = _f(
+        None, choices=("fuse", "tran"),
+        help="class maps the walk propagates: fuse = the seed combined per seeds.fusion (the "
+        "paper: M_fuse goes to IRN); tran = the ViT-side seed M_tran (the authors' code)")
+    rw_boundary_damp: bool = _f(True, help="multiply the maps by (1 − boundary) before the walk "
+                                "(IRN, and so the authors' code)")
+    bg_rule: str | None = _f(
+        None, choices=("irn", "relative"),
+        help="final masks from the walk: irn = background score sem_seg_bg on the globally "
+        "normalised maps, then the soft mask CRF (IRN); relative = class c where its map ≥ "
+        "relative_theta·max_c + min_c, then a hard-label mask CRF (the authors' code). Both are "
+        "scored; this one is written and is mask_miou")
     sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
+    relative_theta: float = _f(0.31, ge=0.0, le=1.0, help="θ of the relative rule (authors)")
     mask_crf: bool = _f(True, help="refine masks with a second denseCRF (authors)")
+    mask_crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999,
+                                 help="relative rule: the hard-label mask CRF's label confidence")
     mask_crf_gauss_sxy: float = _f(2.0, gt=0.0)
     mask_crf_gauss_compat: float = _f(3.0, ge=0.0)
     mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
@@ -223,6 +269,35 @@ class Config:
     masks: MasksConfig = field(default_factory=MasksConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper or code. Where the paper and the authors' released code disagree, one key holds the choice.
+# Left unset (None) it follows `loss.fidelity`, so `loss.fidelity=code` alone gives the authors'
+# whole recipe; set, it decides alone. Values: (under fidelity=paper, under fidelity=code).
+
+FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
+    "loss.cam_form": ("paper", "code"),
+    "train.param_groups": ("paper", "code"),
+    "seeds.aobj_weighting": ("normalized", "raw"),
+    "masks.threshold_source": ("fixed", "aobj"),
+    "masks.rw_source": ("fuse", "tran"),
+    "masks.bg_rule": ("irn", "relative"),
+}
+
+
+def fidelity_choice(key: str, value: str | None, fidelity: str) -> str:
+    """`value` when set, else what `fidelity` (paper|code) picks for switch `key`."""
+    if value is not None:
+        return value
+    paper, code = FIDELITY_SWITCHES[key]
+    return code if fidelity == "code" else paper
+
+
+def switch(cfg: Config, key: str) -> str:
+    """The behaviour a FIDELITY_SWITCHES key selects in `cfg` (e.g. `masks.bg_rule`)."""
+    section, name = key.split(".")
+    return fidelity_choice(key, getattr(getattr(cfg, section), name), cfg.loss.fidelity)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,7 +545,12 @@ def describe() -> list[tuple[str, Any, str]]:
                 walk(hints[name], f"{prefix}{name}.")
             else:
                 key = f"{prefix}{name}"
-                rows.append((key, defaults[key], f.metadata.get("help", "")))
+                text = f.metadata.get("help", "")
+                if key in FIDELITY_SWITCHES:
+                    paper, code = FIDELITY_SWITCHES[key]
+                    text += (f" [None follows loss.fidelity: paper → {paper}, "
+                             f"code → {code}]")
+                rows.append((key, defaults[key], text))
 
     walk(Config, "")
     return rows

@@ -25,15 +25,24 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: torch.Tensor,
-                         size: tuple[int, int]) -> torch.Tensor:
-    """L_cam: mean |M_cnn − M_tran| over all C+1 maps, plus the same over each image's positive
-    classes, both after bilinear upsampling to the input size.
+                         size: tuple[int, int], form: str = "paper") -> torch.Tensor:
+    """L_cam after bilinear upsampling of both maps to the input size.
+
+    `form="paper"`: mean |M_cnn − M_tran| over all C+1 maps plus the same over each image's
+    positive classes, `align_corners=False`. `form="code"`: the authors' optimised term, the
+    first mean only, upsampled with `align_corners=True` (their positive-class term is computed
+    but left out of the loss).
 
     cam_cnn, cam_vit: (B, C+1, N_h, N_w); labels: (B, C) multi-hot; size: (H, W).
     """
-    up_cnn = F.interpolate(cam_cnn, size=size, mode="bilinear", align_corners=False)
-    up_vit = F.interpolate(cam_vit, size=size, mode="bilinear", align_corners=False)
+    if form not in ("paper", "code"):
+        raise ValueError(f"form must be 'paper' or 'code', got '{form}'")
+    corners = form == "code"
+    up_cnn = F.interpolate(cam_cnn, size=size, mode="bilinear", align_corners=corners)
+    up_vit = F.interpolate(cam_vit, size=size, mode="bilinear", align_corners=corners)
     diff = (up_cnn - up_vit).abs().mean(dim=(2, 3))  # (B, C+1)
+    if form == "code":
+        return diff.mean()
     positive = labels > 0.5
     fg_diff = diff[:, 1:][positive]
     fg_term = fg_diff.mean() if fg_diff.numel() else diff.new_zeros(())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cobra import losses
-from cobra.config import LossConfig
+from cobra.config import LossConfig, fidelity_choice
 from cobra.models.output import CoBraOutput
 
 
@@ -65,7 +65,9 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
     code = cfg.fidelity == "code"
     cam = cap = sap = zero
     if on["cam"]:
-        cam = losses.cam_consistency_loss(out.cam_cnn, out.cam_vit, labels, input_size)
+        cam = losses.cam_consistency_loss(
+            out.cam_cnn, out.cam_vit, labels, input_size,
+            form=fidelity_choice("loss.cam_form", cfg.cam_form, cfg.fidelity))
     if on["cap"]:
         cap = losses.cap_loss(out.proj_cnn, out.affinity, cfg.k_cap_pos, cfg.k_cap_neg, cfg.tau,
                               exclude_self=cfg.exclude_self_pair)

@@ -109,3 +109,46 @@ def test_with_overrides_validates():
     assert cfg.loss.tau == config.LossConfig().tau  # original untouched
     with pytest.raises(ConfigError, match="did you mean 'loss.lambda_cam'"):
         config.with_overrides(cfg, {"loss.lambda_camm": 1.0})
+
+
+def test_fidelity_switches_are_valid_keys_with_both_behaviours_as_choices():
+    import dataclasses
+
+    for key, behaviours in config.FIDELITY_SWITCHES.items():
+        section, name = key.split(".")
+        f = {x.name: x for x in dataclasses.fields(getattr(config.Config(), section))}[name]
+        assert f.default is None, key  # unset, so loss.fidelity decides
+        assert set(behaviours) <= set(f.metadata["choices"]), key
+        assert behaviours[0] != behaviours[1], key
+
+
+def test_fidelity_code_selects_every_code_behaviour_unless_a_switch_is_set():
+    paper = config.load_config(None, [])
+    code = config.load_config(None, ["loss.fidelity=code"])
+    for key, (paper_value, code_value) in config.FIDELITY_SWITCHES.items():
+        assert config.switch(paper, key) == paper_value, key
+        assert config.switch(code, key) == code_value, key
+        chosen = config.load_config(None, ["loss.fidelity=code", f"{key}={paper_value}"])
+        assert config.switch(chosen, key) == paper_value, key
+    # resolved when read, so a sweep that changes loss.fidelity changes every unset switch
+    swept = config.with_overrides(paper, {"loss.fidelity": "code"})
+    for key, (_, code_value) in config.FIDELITY_SWITCHES.items():
+        assert config.switch(swept, key) == code_value, key
+        with pytest.raises(ConfigError, match=f"'{key}' must be one of"):
+            config.load_config(None, [f"{key}=nonsense"])
+
+
+def test_config_list_names_the_papers_and_the_codes_behaviour(capsys):
+    from cobra.cli import main
+
+    assert main(["config", "--list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for key, (paper_value, code_value) in config.FIDELITY_SWITCHES.items():
+        assert f"paper → {paper_value}, code → {code_value}" in rows[key], key
+
+
+def test_switches_without_a_paper_reading_name_the_authors_behaviour():
+    rows = {key: text for key, _, text in config.describe()}
+    for key in ("model.freeze_bn", "model.detach_stage2", "model.vit_cam_bias",
+                "masks.rw_boundary_damp", "masks.irn_layout"):
+        assert "authors" in rows[key] or "both codebases" in rows[key], key

@@ -176,6 +176,66 @@ def test_cam_consistency_matches_reference():
     assert got.item() == pytest.approx(expected, rel=1e-9)
 
 
+def ref_bilinear_corners(m, out_h, out_w):
+    """Bilinear upsampling with align_corners=True, pixel by pixel: output pixel i sits at input
+    coordinate i·(in − 1)/(out − 1), so the corner pixels of both grids coincide."""
+    in_h, in_w = m.shape
+    out = [[0.0] * out_w for _ in range(out_h)]
+    for i in range(out_h):
+        y = i * (in_h - 1) / (out_h - 1)
+        y0 = min(int(y), in_h - 2)
+        for j in range(out_w):
+            x = j * (in_w - 1) / (out_w - 1)
+            x0 = min(int(x), in_w - 2)
+            dy, dx = y - y0, x - x0
+            out[i][j] = ((1 - dy) * (1 - dx) * float(m[y0, x0]) + (1 - dy) * dx * float(m[y0, x0 + 1])
+                         + dy * (1 - dx) * float(m[y0 + 1, x0]) + dy * dx * float(m[y0 + 1, x0 + 1]))
+    return out
+
+
+def test_cam_consistency_code_form_is_the_authors_term():
+    """The authors' loss_interCAM1: mean |up(M_cnn) − up(M_tran)| over every batch, channel and
+    pixel, both upsampled to the input size with align_corners=True; no positive-class term."""
+    g = torch.Generator().manual_seed(7)
+    cnn, vit = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    h, w = 10, 13
+    total = 0.0
+    for b in range(2):
+        for c in range(4):
+            up_c, up_v = ref_bilinear_corners(cnn[b, c], h, w), ref_bilinear_corners(vit[b, c], h, w)
+            total += sum(abs(up_c[i][j] - up_v[i][j]) for i in range(h) for j in range(w))
+    expected = total / (2 * 4 * h * w)
+    got = losses.cam_consistency_loss(cnn, vit, labels, (h, w), form="code")
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    paper = losses.cam_consistency_loss(cnn, vit, labels, (h, w))
+    assert paper.item() > 1.5 * got.item()  # the paper's reading adds the positive-class term
+
+
+def test_cam_form_follows_fidelity_unless_set():
+    from cobra.config import load_config
+    from cobra.models.output import CoBraOutput
+    from cobra.objective import compute_losses
+
+    g = torch.Generator().manual_seed(8)
+    cnn, vit = torch.randn(1, 3, 2, 2, generator=g), torch.randn(1, 3, 2, 2, generator=g)
+    out = CoBraOutput(logits_cnn=None, logits_vit=None, cam_cnn=cnn, cam_vit=vit, proj_cnn=None,
+                      proj_vit=None, attention=None, affinity=None, a_obj=None)
+    labels = torch.tensor([[1.0, 0.0]])
+
+    def l_cam(*overrides: str) -> float:
+        cfg = load_config(None, ["loss.cam_start_epoch=0", "loss.use_cap=false",
+                                 "loss.use_sap=false", *overrides]).loss
+        return compute_losses(out, labels, cfg, epoch=0, input_size=(8, 8)).cam.item()
+
+    paper = losses.cam_consistency_loss(cnn, vit, labels, (8, 8), form="paper").item()
+    code = losses.cam_consistency_loss(cnn, vit, labels, (8, 8), form="code").item()
+    assert paper != pytest.approx(code)
+    assert l_cam() == pytest.approx(paper)
+    assert l_cam("loss.fidelity=code") == pytest.approx(code)
+    assert l_cam("loss.fidelity=code", "loss.cam_form=paper") == pytest.approx(paper)
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradient flow and stability
 

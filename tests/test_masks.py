@@ -88,17 +88,40 @@ def test_ir_label_quality_counts():
     assert ir_label_quality(ir, gt) == (3, 2, 5)
 
 
-def test_aobj_thresholds_rounding_gap_and_clipping():
-    assert aobj_thresholds(np.full((4, 4), 0.62), 93, 0.05, 0.5) == pytest.approx((0.6, 0.1))
-    assert aobj_thresholds(np.full((4, 4), 0.63), 93, 0.05, 0.5) == pytest.approx((0.65, 0.15))
-    # half-up rounding, not half-to-even
-    assert aobj_thresholds(np.full((4, 4), 0.325), 93, 0.05, 0.1)[0] == pytest.approx(0.35)
-    # the percentile, not the maximum, sets the threshold
-    ramp = np.linspace(0, 1, 101).reshape(1, -1)
-    assert aobj_thresholds(ramp, 50, 0.05, 0.5) == pytest.approx((0.5, 0.01))
-    # clipping to [step, 1 − step] and the positive floor
-    assert aobj_thresholds(np.zeros((3, 3)), 93, 0.05, 0.5) == pytest.approx((0.05, 0.01))
-    assert aobj_thresholds(np.ones((3, 3)), 93, 0.05, 0.5) == pytest.approx((0.95, 0.45))
+def ref_authors_thresholds(p: float) -> tuple[float, float]:
+    """The authors' `get_bounds` + `cam_to_ir_label`, from their description: round p to the
+    nearest multiple r of 0.05; the bracket is [r − 0.05, r] when p ≤ r (both neighbours of r
+    when p = r), else [r, r + 0.05]; conf_bg is its lower end, conf_fg = conf_bg + 0.5."""
+    rounded = round(p * 20) / 20
+    low = rounded - 0.05 if p <= rounded else rounded
+    return low + 0.5, low
+
+
+def test_aobj_thresholds_hand_computed():
+    # 0, 0.005, ..., 0.495: the 93rd percentile is 0.46035 (index 92.07), in the bracket
+    # [0.45, 0.50), so conf_bg = 0.45 and conf_fg = 0.95
+    ramp = np.arange(100).reshape(10, 10) / 200
+    assert aobj_thresholds(ramp, 93, 0.05, 0.5) == pytest.approx((0.95, 0.45))
+    # exactly on a multiple: the bracket below (the authors' get_bounds), 0.35 → 0.30
+    assert aobj_thresholds(np.full((4, 4), 0.35), 93, 0.05, 0.5) == pytest.approx((0.8, 0.3))
+    assert aobj_thresholds(np.full((4, 4), 0.02), 93, 0.05, 0.5) == pytest.approx((0.5, 0.0))
+    # nothing is clipped: a high percentile leaves no map above conf_fg
+    assert aobj_thresholds(np.full((4, 4), 0.81), 93, 0.05, 0.5) == pytest.approx((1.3, 0.8))
+    for p in [*np.linspace(0.003, 0.997, 211), *(k / 20 for k in range(1, 20))]:
+        got = aobj_thresholds(np.full((2, 2), p), 93, 0.05, 0.5)
+        assert got == pytest.approx(ref_authors_thresholds(float(p)), abs=1e-9), p
+
+
+def test_aobj_thresholds_follow_fidelity_unless_set():
+    from cobra.config import load_config
+    from cobra.stages.ir_labels import thresholds
+
+    a_obj = np.arange(100).reshape(10, 10) / 200
+    assert thresholds(load_config(None, []), a_obj) == (0.30, 0.05)  # IRN's fixed pair
+    code = load_config(None, ["loss.fidelity=code"])
+    assert thresholds(code, a_obj) == pytest.approx((0.95, 0.45))
+    fixed = load_config(None, ["loss.fidelity=code", "masks.threshold_source=fixed"])
+    assert thresholds(fixed, a_obj) == (0.30, 0.05)
 
 
 # ---------------------------------------------------------------- random walk
@@ -201,6 +224,64 @@ def test_random_walk_stays_inside_closed_boundary():
     assert free[outside].sum() > 1e3 * out[outside].sum() + 1e-3
 
 
+def _dense_walk(x: torch.Tensor, b: torch.Tensor, radius: int, beta: float,
+                steps: int) -> torch.Tensor:
+    """x ← T x with T = D⁻¹A as a dense matrix, step by step."""
+    rows, cols, vals = affinity(b, radius, beta)
+    n = b.numel()
+    t = torch.zeros(n, n, dtype=torch.float64)
+    t[rows, cols] = vals.double()
+    v = x.double().reshape(x.shape[0], n).t()
+    for _ in range(steps):
+        v = t @ v
+    return v.t().reshape(x.shape)
+
+
+def test_walk_of_a_constant_field_with_and_without_boundary_damping():
+    h = w = 8
+    b = torch.zeros(h, w)
+    b[:, 3] = 0.9  # a wall across the image
+    b[2, 6] = 0.5
+    x = torch.full((1, h, w), 0.7)
+    free = random_walk(x, b, radius=3, beta=2.0, steps=6)
+    torch.testing.assert_close(free, x, atol=1e-5, rtol=0)  # T keeps a constant field
+    damped = random_walk(x, b, radius=3, beta=2.0, steps=6, damp_boundary=True)
+    expected = _dense_walk(x * (1 - b), b, radius=3, beta=2.0, steps=6)
+    torch.testing.assert_close(damped.double(), expected, atol=1e-5, rtol=0)
+    # the walk conserves degree-weighted mass, so what (1 − b) removed stays removed
+    rows, cols, vals = affinity(b, 3, 2.0)
+    deg = 1.0 / vals[rows == cols]  # self-loops (weight 1, in pixel order): T[p, p] = 1 / d_p
+
+    def mass(m: torch.Tensor) -> float:
+        return float((deg * m.reshape(-1)).sum())
+
+    assert mass(damped) == pytest.approx(mass(x * (1 - b)), rel=1e-4)
+    assert mass(damped) < mass(free)
+    assert damped[0, :, 3].max() < 0.7 and damped[0, :, 0].min() > 0.5
+
+
+def test_walk_source_is_the_fused_seed_or_the_vit_side_one(tmp_path):
+    from cobra.config import load_config
+    from cobra.layout import RunLayout
+    from cobra.stages.masks import load_walk_seed
+
+    layout = RunLayout(tmp_path)
+    layout.seeds.mkdir(parents=True)
+    cnn = np.array([[[0.9, 0.1]]], dtype=np.float32)
+    tran = np.array([[[0.2, 0.6]]], dtype=np.float32)
+    np.savez(layout.seed_file("a"), keys=np.array([3]), cam_cnn=cnn, cam_tran=tran,
+             a_obj=np.ones((1, 2), np.float32))
+
+    def source(*overrides: str) -> np.ndarray:
+        return load_walk_seed(load_config(None, list(overrides)), layout, "a")["walk"]
+
+    np.testing.assert_allclose(source(), [[[0.55, 0.6]]])  # M_fuse = max((a + b) / 2, b)
+    np.testing.assert_array_equal(source("loss.fidelity=code"), tran)
+    np.testing.assert_array_equal(source("masks.rw_source=tran"), tran)
+    np.testing.assert_allclose(source("loss.fidelity=code", "masks.rw_source=fuse"),
+                               [[[0.55, 0.6]]])
+
+
 def test_masks_from_rw_and_relative_masks():
     keys = np.array([5, 9])
     rw = np.array([[[4, 0, 1, 0, 3, 0]],
@@ -214,6 +295,33 @@ def test_masks_from_rw_and_relative_masks():
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, [[5, 9, 0, 0, 5, 0]])
     assert not relative_masks(np.zeros((0, 2, 2)), np.array([]), 0.5).any()
+
+
+def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
+    from cobra.config import load_config
+    from cobra.stages.masks import rule_masks
+
+    img = _two_colour_image()  # colour edge at column 12
+    keys = np.array([4, 7])
+    rw = np.zeros((2, 24, 24), dtype=np.float32)
+    rw[0, :, :15] = np.linspace(1.0, 2.0, 15)  # class 4 spills 3 px over the edge
+    rw[1, :, 12:] = 3.0
+    rw[1, :, 12:15] = 0.5  # ... where class 7 is weak
+    # thresholds: class 4 → 0.31·2 + 0 = 0.62 (its whole extent); class 7 → 0.31·3 + 0 = 0.93
+    cfg = load_config(None, ["masks.relative_theta=0.31", "masks.mask_crf_gt_prob=0.7"])
+    plain, refined = rule_masks(cfg, "relative", img, rw, keys)
+    expected = np.zeros((24, 24), dtype=np.uint8)
+    expected[:, :15], expected[:, 15:] = 4, 7
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(plain, relative_masks(rw, keys, 0.31))
+    # the hard-label CRF pulls class 4's spill back to the colour edge
+    truth = np.where(np.arange(24) < 12, 4, 7)[None].repeat(24, 0)
+    assert (refined != truth).sum() < (plain != truth).sum()
+    assert set(np.unique(refined)) <= {0, 4, 7}
+    off = load_config(None, ["masks.mask_crf=false"])
+    assert all((m == plain).all() for m in rule_masks(off, "relative", img, rw, keys))
+    irn_plain, _ = rule_masks(off, "irn", img, rw, keys)
+    np.testing.assert_array_equal(irn_plain, masks_from_rw(rw, keys, 0.25))
 
 
 # ---------------------------------------------------------------- pair labels and loss
@@ -252,8 +360,11 @@ def test_affinity_loss_prefers_boundaries_on_label_edges():
     l_flat = affinity_loss(flat, ir, offs)
     l_none = affinity_loss(none, ir, offs)
     assert l_matched < l_flat < l_none
-    # flat 0.5: every set costs −log 0.5, so 0.5·(2·ln 2) + ln 2
-    assert float(l_flat) == pytest.approx(2 * np.log(2), rel=1e-3)
+    # IRN's (pos + neg) / 2 with pos = (pos_fg + pos_bg) / 2: at a flat 0.2 every positive
+    # pair costs −log 0.8 and every negative one −log 0.2
+    l_02 = affinity_loss(torch.full((1, 8, 8), 0.2), ir, offs)
+    assert float(l_02) == pytest.approx((-np.log(0.8) - np.log(0.2)) / 2, rel=1e-3)
+    assert float(l_flat) == pytest.approx(np.log(2), rel=1e-3)
     # symmetric and half offset lists give the same loss
     half = [o for o in offs if o > (0, 0)]
     assert float(affinity_loss(matched, ir, half)) == pytest.approx(float(l_matched))

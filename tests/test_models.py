@@ -86,20 +86,114 @@ def test_every_trainable_parameter_gets_a_gradient_and_an_optimizer_slot():
     assert set(in_optimizer) == {id(p) for p in trainable.values()}
     heads = {id(p) for p in groups[1]["params"]}
     assert id(model.cnn.proj_head.weight) in heads and id(model.vit.cam_head.weight) in heads
-    # the authors' optimizer leaves the CNN projection head out; one flag away
-    code_groups = model.param_groups(0.1, 10.0, 1e-4, train_cnn_proj=False)
-    assert id(model.cnn.proj_head.weight) not in {id(p) for g in code_groups for p in g["params"]}
 
 
-def test_frozen_batchnorm_and_stem():
+def _names(model, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_code_param_groups_are_the_authors_optimizers():
+    _, model = tiny_model()
+    backbone, heads = model.param_groups(0.1, 10.0, 1e-4, groups="code")
+    assert heads["lr"] == pytest.approx(1.0) and backbone["lr"] == pytest.approx(0.1)
+    # CNN: classifier at 10×, projection head in no group; ViT: the last two registered
+    # tensors of their model (head.bias, embed.weight) at 10×, the CAM-head weight at 1×
+    assert _names(model, heads["params"]) == {"cnn.cam_head.weight", "vit.cam_head.bias",
+                                              "vit.proj_head.weight"}
+    assert "vit.cam_head.weight" in _names(model, backbone["params"])
+    grouped = _names(model, backbone["params"]) | _names(model, heads["params"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} - grouped == {
+        "cnn.proj_head.weight"}
+    with pytest.raises(ValueError, match="groups"):
+        model.param_groups(0.1, 10.0, 1e-4, groups="codes")
+
+
+def test_train_param_groups_follow_fidelity():
+    from cobra.config import load_config, switch
+
+    assert switch(load_config(None, ["loss.fidelity=code"]), "train.param_groups") == "code"
+    paper = load_config(None, ["loss.fidelity=code", "train.param_groups=paper"])
+    assert switch(paper, "train.param_groups") == "paper"
+
+
+def _bn_params(module) -> list[torch.nn.Parameter]:
+    return [p for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for p in m.parameters()]
+
+
+def test_freeze_bn_freezes_statistics_but_trains_scale_and_shift():
     _, model = tiny_model("model.freeze_bn=true", "model.freeze_stem=true")
     model.train()
-    bns = [m for m in model.cnn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    cnn = model.cnn.backbone
+    bns = [m for m in cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns)
-    assert all(not p.requires_grad for p in model.cnn.backbone["conv1"].parameters())
-    before = bns[-1].running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    torch.testing.assert_close(bns[-1].running_mean, before)
+    # the stem (conv1 + its BN) is frozen whole; every other BN trains its affine parameters
+    assert not any(p.requires_grad for p in cnn["conv1"].parameters())
+    assert not any(p.requires_grad for p in cnn["bn1"].parameters())
+    outside_stem = [p for name in ("layer1", "layer2", "layer3", "layer4")
+                    for p in _bn_params(cnn[name])]
+    assert len(outside_stem) == 2 * (len(bns) - 1) > 0
+    assert all(p.requires_grad for p in outside_stem)
+    stats = {k: v.clone() for k, v in cnn.state_dict().items() if "running" in k}
+    scale = bns[-1].weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 3, 64, 64)).logits_cnn.square().sum().backward()
+    optimizer.step()
+    for key, value in cnn.state_dict().items():
+        if key in stats:
+            torch.testing.assert_close(value, stats[key], rtol=0, atol=0)
+    assert not torch.equal(bns[-1].weight, scale)
+
+
+def test_detach_stage2_leaves_the_first_two_stages_without_gradient():
+    _, model = tiny_model("model.detach_stage2=true", "model.freeze_stem=false")
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).logits_cnn.sum().backward()
+    cnn = model.cnn.backbone
+    for name in ("conv1", "layer1", "layer2"):
+        assert all(p.grad is None for p in cnn[name].parameters()), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in cnn["layer3"].parameters())
+    _, attached = tiny_model("model.detach_stage2=false", "model.freeze_stem=false")
+    attached.train()
+    attached(torch.randn(2, 3, 64, 64)).logits_cnn.sum().backward()
+    assert any(p.grad is not None for p in attached.cnn.backbone["layer1"].parameters())
+
+
+def test_detach_stage2_default_is_on_for_pretrained_backbones_only():
+    from cobra.config import load_config
+    from cobra.models.cnn import detaches_stage2
+
+    def detaches(*overrides: str) -> bool:
+        return detaches_stage2(load_config(None, list(overrides)).model)
+
+    assert detaches("model.pretrained=true") and detaches("model.pretrained=/weights")
+    assert not detaches("model.pretrained=false")
+    assert not detaches("model.pretrained=true", "model.detach_stage2=false")
+    assert detaches("model.pretrained=false", "model.detach_stage2=true")
+
+
+def test_vit_cam_head_bias_switch():
+    _, with_bias = tiny_model()
+    assert with_bias.vit.cam_head.bias is not None  # the authors' head, the default
+    _, without = tiny_model("model.vit_cam_bias=false")
+    assert without.vit.cam_head.bias is None
+
+
+@pytest.mark.parametrize(("layout", "levels", "last"), [("irn", 5, 4), ("native", 4, 2)])
+def test_boundary_net_layouts(layout, levels, last):
+    from cobra.models.irn import BoundaryNet
+
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", False, True, layout=layout).eval()
+    assert len(net.squeeze) == levels
+    with torch.no_grad():
+        feats = net.backbone(torch.randn(1, 3, 64, 64))
+        out = net(torch.randn(2, 3, 64, 72))
+    assert feats[-1].shape[-1] == last  # IRN's last stage at stride 16, not 32
+    assert net.squeeze[0][0].in_channels == 64  # irn: the stem; native: layer1, also 64 wide
+    assert out.shape == (2, 16, 18) and ((out >= 0) & (out <= 1)).all()
 
 
 def test_stride_and_dilation_reach_the_same_grid():

@@ -15,6 +15,7 @@ from cobra.masks.random_walk import (
     neighbour_offsets,
     path_max,
     random_walk,
+    relative_labels,
     relative_masks,
     transition_matrix,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "pair_labels",
     "path_max",
     "random_walk",
+    "relative_labels",
     "relative_masks",
     "transition_matrix",
 ]

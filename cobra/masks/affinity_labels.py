@@ -59,9 +59,9 @@ def affinity_loss(boundary: torch.Tensor, ir: torch.Tensor, offsets: Sequence[Of
                   eps: float = 1e-5) -> torch.Tensor:
     """(B, h, w) boundary in [0, 1] + (B, h, w) IR labels → scalar affinity loss.
 
-    0.5·(mean_pos_fg[−log a] + mean_pos_bg[−log a]) + mean_neg[−log(1 − a)], each mean over its
-    own pair count; an empty set contributes 0 (IRN divides by count + eps). IRN's training
-    loop further halves this sum ((pos + neg) / 2) — a constant factor left to the caller.
+    (pos + neg) / 2 with pos = (mean_pos_fg[−log a] + mean_pos_bg[−log a]) / 2 and
+    neg = mean_neg[−log(1 − a)], each mean over its own pair count, as IRN's training loop (and
+    the authors') sums them; an empty set contributes 0 (IRN divides by count + eps).
     Offsets o and −o give the same pairs (the segment maximum is symmetric), so only one of each
     is evaluated, which leaves every mean unchanged for a symmetric list and halves the work.
     """
@@ -82,4 +82,4 @@ def affinity_loss(boundary: torch.Tensor, ir: torch.Tensor, offsets: Sequence[Of
     neg = -torch.log(1.0 + eps - a)
     pos_fg = mean(labels["pos_fg"], pos)
     pos_bg = mean(labels["pos_bg"], pos)
-    return 0.5 * (pos_fg + pos_bg) + mean(labels["neg"], neg)
+    return ((pos_fg + pos_bg) / 2 + mean(labels["neg"], neg)) / 2

@@ -2,7 +2,7 @@
 
 Two background scores split each image's class maps into confident foreground (class ids),
 confident background (0) and unknown (255); both hard maps are refined by denseCRF first.
-`aobj_thresholds` gives the paper's per-image scores derived from A_obj.
+`aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1).
 """
 
 from __future__ import annotations
@@ -54,25 +54,25 @@ def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: floa
     return out.astype(np.uint8)
 
 
-def aobj_thresholds(a_obj: np.ndarray, percentile: float, step: float, gap: float,
-                    floor: float = 0.01) -> tuple[float, float]:
-    """(H, W) A_obj in [0, 1] → (conf_fg, conf_bg), the paper's per-image IR-label scores.
+def aobj_thresholds(a_obj: np.ndarray, percentile: float, step: float,
+                    gap: float) -> tuple[float, float]:
+    """(H, W) A_obj in [0, 1] → (conf_fg, conf_bg), the authors' per-image IR-label scores.
 
-    conf_fg is the `percentile`-th percentile of A_obj (authors: 93rd) rounded half-up to the
-    nearest multiple of `step` (authors: 0.05) and clipped to [step, 1 − step] so that neither
-    label class can vanish; conf_bg = max(conf_fg − gap, floor) with gap ≈ 0.5, where the small
-    positive `floor` (0.01) keeps a background score that a faint map can still fall under, and
-    never exceeds conf_fg.
+    conf_bg is the largest multiple of `step` (authors: 0.05) strictly below the `percentile`-th
+    percentile p of A_obj (authors: 93rd): the lower end of the bracket holding p, or the bracket
+    below when p sits exactly on a multiple, as their `get_bounds` does. conf_fg = conf_bg + `gap`
+    (authors: 0.5). Nothing is clipped, as in their code: p ≥ 0.5 + step gives conf_fg ≥ 1, so
+    no class map (max-normalised to < 1) is confident foreground; p = 0 gives conf_bg < 0, so no
+    pixel is confident background.
     """
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     p = float(np.percentile(np.asarray(a_obj, dtype=np.float64), percentile))
-    # Half-up rounding (not numpy's half-to-even); the epsilon absorbs float noise like 0.35/0.05.
-    fg = math.floor(p / step + 0.5 + 1e-9) * step
-    fg = min(max(fg, step), 1.0 - step) if step < 0.5 else 0.5
-    fg = round(fg, 10)
-    bg = round(min(max(fg - gap, floor), fg), 10)
-    return float(fg), float(bg)
+    k = round(p / step)
+    # a p within float noise of a multiple (0.35 / 0.05 = 6.999...) counts as that multiple
+    below = k - 1 if abs(p / step - k) < 1e-9 else math.floor(p / step)
+    bg = round(below * step, 10)
+    return float(round(bg + gap, 10)), float(bg)
 
 
 def ir_label_quality(ir: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:

@@ -130,12 +130,19 @@ def transition_matrix(boundary: torch.Tensor, radius: int, beta: float) -> torch
 
 
 def random_walk(x: torch.Tensor, boundary: torch.Tensor, radius: int, beta: float,
-                steps: int) -> torch.Tensor:
-    """(K, H, W) maps + (H, W) boundary → (K, H, W) maps after `steps` steps x ← T x."""
+                steps: int, damp_boundary: bool = False) -> torch.Tensor:
+    """(K, H, W) maps + (H, W) boundary → (K, H, W) maps after `steps` steps x ← T x.
+
+    `damp_boundary` first multiplies the maps by (1 − boundary), as IRN's `propagate_to_edge`
+    does: CAM mass sitting on a boundary is not trusted to belong to either side.
+    """
     k, h, w = x.shape
     if boundary.shape != (h, w):
         raise ValueError(f"boundary {tuple(boundary.shape)} does not match maps {(h, w)}")
-    t = transition_matrix(boundary.to(x.device), radius, beta)
+    boundary = boundary.to(x.device)
+    t = transition_matrix(boundary, radius, beta)
+    if damp_boundary:
+        x = x * (1.0 - boundary.to(x.dtype))
     v = x.float().reshape(k, h * w).t().contiguous()  # (N, K): one sparse matmul per step
     for _ in range(int(steps)):
         v = t @ v
@@ -158,21 +165,27 @@ def masks_from_rw(rw: np.ndarray, keys: np.ndarray, bg_score: float) -> np.ndarr
     return ids[padded.argmax(axis=0)].astype(np.uint8)
 
 
-def relative_masks(rw: np.ndarray, keys: np.ndarray, theta: float) -> np.ndarray:
-    """(K, H, W) walk maps + (K,) ids → (H, W) uint8 mask with the authors' relative threshold.
+def relative_labels(rw: np.ndarray, theta: float) -> np.ndarray:
+    """(K, H, W) walk maps → (H, W) int64 index into [background, *classes] (0..K) by the
+    authors' relative threshold.
 
     Reading of `θ·max_c + min_c`: class c claims pixel p where rw_c(p) ≥ θ·max(rw_c) + min(rw_c)
     (max and min over the image, taken literally, not θ·(max − min) + min). Where several
-    classes claim p the one with the largest raw rw_c(p) wins (as IRN's argmax compares raw
-    maps); unclaimed pixels are background 0.
+    classes claim p the one with the largest raw rw_c(p) wins (the authors zero unclaimed values
+    and take the argmax); unclaimed pixels are background 0.
     """
     rw = np.asarray(rw, dtype=np.float32)
     if rw.shape[0] == 0:
-        return np.zeros(rw.shape[1:], dtype=np.uint8)
+        return np.zeros(rw.shape[1:], dtype=np.int64)
     flat = rw.reshape(rw.shape[0], -1)
     thr = theta * flat.max(axis=1) + flat.min(axis=1)
     claims = rw >= thr[:, None, None]
-    score = np.where(claims, rw, -np.inf)
-    best = score.argmax(axis=0)
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    return np.where(claims.any(axis=0), keys[best], 0).astype(np.uint8)
+    best = np.where(claims, rw, -np.inf).argmax(axis=0)
+    return np.where(claims.any(axis=0), best + 1, 0).astype(np.int64)
+
+
+def relative_masks(rw: np.ndarray, keys: np.ndarray, theta: float) -> np.ndarray:
+    """(K, H, W) walk maps + (K,) ids → (H, W) uint8 mask by the relative rule
+    (`relative_labels`), before the authors' CRF."""
+    ids = np.concatenate([[0], np.asarray(keys, dtype=np.int64).reshape(-1)])
+    return ids[relative_labels(rw, theta)].astype(np.uint8)

@@ -14,6 +14,7 @@ from typing import Any
 
 import timm
 import torch
+from torch import nn
 
 from cobra.errors import ConfigError
 
@@ -60,3 +61,15 @@ def create(timm_name: str, pretrained: bool | str, single_branch: bool, **kwargs
         raise ConfigError(f"cannot fetch hub weights for '{timm_name}' ({type(exc).__name__}); "
                           f"go online, or set model.pretrained to a local weights directory, "
                           f"or false") from None
+
+
+def undo_last_stride(stage: nn.Module) -> None:
+    """Give a last stage stride 1 without dilation (the authors' and IRN's way to output stride
+    16): every stride-2 convolution or pooling in it becomes stride 1."""
+    for module in stage.modules():
+        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
+            module.stride = (1, 1)
+        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) and module.stride not in (1, (1, 1)):
+            module.stride = 1
+            module.kernel_size = 1
+            module.padding = 0

@@ -10,16 +10,16 @@ from cobra.config import ModelConfig
 from cobra.models import backbones
 
 
-def _undo_last_stride(stage: nn.Module) -> None:
-    """Give the last stage stride 1 without dilation (the authors' way to output stride 16):
-    every stride-2 convolution or pooling in it becomes stride 1."""
-    for module in stage.modules():
-        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
-            module.stride = (1, 1)
-        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) and module.stride not in (1, (1, 1)):
-            module.stride = 1
-            module.kernel_size = 1
-            module.padding = 0
+def detaches_stage2(cfg: ModelConfig) -> bool:
+    """Whether gradients stop below the second stage: `model.detach_stage2`, or when unset, on
+    for pretrained backbones only (a random-init CNN must learn its low-level filters)."""
+    if cfg.detach_stage2 is not None:
+        return cfg.detach_stage2
+    return cfg.pretrained is not False
+
+
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 class CNNBranch(nn.Module):
@@ -37,21 +37,18 @@ class CNNBranch(nn.Module):
             if reductions[-1] != 32 or reductions[-2] != 16:
                 raise ValueError(f"{cfg.cnn} does not end in a stride-32 stage after a stride-16 "
                                  f"one; use model.cnn_downsample=dilate")
-            _undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
+            backbones.undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
         names = info.module_name()
         self.stem_names = self._stem(names[0])
-        self.detach_after = names[2] if cfg.detach_stage2 and len(names) > 2 else None
+        self.detach_after = names[2] if detaches_stage2(cfg) and len(names) > 2 else None
         channels = info.channels()[-1]
         self.cam_head = nn.Conv2d(channels, num_classes + 1, 1, bias=False)
         self.proj_head = nn.Conv2d(channels, cfg.embed_dim, 1, bias=False)
+        # freeze_bn freezes statistics only: scale and shift still train (IRN's FixedBatchNorm)
         self.freeze_bn = cfg.freeze_bn
         if cfg.freeze_stem:
             for name in self.stem_names:
                 self.backbone[name].requires_grad_(False)
-        if cfg.freeze_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.requires_grad_(False)
 
     def _stem(self, first_feature: str) -> list[str]:
         """Children of the feature net up to and including the first feature module."""
@@ -65,9 +62,8 @@ class CNNBranch(nn.Module):
     def train(self, mode: bool = True) -> CNNBranch:
         super().train(mode)
         if self.freeze_bn:  # frozen running statistics (IRN): BatchNorm stays in eval mode
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for module in _batchnorms(self.backbone):
+                module.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -66,18 +66,30 @@ class CoBra(nn.Module):
             attention=attention, affinity=affinity, a_obj=a_obj)
 
     def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float,
-                     train_cnn_proj: bool = True) -> list[dict]:
-        """SGD groups: backbones at lr, new heads at lr × head_lr_mult. `train_cnn_proj=False`
-        reproduces the authors' code, whose optimizer never sees the CNN projection head."""
+                     groups: str = "paper") -> list[dict]:
+        """SGD groups: backbones at lr, new heads at lr × head_lr_mult (`groups="paper"`).
+
+        `groups="code"` reproduces the authors' two optimizers: the CNN projection head is in
+        neither, and the ViT's 10× group is its last two registered tensors, the CAM-head bias
+        and the projection weight (their `head.bias` + `embed.weight`), so the CAM-head weight
+        trains at the backbone lr.
+        """
+        if groups not in ("paper", "code"):
+            raise ValueError(f"groups must be 'paper' or 'code', got '{groups}'")
         backbone, heads = [], []
         for branch in (self.cnn, self.vit):
             if branch is None:
                 continue
             backbone += [p for p in branch.backbone.parameters() if p.requires_grad]
             parts = branch.head_parameters()
-            heads += parts["cam"]
-            if branch is not self.cnn or train_cnn_proj:
-                heads += parts["proj"]
+            if groups == "paper":
+                heads += parts["cam"] + parts["proj"]
+            elif branch is self.cnn:
+                heads += parts["cam"]
+            else:
+                cam_head = branch.cam_head
+                backbone.append(cam_head.weight)
+                heads += [p for p in (cam_head.bias, *parts["proj"]) if p is not None]
         return [
             {"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
             {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,

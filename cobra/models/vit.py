@@ -26,7 +26,8 @@ class ViTBranch(nn.Module):
         self.num_prefix = int(self.backbone.num_prefix_tokens)
         width = int(self.backbone.embed_dim)
         k = cfg.vit_cam_kernel
-        self.cam_head = nn.Conv2d(width, num_classes + 1, k, padding=k // 2, bias=False)
+        self.cam_head = nn.Conv2d(width, num_classes + 1, k, padding=k // 2,
+                                  bias=cfg.vit_cam_bias)
         self.proj_head = nn.Conv2d(width, cfg.embed_dim, 1, bias=False)
         self._captured: list[torch.Tensor] = []
         for block in self.backbone.blocks:

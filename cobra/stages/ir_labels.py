@@ -2,7 +2,7 @@
 seeds, each side refined with denseCRF (IRN's `cam_to_ir_label`, SPEC "Masks").
 
 Thresholds are fixed (`masks.conf_fg` / `masks.conf_bg`, IRN) or per image from A_obj
-(`masks.threshold_source=aobj`, the paper). Scored against ground truth as precision (confident
+(`masks.threshold_source=aobj`, the paper's idea in the authors' rule). Scored against ground truth as precision (confident
 pixels that are right) and coverage (pixels that are confident).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cobra.config import Config
+from cobra.config import Config, switch
 from cobra.data import build_source
 from cobra.layout import RunLayout
 from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
@@ -42,7 +42,7 @@ def crf_args(cfg: Config) -> dict[str, float]:
 def thresholds(cfg: Config, a_obj: np.ndarray | None) -> tuple[float, float]:
     """(conf_fg, conf_bg) for one image."""
     m = cfg.masks
-    if m.threshold_source == "aobj" and a_obj is not None:
+    if switch(cfg, "masks.threshold_source") == "aobj" and a_obj is not None:
         return aobj_thresholds(a_obj, m.aobj_percentile, m.aobj_round, m.aobj_gap)
     return m.conf_fg, m.conf_bg
 
@@ -70,7 +70,10 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     stamp = Stamp(layout.ir_labels, fingerprint(
         seeds=file_signature(layout.seeds / "fingerprint.txt"), fusion=cfg.seeds.fusion,
-        masks={k: v for k, v in vars(cfg.masks).items() if not k.startswith(("irn", "rw"))},
+        # only what IR labels depend on: a mask-rule setting must not retrain the boundary net
+        masks={k: v for k, v in vars(cfg.masks).items()
+               if k.startswith(("conf_", "aobj_", "crf_"))},
+        threshold_source=switch(cfg, "masks.threshold_source"),
         ids=ids))
     if stamp.current() and not force:
         return {k: v for k, v in layout.read_summary().items() if k.startswith("ir_label")}

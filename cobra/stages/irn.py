@@ -17,7 +17,7 @@ from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
 from cobra.data.transforms import joint_train_transform
-from cobra.errors import NonFiniteLossError
+from cobra.errors import NonFiniteLossError, StageInputError
 from cobra.layout import RunLayout
 from cobra.masks.affinity_labels import affinity_loss
 from cobra.masks.random_walk import neighbour_offsets
@@ -54,16 +54,23 @@ def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
     trained = checkpoint_config(cobra_state)
     same = cfg.masks.irn_backbone == trained.model.cnn
     net = BoundaryNet(cfg.masks.irn_backbone, False if same else cfg.model.pretrained,
-                      cfg.masks.irn_freeze_backbone)
+                      cfg.masks.irn_freeze_backbone, layout=cfg.masks.irn_layout)
     if same:
         load_cam_backbone(net, cobra_state["model"])
     return net
 
 
-def load_boundary_net(cfg: Config, layout: RunLayout, device: torch.device) -> BoundaryNet:
+def load_boundary_net(layout: RunLayout, device: torch.device) -> BoundaryNet:
+    """The trained boundary net, built as its own checkpoint's config says."""
     state = load_checkpoint(layout.irn_checkpoint, map_location=device)
-    net = BoundaryNet(cfg.masks.irn_backbone, False, cfg.masks.irn_freeze_backbone)
-    net.load_state_dict(state["model"])
+    m = checkpoint_config(state).masks
+    net = BoundaryNet(m.irn_backbone, False, m.irn_freeze_backbone, layout=m.irn_layout)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError:
+        raise StageInputError(f"boundary network '{layout.irn_checkpoint}' does not match its "
+                              f"config (made before masks.irn_layout existed?); rerun stage "
+                              f"'irn' with --force") from None
     return net.to(device).eval()
 
 

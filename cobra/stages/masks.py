@@ -1,10 +1,13 @@
 """Stage `masks`: random walk of the seeds over the boundary network's affinities → masks.
 
-Per image: the boundary map at stride 4 (image and its flip), the fused seed CAMs brought to that
-grid and propagated for 2^`rw_exp_times` steps with affinities (1 − boundary on the path)^β. The
-walk's maps are stored once (`masks/rw/<id>.npz`) so thresholds can be swept offline; masks
-use IRN's background score `sem_seg_bg`, then optionally a second denseCRF (the authors').
-Mask mIoU is reported with and without that CRF.
+Per image: the boundary map at stride 4 (image and its flip); the seed CAMs (`masks.rw_source`:
+the fused seed, or the ViT-side M_tran as the authors walk) brought to that grid, multiplied by
+(1 − boundary) (IRN) and propagated for 2^`rw_exp_times` steps with affinities
+(1 − boundary on the path)^β. The walk's maps are stored once (`masks/rw/<id>.npz`) so thresholds
+can be swept offline. Two mask rules are made and scored: `irn` (background score `sem_seg_bg`,
+then the soft second CRF) and `relative` (the authors' per-class θ·max_c + min_c, then a
+hard-label CRF); `masks.bg_rule` picks the one written and reported as mask_miou, with and
+without its CRF.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cobra.config import Config
+from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.layout import RunLayout
-from cobra.masks.crf import crf_probs
-from cobra.masks.random_walk import masks_from_rw, random_walk
+from cobra.masks.crf import crf_label, crf_probs
+from cobra.masks.random_walk import masks_from_rw, random_walk, relative_labels
 from cobra.metrics import confusion_matrix, mean_iou
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
@@ -26,8 +29,10 @@ from cobra.seeds import cams_to_label
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
-from cobra.stages.seeds import NUM_PICTURES, load_seed
+from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
 from cobra.stages.train import resolve_device
+
+MASK_RULES = ("irn", "relative")
 
 
 @torch.no_grad()
@@ -38,6 +43,15 @@ def boundary_map(net, image: np.ndarray, device: torch.device) -> torch.Tensor:
     return (b[0] + b[1].flip(-1)) / 2
 
 
+def load_walk_seed(cfg: Config, layout: RunLayout, image_id: str) -> dict[str, np.ndarray]:
+    """`keys`, `cam` (the fused seed) and `walk`, the maps the walk propagates: the fused seed,
+    or with `masks.rw_source=tran` the ViT-side M_tran (a CNN-only run has only the fused)."""
+    arrays = read_seed_arrays(layout.seed_file(image_id))
+    seed = fuse_seed(arrays, cfg.seeds.fusion)
+    tran = switch(cfg, "masks.rw_source") == "tran" and "cam_tran" in arrays
+    return {**seed, "walk": arrays["cam_tran"] if tran else seed["cam"]}
+
+
 def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     """Seed CAMs (K, H, W) → random-walk maps (K, h4, w4) on the boundary grid."""
     if cam.shape[0] == 0:
@@ -45,7 +59,7 @@ def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     small = F.interpolate(torch.from_numpy(cam)[None].to(boundary), size=boundary.shape,
                           mode="bilinear", align_corners=False)[0]
     rw = random_walk(small, boundary, cfg.masks.rw_radius, cfg.masks.rw_beta,
-                     2 ** cfg.masks.rw_exp_times)
+                     2 ** cfg.masks.rw_exp_times, damp_boundary=cfg.masks.rw_boundary_damp)
     return rw.float().cpu().numpy()
 
 
@@ -65,7 +79,7 @@ def mask_crf_args(cfg: Config) -> dict[str, float]:
 
 
 def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The authors' second CRF: over [background score, normalised walk maps] as probabilities."""
+    """The soft second CRF: over [background score, normalised walk maps] as probabilities."""
     scores = rw_up / max(float(rw_up.max()), 1e-8) if rw_up.size else rw_up
     bg = np.full((1, *image.shape[:2]), cfg.masks.sem_seg_bg, np.float32)
     planes = np.concatenate([bg, scores])
@@ -74,49 +88,90 @@ def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray
     return np.concatenate([[0], keys])[refined.argmax(0)].astype(np.uint8)
 
 
+def rule_masks(cfg: Config, rule: str, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(mask without CRF, mask with CRF, or the same when masks.mask_crf is off) by `rule`:
+    `irn` = background score + soft CRF, `relative` = the authors' relative threshold + a
+    hard-label CRF with label confidence `mask_crf_gt_prob`."""
+    m = cfg.masks
+    ids = np.concatenate([[0], keys]).astype(np.int64)
+    if rule == "irn":
+        plain = masks_from_rw(rw_up, keys, m.sem_seg_bg)
+        return plain, crf_mask(cfg, image, rw_up, keys) if m.mask_crf else plain
+    if rule == "relative":
+        labels = relative_labels(rw_up, m.relative_theta)
+        plain = ids[labels].astype(np.uint8)
+        if not m.mask_crf:
+            return plain, plain
+        refined = crf_label(image, labels, len(ids), gt_prob=m.mask_crf_gt_prob,
+                            **mask_crf_args(cfg))
+        return plain, ids[refined].astype(np.uint8)
+    raise ValueError(f"unknown mask rule '{rule}'; choose one of {', '.join(MASK_RULES)}")
+
+
+def _stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
+    m = cfg.masks
+    return Stamp(layout.masks, fingerprint(
+        irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
+        seeds=file_signature(layout.seeds / "fingerprint.txt"),
+        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp,
+            switch(cfg, "masks.rw_source")],
+        rules=[switch(cfg, "masks.bg_rule"), m.sem_seg_bg, m.relative_theta],
+        crf=[m.mask_crf, m.mask_crf_gt_prob, mask_crf_args(cfg)], ids=ids))
+
+
+def _metrics(cfg: Config, conf: dict[tuple[str, bool], np.ndarray]) -> dict[str, float]:
+    """mask_miou_<rule> for each rule (with its CRF when masks.mask_crf), and the chosen rule's
+    as mask_miou and mask_miou_nocrf."""
+    chosen = switch(cfg, "masks.bg_rule")
+    metrics = {f"mask_miou_{rule}": round(mean_iou(conf[rule, True])[0], 4)
+               for rule in MASK_RULES}
+    metrics["mask_miou"] = metrics[f"mask_miou_{chosen}"]
+    metrics["mask_miou_nocrf"] = round(mean_iou(conf[chosen, False])[0], 4)
+    return metrics
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         ) -> dict[str, float]:
     source = build_source(cfg, cfg.data.seed_split)
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     require_files({"the boundary network": layout.irn_checkpoint}, "checkpoint", "irn")
-    m = cfg.masks
-    stamp = Stamp(layout.masks, fingerprint(
-        irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
-        seeds=file_signature(layout.seeds / "fingerprint.txt"),
-        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.sem_seg_bg], crf=m.mask_crf, ids=ids))
+    stamp = _stamp(cfg, layout, ids)
     if stamp.current() and not force:
         return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
     stamp.clear()
     device = resolve_device(cfg.train.device)
-    net = load_boundary_net(cfg, layout, device)
+    net = load_boundary_net(layout, device)
+    chosen = switch(cfg, "masks.bg_rule")
     k = source.num_classes + 1
-    conf = {"crf": np.zeros((k, k), np.int64), "nocrf": np.zeros((k, k), np.int64)}
+    conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
+            for crf in (False, True)}
     for n, image_id in enumerate(tqdm(ids, desc="masks", leave=False,
                                       disable=not cfg.train.progress)):
-        seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
+        seed = load_walk_seed(cfg, layout, image_id)
         image = source.load_image(image_id)
-        rw = walk(cfg, boundary_map(net, image, device), seed["cam"])
+        rw = walk(cfg, boundary_map(net, image, device), seed["walk"])
         layout.rw_file(image_id).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
         rw_up = to_image_size(rw, image.shape[:2])
-        plain = masks_from_rw(rw_up, seed["keys"], m.sem_seg_bg)
-        mask = crf_mask(cfg, image, rw_up, seed["keys"]) if m.mask_crf else plain
-        save_label_png(layout.mask_file(image_id), mask)
-        if source.has_masks:
-            gt = source.load_mask(image_id)
-            conf["crf"] += confusion_matrix(mask, gt, k)
-            conf["nocrf"] += confusion_matrix(plain, gt, k)
-            if n < NUM_PICTURES:
-                _picture(layout, reporter, image_id, image, seed, mask, gt)
+        gt = source.load_mask(image_id) if source.has_masks else None
+        # only the chosen rule's mask is written; the other is scored when there is ground truth
+        for rule in MASK_RULES if gt is not None else (chosen,):
+            plain, mask = rule_masks(cfg, rule, image, rw_up, seed["keys"])
+            if rule == chosen:
+                save_label_png(layout.mask_file(image_id), mask)
+            if gt is not None:
+                conf[rule, False] += confusion_matrix(plain, gt, k)
+                conf[rule, True] += confusion_matrix(mask, gt, k)
+                if rule == chosen and n < NUM_PICTURES:
+                    _picture(layout, reporter, image_id, image, seed, mask, gt)
     stamp.write()
     if not source.has_masks:
         return {}
-    metrics = {"mask_miou_nocrf": round(mean_iou(conf["nocrf"])[0], 4)}
-    metrics["mask_miou"] = (round(mean_iou(conf["crf"])[0], 4) if m.mask_crf
-                            else metrics["mask_miou_nocrf"])
+    metrics = _metrics(cfg, conf)
     names = list(source.class_names)
-    per_class = mean_iou(conf["crf"] if m.mask_crf else conf["nocrf"])[1]
+    per_class = mean_iou(conf[chosen, True])[1]
     reporter.log_metrics({f"mask_iou/{n}": float(v) for n, v in zip(names, per_class,
                                                                       strict=True)
                           if not np.isnan(v)})

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cobra import seeds as seed_math
 from cobra.checkpoint import checkpoint_config, load_checkpoint
-from cobra.config import Config, flatten
+from cobra.config import Config, flatten, switch
 from cobra.data import build_source, normalize_image
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout, atomic_write_text
@@ -46,13 +46,28 @@ def _to_image_size(maps: torch.Tensor, padded: tuple[int, int], scaled: tuple[in
     return F.interpolate(maps, size=out, mode="bilinear", align_corners=False)
 
 
+def _scale_weight(a_obj: torch.Tensor, weighting: str) -> torch.Tensor:
+    """(B, N_h, N_w) A_obj of one forward pass → the weight M_tran is multiplied by.
+
+    A_obj's raw mean falls like 1/tokens (each layer's class-token row sums to at most 1), so
+    `raw` (the authors) lets small scales dominate the sum over scales; `normalized` divides
+    each pass by its own maximum so that every scale counts alike.
+    """
+    if weighting == "raw":
+        return a_obj
+    if weighting == "normalized":
+        return a_obj / a_obj.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+    raise ValueError(f"aobj weighting must be 'normalized' or 'raw', got '{weighting}'")
+
+
 @torch.no_grad()
 def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: list[float],
-                    flip: bool) -> dict[str, np.ndarray]:
+                    flip: bool, aobj_weighting: str = "normalized") -> dict[str, np.ndarray]:
     """CAMs of classes `keys` (1..C) for one (H, W, 3) uint8 image, summed over scales and flips.
 
     Returns float32 arrays: `cam_cnn`/`cam_tran` (K, H, W) max-normalised to [0, 1] (absent when
-    the branch is off) and `a_obj` (H, W) normalised to [0, 1] (ViT only).
+    the branch is off) and `a_obj` (H, W) normalised to [0, 1] (ViT only). `aobj_weighting`
+    (`seeds.aobj_weighting`) says how each pass's A_obj enters both sums.
     """
     device = next(model.parameters()).device
     h, w = image.shape[:2]
@@ -70,9 +85,7 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
         if out.cam_cnn is not None:
             maps["cam_cnn"] = F.relu(out.cam_cnn[:, keys])
         if out.cam_vit is not None:
-            # A_obj's raw scale depends on the token count, so normalise each forward before it
-            # weighs M_tran; otherwise large scales would dominate the sum.
-            a = out.a_obj / out.a_obj.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+            a = _scale_weight(out.a_obj, aobj_weighting)
             maps["cam_tran"] = F.relu(out.cam_vit[:, keys] * a[:, None])
             maps["a_obj"] = a[:, None]
         for name, m in maps.items():
@@ -141,7 +154,8 @@ def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[st
     # complete only for the same checkpoint, seed settings and image list
     stamp = Stamp(layout.seeds, fingerprint(
         ckpt=file_signature(checkpoint) if checkpoint.exists() else None,
-        scales=cfg.seeds.scales, flip=cfg.seeds.flip, ids=ids))
+        scales=cfg.seeds.scales, flip=cfg.seeds.flip, aobj=switch(cfg, "seeds.aobj_weighting"),
+        ids=ids))
     if (checkpoint.exists() and stamp.current() and not force
             and all(layout.seed_file(i).exists() for i in ids)):
         return ids
@@ -164,7 +178,7 @@ def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[st
     for image_id in tqdm(ids, desc="seeds", disable=not cfg.train.progress, leave=False):
         keys = np.flatnonzero(source.labels(image_id)) + 1
         cams = multiscale_cams(model, source.load_image(image_id), keys, cfg.seeds.scales,
-                               cfg.seeds.flip)
+                               cfg.seeds.flip, switch(cfg, "seeds.aobj_weighting"))
         tmp = layout.seeds / f".{image_id}.tmp.npz"
         np.savez(tmp, keys=keys.astype(np.int64), **cams)
         tmp.replace(layout.seed_file(image_id))

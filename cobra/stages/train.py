@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cobra import metrics
 from cobra.checkpoint import load_checkpoint, save_checkpoint
-from cobra.config import Config, flatten, save_config
+from cobra.config import Config, flatten, save_config, switch
 from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
 from cobra.errors import ConfigError, NonFiniteLossError
 from cobra.layout import RunLayout
@@ -97,7 +97,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
 
     optimizer = torch.optim.SGD(
         model.param_groups(cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay,
-                           train_cnn_proj=cfg.loss.fidelity == "paper"),
+                           groups=switch(cfg, "train.param_groups")),
         lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
