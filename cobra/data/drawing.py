@@ -105,6 +105,8 @@ def paint(cv: Canvas, region: np.ndarray, fill: np.ndarray, cls: int | None = No
 
 
 def background(rng: np.random.Generator, cv: Canvas) -> None:
+    """Low-frequency colour noise, sometimes a texture, and 0-3 textured ellipses: clutter that
+    looks like objects but is labelled background."""
     base = rng.uniform(60, 200, 3).astype(np.float32)
     noise = smooth_noise(rng, cv.size, int(rng.integers(3, 8)), 3)
     cv.img[:] = np.clip(base + (noise - 0.5) * rng.uniform(40, 110), 0, 255)
