@@ -94,6 +94,13 @@ def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
     return {"data_root": str(root)}
 
 
+def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from cobra import pretrain
+    from cobra.config import load_config
+
+    return pretrain.run(load_config(args.config, args.overrides))
+
+
 def cmd_config(args: argparse.Namespace) -> dict[str, Any] | None:
     import yaml
 
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write (must not hold other data)")
     _add_overrides(p)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("pretrain", help="pretrain the config's backbones on the built-in corpus "
+                       "(what model.pretrained=builtin loads; cached, made once)")
+    p.add_argument("config", nargs="?", help="run config YAML naming the backbones")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("config", help="print the resolved config, or --list every key")
     p.add_argument("config", nargs="?")

@@ -46,8 +46,10 @@ class ModelConfig:
                        help="`cnn`/`vit` train one branch alone (Table 3's single-branch rows)")
     embed_dim: int = _f(256, ge=1, help="D, the CAP/SAP projection size (Table 11)")
     pretrained: bool | str = _f(
-        True, help="true: timm hub weights; false: random init; a path: a local weights file "
-        "(single branch) or a directory holding <timm_name>.safetensors|.pth per backbone")
+        True, help="true: timm hub weights; false: random init; builtin: backbones pretrained "
+        "offline on the procedural corpus (`launch.py pretrain`, cached, made on first use); a "
+        "path: a local weights file (single branch) or a directory holding "
+        "<timm_name>.safetensors|.pth per backbone")
     cnn_downsample: str = _f(
         "stride", choices=("stride", "dilate"),
         help="how the CNN reaches output stride 16: last stage stride 1 without dilation "
@@ -254,6 +256,23 @@ class SegmentConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """`model.pretrained: builtin`: backbones trained for classification on the procedural
+    corpus (`cobra/data/corpus.py`, disjoint from the segmentation classes), the ImageNet
+    stand-in offline. Every key changes the weights, so all of them key the weight cache."""
+
+    image_size: int = _f(96, ge=32, help="side of the corpus images")
+    num_images: int = _f(8000, ge=1, help="corpus images drawn for training")
+    num_val: int = _f(500, ge=1, help="held-out corpus images (top-1 in the JSON line)")
+    epochs: int = _f(6, ge=1)
+    batch_size: int = _f(64, ge=1)
+    lr: float = _f(2e-3, gt=0.0, help="AdamW peak lr after a linear warm-up, cosine decay")
+    weight_decay: float = _f(0.05, ge=0.0)
+    warmup_epochs: float = _f(0.5, ge=0.0)
+    seed: int = _f(0, ge=0, help="corpus and initialisation seed")
+
+
+@dataclass
 class RunConfig:
     dir: str = _f("runs", help="parent directory of run directories")
     name: str | None = _f(None, help="run directory name; None: a timestamped name")
@@ -268,6 +287,7 @@ class Config:
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cobra import pretrain
 from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
@@ -53,8 +54,10 @@ def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
     """The boundary net; from the trained CoBra CNN when it is the same timm model."""
     trained = checkpoint_config(cobra_state)
     same = cfg.masks.irn_backbone == trained.model.cnn
-    net = BoundaryNet(cfg.masks.irn_backbone, False if same else cfg.model.pretrained,
-                      cfg.masks.irn_freeze_backbone, layout=cfg.masks.irn_layout)
+    weights = False if same else pretrain.resolve(cfg.model.pretrained, cfg,
+                                                  [("cnn", cfg.masks.irn_backbone)])
+    net = BoundaryNet(cfg.masks.irn_backbone, weights, cfg.masks.irn_freeze_backbone,
+                      layout=cfg.masks.irn_layout)
     if same:
         load_cam_backbone(net, cobra_state["model"])
     return net

@@ -10,6 +10,7 @@ Scoring reports both background-threshold protocols side by side (they are not c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,8 @@ def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[st
     device = resolve_device(cfg.train.device)
     check_model_matches(cfg, trained, layout.last_checkpoint)
     check_dataset_matches(state, source, layout.last_checkpoint)
-    model = build_model(trained.model, source.num_classes)
+    # the checkpoint holds every weight: build without fetching pretrained ones
+    model = build_model(replace(trained.model, pretrained=False), source.num_classes)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:

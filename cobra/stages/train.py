@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cobra import metrics
+from cobra import metrics, pretrain
 from cobra.checkpoint import load_checkpoint, save_checkpoint
 from cobra.config import Config, flatten, save_config, switch
 from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
@@ -90,7 +91,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     seed_everything(cfg.train.seed)
     train_set = build_train_dataset(cfg, resolve_train_split(cfg))
     val_set = build_eval_dataset(cfg, cfg.data.val_split)
-    model = build_model(cfg.model, train_set.num_classes).to(device)
+    weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
+    model = build_model(replace(cfg.model, pretrained=weights), train_set.num_classes).to(device)
     grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
     if cfg.model.branches == "both":
         check_k_values(cfg.loss, grid[0] * grid[1])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cobra import tracking
+from cobra import pretrain, tracking
 from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
@@ -75,6 +75,8 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     # Written once here (synthetic) and checked: trials must not race to create the dataset.
     build_source(spec.base, resolve_train_split(spec.base))
     build_source(spec.base, spec.base.data.val_split)
+    # Likewise the builtin weights: made once here, not by every trial at once.
+    pretrain.resolve(spec.base.model.pretrained, spec.base, pretrain.backbones_of(spec.base))
     _check_storage(spec)
     exists = _sweep_exists(spec)
     if exists and not resume:

@@ -1,0 +1,273 @@
+"""Built-in offline pretraining: `model.pretrained: builtin` and `launch.py pretrain`.
+
+Where ImageNet weights cannot be had (no network, as on CI), each backbone the config names is
+trained once for multi-label classification on the procedural corpus (`cobra.data.corpus`, disjoint
+from the segmentation classes) and cached as `$COBRA_CACHE/weights/<key>/<timm name>.safetensors`,
+where the key fingerprints the corpus version and every `pretrain.*` setting. The files are what
+the offline path of `model.pretrained` loads (a directory of `<timm name>.safetensors`), so a
+builtin run and a run pointed at that directory build the same model.
+
+Writes are atomic (a temporary name, then a rename) and serialised by a lock file, so a killed
+pretraining leaves no weights file that would be used and two trials starting together train once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from cobra import metrics
+from cobra.config import Config, PretrainConfig
+from cobra.data import corpus
+from cobra.data.synthetic import cache_dir
+from cobra.data.transforms import normalize
+from cobra.errors import ConfigError
+from cobra.models.backbones import undo_last_stride
+
+BUILTIN = "builtin"
+SHIFT = 8  # random translation (pixels) of the training augmentation, with horizontal flips
+
+
+def weights_dir(cfg: PretrainConfig) -> Path:
+    """The cache directory of one pretraining recipe (corpus version + every setting)."""
+    recipe = {"corpus_version": corpus.CORPUS_VERSION, **dataclasses.asdict(cfg)}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "weights" / key
+
+
+def backbones_of(cfg: Config) -> list[tuple[str, str]]:
+    """(role, timm name) of every backbone the run's branches build."""
+    roles = []
+    if cfg.model.branches in ("both", "cnn"):
+        roles.append(("cnn", cfg.model.cnn))
+    if cfg.model.branches in ("both", "vit"):
+        roles.append(("vit", cfg.model.vit))
+    return roles
+
+
+def resolve(pretrained: bool | str, cfg: Config, roles: list[tuple[str, str]]) -> bool | str:
+    """`pretrained` with `builtin` replaced by its weights directory (pretraining what is
+    missing); any other value is returned unchanged."""
+    if pretrained != BUILTIN:
+        return pretrained
+    return str(ensure(cfg.pretrain, roles, progress=cfg.train.progress)[0])
+
+
+def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = True
+           ) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Pretrain every (role, timm name) not cached yet; returns the directory and, per name,
+    its held-out scores."""
+    for role, name in roles:
+        check_supported(role, name)
+    folder = weights_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = {}
+    data = None
+    with _locked(folder / ".lock"):
+        for role, name in roles:
+            if not (folder / f"{name}.safetensors").is_file():
+                data = data or _corpus(cfg)
+                _pretrain_one(cfg, role, name, data, folder, progress)
+            scores[name] = json.loads((folder / f"{name}.json").read_text())
+    return folder, scores
+
+
+def check_supported(role: str, name: str) -> None:
+    """Builtin pretraining trains a timm CNN with feature maps, or a plain timm ViT."""
+    if not timm.is_model(name):
+        raise ConfigError(f"'{name}' is not a timm model name; model.pretrained=builtin needs "
+                          f"one (e.g. resnet18, deit_tiny_patch16_224)")
+    model = timm.create_model(name, pretrained=False)
+    is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
+    if role == "vit" and not is_vit:
+        raise ConfigError(f"model.pretrained=builtin cannot pretrain '{name}' as the ViT branch: "
+                          f"it is not a plain timm ViT; use one such as deit_tiny_patch16_224, "
+                          f"or set model.pretrained to true, false or a weights directory")
+    if role == "cnn" and (is_vit or not hasattr(model, "feature_info")):
+        raise ConfigError(f"model.pretrained=builtin cannot pretrain '{name}' as the CNN branch: "
+                          f"it has no convolutional feature maps; use a timm CNN such as "
+                          f"resnet18, or set model.pretrained to true, false or a weights "
+                          f"directory")
+
+
+class _locked:
+    """An exclusive lock on a file for the duration of a `with` block (one node)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.handle = open(self.path, "w")  # noqa: SIM115 - held open for the lock's lifetime
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _corpus(cfg: PretrainConfig) -> dict[str, dict[str, np.ndarray]]:
+    return {"train": corpus.render_split(cfg.seed, 0, cfg.num_images, cfg.image_size),
+            "val": corpus.render_split(cfg.seed, 1, cfg.num_val, cfg.image_size)}
+
+
+class _Pretrainer(nn.Module):
+    """A timm classifier plus a dense head: image logits (B, K) from the model's own pooling
+    (GAP, or the class token) and per-position logits (B, K + 1, h, w) over background + K
+    categories from its last feature map (CNN) or patch tokens (ViT).
+
+    The dense head is token labeling (Jiang et al., "All Tokens Matter", 2021): every position
+    also learns the category under it, which gives a small network far more signal per step than
+    one label per image; on 2 CPU cores that is the difference between learning and not. Only
+    the timm model's weights are kept; the dense head is dropped after pretraining."""
+
+    def __init__(self, role: str, name: str, cfg: PretrainConfig) -> None:
+        super().__init__()
+        kwargs = {"img_size": cfg.image_size} if role == "vit" else {}
+        self.model = timm.create_model(name, pretrained=False,
+                                       num_classes=len(corpus.CATEGORY_NAMES), **kwargs)
+        self.is_vit = role == "vit"
+        if not self.is_vit:
+            # Pretrain at the output stride CoBra's CNN branch runs at (16), so the weights meet
+            # the geometry they will be fine-tuned in and the dense head sees a finer grid.
+            last_stage = self.model.feature_info[-1]["module"]
+            undo_last_stride(self.model.get_submodule(last_stage))
+        width = self.model.embed_dim if self.is_vit else self.model.num_features
+        self.dense = nn.Conv2d(width, len(corpus.CATEGORY_NAMES) + 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x)
+        logits = self.model.forward_head(feats)
+        if self.is_vit:
+            patches = feats[:, self.model.num_prefix_tokens:]  # (B, N, E)
+            h, w = self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
+            feats = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return logits, self.dense(feats)
+
+
+def _batch(split: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (B, 3, S, S) normalised, labels (B, K), category maps (B, S, S) long; with `rng`,
+    the same random flip and shift for image and map (a shift pads the map with background)."""
+    x = torch.from_numpy(split["images"][idx]).permute(0, 3, 1, 2).float()
+    y = torch.from_numpy(split["labels"][idx])
+    cats = torch.from_numpy(split["categories"][idx]).long()
+    if rng is None:
+        return normalize(x), y, cats
+    b, _, s, _ = x.shape
+    flips = torch.from_numpy(rng.random(b) < 0.5)
+    x[flips], cats[flips] = x[flips].flip(-1), cats[flips].flip(-1)
+    x = F.pad(x, (SHIFT,) * 4, mode="reflect")
+    cats = F.pad(cats, (SHIFT,) * 4, value=0)
+    dy, dx = rng.integers(0, 2 * SHIFT + 1, (2, b))
+    x = torch.stack([x[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+    cats = torch.stack([cats[i, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+    return normalize(x), y, cats
+
+
+def _loss(logits: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor, cats: torch.Tensor
+          ) -> torch.Tensor:
+    """Soft-target cross-entropy of the image logits (multi-hot labels share the mass) plus
+    cross-entropy of the dense logits against the category under each cell's centre."""
+    image = -(labels / labels.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    h, w = dense.shape[-2:]
+    s = cats.shape[-1]
+    ys = ((torch.arange(h) + 0.5) * s / h).long()
+    xs = ((torch.arange(w) + 0.5) * s / w).long()
+    target = cats[:, ys][:, :, xs]
+    return image + F.cross_entropy(dense, target)
+
+
+def _lr(cfg: PretrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up to `lr`, then cosine decay to zero."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+
+@torch.no_grad()
+def evaluate(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
+             ) -> dict[str, float]:
+    """top-1 (% of images whose highest score is a present category) and mAP (%)."""
+    net.eval()
+    n = len(split["labels"])
+    scores = torch.cat([net(_batch(split, np.arange(i, min(i + batch, n)), None)[0])[0]
+                        for i in range(0, n, batch)]).numpy()
+    labels = split["labels"]
+    top1 = labels[np.arange(n), scores.argmax(1)].mean() * 100.0
+    return {"top1": round(float(top1), 2),
+            "map": round(metrics.mean_average_precision(scores, labels), 2)}
+
+
+def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
+                  data: dict[str, dict[str, np.ndarray]], folder: Path, progress: bool) -> None:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1])
+    net = _Pretrainer(role, name, cfg)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(data["train"]["labels"])
+    steps_per_epoch = max(n // cfg.batch_size, 1)
+    start = time.time()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"pretrain {name}", disable=not progress,
+               leave=False)
+    step = 0
+    for _ in range(cfg.epochs):
+        net.train()
+        order = rng.permutation(n)
+        for k in range(steps_per_epoch):
+            idx = np.sort(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
+            x, labels, cats = _batch(data["train"], idx, rng)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(cfg, step, steps_per_epoch)
+            loss = _loss(*net(x), labels, cats)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"pretraining {name} diverged (non-finite loss); lower "
+                                  f"pretrain.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    scores = evaluate(net, data["val"])
+    scores.update(role=role, seconds=round(time.time() - start, 1), steps=step)
+    _write_atomic(folder / f"{name}.json", json.dumps(scores, indent=2).encode())
+    # The weights file is renamed into place last: its presence means "complete".
+    state = {k: v.contiguous() for k, v in net.model.state_dict().items()}
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        save_file(state, str(tmp))
+        os.replace(tmp, folder / f"{name}.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """`launch.py pretrain`: make (or find) the builtin weights of the config's backbones."""
+    folder, scores = ensure(cfg.pretrain, backbones_of(cfg), progress=cfg.train.progress)
+    return {"weights_dir": str(folder),
+            **{f"{name}_top1": s["top1"] for name, s in scores.items()},
+            **{f"{name}_map": s["map"] for name, s in scores.items()}}
