@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, set_args
 from safetensors.torch import load_file
 
 from cobra import pretrain
 from cobra.config import PretrainConfig, load_config
 from cobra.data import corpus, synthetic
 from cobra.models import build_model
-from conftest import run_cli, set_args
 
 TINY_PRETRAIN = PretrainConfig(image_size=32, num_images=8, num_val=4, epochs=1, batch_size=4)
 ROLES = [("cnn", "test_resnet"), ("vit", "test_vit")]
