@@ -290,7 +290,8 @@ class PretrainConfig:
 @dataclass
 class RunConfig:
     dir: str = _f("runs", help="parent directory of run directories")
-    name: str | None = _f(None, help="run directory name; None: a timestamped name")
+    name: str | None = _f(None, help="run directory name (refused if it exists); None: a "
+                          "timestamp and a random suffix")
 
 
 @dataclass

@@ -256,3 +256,22 @@ def test_resume_refuses_changes_to_what_was_trained(tiny_overrides, capsys):
                             "--set", "train.device=cpu"], capsys)
     assert code == 0, err
     assert json.loads((run_dir / "status.json").read_text())["status"] == "FINISHED"
+
+
+def test_an_unexpected_error_in_a_stage_marks_the_run_failed_and_keeps_it(tiny_overrides,
+                                                                         monkeypatch, capsys):
+    from cobra import pipeline
+
+    run_dir = new_run(load_config(None, tiny_overrides).run.dir, "staged").root
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"progress": False}}))
+    (run_dir / "summary.json").write_text('{"seed_miou": 50.0}')
+
+    def boom(*args, **kwargs):
+        raise MemoryError("out of memory in a stage")
+
+    monkeypatch.setattr(pipeline, "run_stages", boom)
+    code, _, err = run_cli(["stage", "masks", "--run-dir", str(run_dir)], capsys)
+    assert code == 1 and f"(traceback in {run_dir / 'error.log'})" in err
+    _one_error_line(err)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "FAILED"
+    assert json.loads((run_dir / "summary.json").read_text()) == {"seed_miou": 50.0}
