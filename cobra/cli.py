@@ -8,6 +8,7 @@ with code 2; nothing is overwritten.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,12 +43,15 @@ def _record_failure(layout, reporter, exc: BaseException) -> None:
     """Mark the run as ended badly: the reporter's end record, `status.json` and, for an error
     nobody anticipated, the traceback in `error.log` (which main's `error:` line points to)."""
     interrupted = isinstance(exc, KeyboardInterrupt)
-    if reporter is not None:
-        reporter.close("FAILED")
     if not interrupted and not isinstance(exc, (CobraError, NonFiniteLossError)):
         write_error_log(exc, layout.error_log)
-    layout.write_status("KILLED" if interrupted else "FAILED",
-                        None if interrupted else one_line(exc))
+    # a run directory that has become unwritable (full disk, read-only remount) must not hide
+    # the original error behind an OSError from this bookkeeping
+    with contextlib.suppress(OSError):
+        if reporter is not None:
+            reporter.close("FAILED")
+        layout.write_status("KILLED" if interrupted else "FAILED",
+                            None if interrupted else one_line(exc))
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,13 +202,16 @@ def one_line(exc: BaseException) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+def _traceback_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
 def write_error_log(exc: BaseException, path: Path) -> None:
     """Keep the traceback of `exc` in `path` and remember where, for main's `error:` line."""
     from cobra.layout import atomic_write_text
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        atomic_write_text(path, text)
+        atomic_write_text(path, _traceback_text(exc))
     except OSError:
         return  # an unwritable run directory: main falls back to a temporary file
     exc.cobra_error_log = path  # type: ignore[attr-defined]
@@ -213,10 +220,14 @@ def write_error_log(exc: BaseException, path: Path) -> None:
 def _error_log_of(exc: BaseException) -> Path | None:
     """Where the traceback of an unexpected error is kept (a temporary file when no run has it)."""
     if getattr(exc, "cobra_error_log", None) is None:
-        fd, name = tempfile.mkstemp(prefix="cobra-error-", suffix=".log")
-        os.close(fd)
-        write_error_log(exc, Path(name))
-    return getattr(exc, "cobra_error_log", None)
+        try:
+            fd, name = tempfile.mkstemp(prefix="cobra-error-", suffix=".log")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(_traceback_text(exc))
+            exc.cobra_error_log = Path(name)  # type: ignore[attr-defined]
+        except OSError:
+            return None
+    return exc.cobra_error_log  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,30 @@ def test_an_unexpected_error_in_a_stage_marks_the_run_failed_and_keeps_it(tiny_o
     _one_error_line(err)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "FAILED"
     assert json.loads((run_dir / "summary.json").read_text()) == {"seed_miou": 50.0}
+
+
+def test_a_run_directory_that_turns_unwritable_does_not_hide_the_error(tiny_overrides,
+                                                                       monkeypatch, capsys):
+    import os
+
+    from cobra.stages import train
+
+    def boom(cfg, layout, reporter, resume_from=None):
+        layout.checkpoints.mkdir()
+        layout.last_checkpoint.write_bytes(b"stand-in")
+
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "replace", full_disk)  # every atomic write fails from now on
+        monkeypatch.setattr(type(reporter), "_write", full_disk)
+        raise RuntimeError("the original problem")
+
+    monkeypatch.setattr(train, "run", boom)
+    code, _, err = run_cli(["train", "--no-seeds", *set_args(tiny_overrides)], capsys)
+    monkeypatch.undo()
+    assert code == 1 and "the original problem" in err
+    _one_error_line(err)
+    log = Path(err.rsplit("(traceback in ", 1)[1].rstrip(")\n"))
+    assert "the original problem" in log.read_text()  # a temporary file took the traceback
+    log.unlink()
