@@ -46,3 +46,38 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def checkpoint_config(state: dict[str, Any]) -> config_mod.Config:
     """The validated Config a checkpoint was trained with."""
     return config_mod.from_dict(state["config"])
+
+
+def check_model_matches(cfg: config_mod.Config, trained: config_mod.Config,
+                        checkpoint: Path) -> None:
+    """model.* cannot change after training: a requested value that differs from the
+    checkpoint's is a mistake to report, not to ignore."""
+    asked, have = config_mod.flatten(cfg.model), config_mod.flatten(trained.model)
+    diff = [k for k in asked if k != "pretrained" and asked[k] != have[k]]
+    if diff:
+        k = diff[0]
+        raise StageInputError(f"checkpoint '{checkpoint}' does not match the config: "
+                              f"model.{k} is {have[k]!r} there but {asked[k]!r} here; model "
+                              f"settings are fixed once trained (retrain to change them)")
+
+
+# Keys a resumed run may change: how it runs, never what it trains.
+RESUME_SAFE_KEYS = ("train.progress", "train.device", "data.num_workers")
+
+
+def resume_safe(key: str) -> bool:
+    return key in RESUME_SAFE_KEYS or key.startswith("run.")
+
+
+def check_resume_matches(cfg: config_mod.Config, trained: config_mod.Config,
+                         checkpoint: Path) -> None:
+    """A checkpoint resumed under `cfg` must have been trained with the same settings (any key
+    but the resume-safe ones), else the continued run mixes two recipes."""
+    check_model_matches(cfg, trained, checkpoint)
+    asked, have = config_mod.flatten(cfg), config_mod.flatten(trained)
+    diff = [k for k in asked if not resume_safe(k) and asked[k] != have[k]]
+    if diff:
+        k = diff[0]
+        raise StageInputError(f"checkpoint '{checkpoint}' was trained with {k}={have[k]!r} but "
+                              f"the run's config.yaml says {asked[k]!r}; restore config.yaml or "
+                              f"start a new run")

@@ -8,9 +8,13 @@ with code 2; nothing is overwritten.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,21 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 # Commands
 
 
+def _record_failure(layout, reporter, exc: BaseException) -> None:
+    """Mark the run as ended badly: the reporter's end record, `status.json` and, for an error
+    nobody anticipated, the traceback in `error.log` (which main's `error:` line points to)."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    if not interrupted and not isinstance(exc, (CobraError, NonFiniteLossError)):
+        write_error_log(exc, layout.error_log)
+    # a run directory that has become unwritable (full disk, read-only remount) must not hide
+    # the original error behind an OSError from this bookkeeping
+    with contextlib.suppress(OSError):
+        if reporter is not None:
+            reporter.close("FAILED")
+        layout.write_status("KILLED" if interrupted else "FAILED",
+                            None if interrupted else one_line(exc))
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.config import load_config, with_overrides
     from cobra.layout import new_run, open_run
@@ -44,12 +63,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.resume:
         layout = open_run(args.resume)
-        cfg = load_config(layout.config, args.overrides)
+        cfg = train.resume_config(layout, args.overrides)
         resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
     else:
         cfg = load_config(args.config, args.overrides)
         if args.name:
             cfg = with_overrides(cfg, {"run.name": args.name})
+        # exclusive create: this process owns `layout.root`, so it alone may remove it
         layout = new_run(cfg.run.dir, cfg.run.name)
         resume_from = None
     reporter = FileReporter(layout.metrics)
@@ -58,17 +78,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
         else:
             metrics = run_trial(cfg, layout, reporter, resume_from=resume_from)
-    except CobraError:
+    except CobraError as exc:
         if not args.resume and not layout.last_checkpoint.exists():
-            # Bad input found before the first checkpoint: leave no half-made run behind.
+            # Bad input found before the first checkpoint in a directory this process created:
+            # leave no half-made run behind.
             shutil.rmtree(layout.root, ignore_errors=True)
         else:
-            reporter.close("FAILED")
+            _record_failure(layout, reporter, exc)
         raise
-    except BaseException:
-        reporter.close("FAILED")
+    except BaseException as exc:
+        _record_failure(layout, reporter, exc)
         raise
     reporter.close("FINISHED")
+    layout.write_status("FINISHED")
     return {**metrics, "run_dir": str(layout.root)}
 
 
@@ -81,7 +103,13 @@ def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     layout = open_run(args.run_dir)
     cfg = load_config(layout.config, args.overrides)
     reporter = FileReporter(layout.metrics)
-    metrics = run_stages(cfg, layout, reporter, stages=args.names, force=args.force)
+    try:
+        metrics = run_stages(cfg, layout, reporter, stages=args.names, force=args.force)
+    except CobraError:
+        raise  # bad input: the run's earlier results still stand
+    except BaseException as exc:
+        _record_failure(layout, None, exc)
+        raise
     return {**metrics, "run_dir": str(layout.root)}
 
 
@@ -174,6 +202,34 @@ def one_line(exc: BaseException) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+def _traceback_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def write_error_log(exc: BaseException, path: Path) -> None:
+    """Keep the traceback of `exc` in `path` and remember where, for main's `error:` line."""
+    from cobra.layout import atomic_write_text
+
+    try:
+        atomic_write_text(path, _traceback_text(exc))
+    except OSError:
+        return  # an unwritable run directory: main falls back to a temporary file
+    exc.cobra_error_log = path  # type: ignore[attr-defined]
+
+
+def _error_log_of(exc: BaseException) -> Path | None:
+    """Where the traceback of an unexpected error is kept (a temporary file when no run has it)."""
+    if getattr(exc, "cobra_error_log", None) is None:
+        try:
+            fd, name = tempfile.mkstemp(prefix="cobra-error-", suffix=".log")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(_traceback_text(exc))
+            exc.cobra_error_log = Path(name)  # type: ignore[attr-defined]
+        except OSError:
+            return None
+    return exc.cobra_error_log  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -187,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, a log
+        log = _error_log_of(exc)
+        where = f" (traceback in {log})" if log else ""
+        print(f"error: {type(exc).__name__}: {one_line(exc)}{where}", file=sys.stderr)
+        return 1
     if result is not None:
         print(json.dumps(jsonable(result), default=str))
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -19,6 +21,12 @@ from typing import Any
 import yaml
 
 from cobra.errors import ConfigError
+
+# Seeds feed numpy (< 2**32) and torch (seed * 1009 + epoch must stay within 64 bits).
+SEED_MAX = 2**32 - 1
+# Every integer key must fit a 64-bit integer: torch, numpy and MLflow all store them so.
+INT_MAX = 2**63 - 1
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # ----------------------------------------------------------------------------------------------
 # Field helpers: validation rules travel with the field as dataclass metadata.
@@ -104,7 +112,8 @@ class SyntheticConfig:
     num_train: int = _f(240, ge=1, help="images in the synthetic train split")
     num_val: int = _f(80, ge=1, help="images in the synthetic val split")
     image_size: int = _f(128, ge=32, help="side of the square synthetic images")
-    seed: int = _f(0, ge=0, help="generator seed: the same seed writes the same dataset")
+    seed: int = _f(0, ge=0, le=SEED_MAX,
+                   help="generator seed: the same seed writes the same dataset")
 
 
 @dataclass
@@ -141,9 +150,10 @@ class TrainConfig:
         help="paper: every new head at lr × head_lr_mult; code: the authors' optimizers, CNN "
         "projection head left out, ViT 10× group = CAM-head bias + projection weight (their "
         "head.bias + embed.weight), ViT CAM-head weight at the backbone lr")
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, le=SEED_MAX)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
-    max_steps_per_epoch: int | None = _f(None, help="cap steps per epoch (smoke tests, demos)")
+    max_steps_per_epoch: int | None = _f(None, ge=1,
+                                         help="cap steps per epoch (smoke tests, demos)")
     progress: bool = _f(True, help="show a progress bar")
 
 
@@ -163,7 +173,11 @@ class SeedsConfig:
                                      help="fixed background scores swept on ground truth")
     percentile_grid: list[float] = _f([float(p) for p in range(50, 100, 5)],
                                       help="A_obj percentiles θ swept (the paper's protocol)")
-    max_images: int | None = _f(None, help="make seeds for only the first N images")
+    max_images: int | None = _f(None, ge=1, help="make seeds for only the first N images")
+    max_side: int = _f(
+        2048, ge=16, help="largest image side the seeds stage accepts: multi-scale CAMs of a "
+        "larger image need memory growing with its area (a 6000 px side asks for hundreds of "
+        "GB); checked before training starts, so downscale such images or raise this")
 
 
 @dataclass
@@ -229,7 +243,7 @@ class MasksConfig:
     mask_crf_bilateral_srgb: float = _f(5.0, gt=0.0)
     mask_crf_bilateral_compat: float = _f(4.0, ge=0.0)
     workers: int = _f(0, ge=0, help="CPU processes for CRF work; 0 = all cores")
-    max_images: int | None = _f(None, help="only the first N images (smoke tests)")
+    max_images: int | None = _f(None, ge=1, help="only the first N images (smoke tests)")
 
 
 @dataclass
@@ -252,7 +266,8 @@ class SegmentConfig:
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5])
     flip: bool = _f(True)
     crf: bool = _f(True, help="denseCRF at test time (mask CRF parameters)")
-    max_images: int | None = _f(None, help="only the first N images per split (smoke tests)")
+    max_images: int | None = _f(None, ge=1,
+                                help="only the first N images per split (smoke tests)")
 
 
 @dataclass
@@ -269,13 +284,14 @@ class PretrainConfig:
     lr: float = _f(2e-3, gt=0.0, help="AdamW peak lr after a linear warm-up, cosine decay")
     weight_decay: float = _f(0.05, ge=0.0)
     warmup_epochs: float = _f(0.5, ge=0.0)
-    seed: int = _f(0, ge=0, help="corpus and initialisation seed")
+    seed: int = _f(0, ge=0, le=SEED_MAX, help="corpus and initialisation seed")
 
 
 @dataclass
 class RunConfig:
     dir: str = _f("runs", help="parent directory of run directories")
-    name: str | None = _f(None, help="run directory name; None: a timestamped name")
+    name: str | None = _f(None, help="run directory name (refused if it exists); None: a "
+                          "timestamp and a random suffix")
 
 
 @dataclass
@@ -388,11 +404,20 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"'{key}' must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_MAX:
+                raise ConfigError(f"'{key}' must fit in 64 bits (|value| <= 2**63 - 1), "
+                                  f"got {value!r}")
             return value
         raise ConfigError(f"'{key}' must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int too large for a float
+                value = math.inf
+            if not math.isfinite(value):
+                raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
+            return value
         raise ConfigError(f"'{key}' must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -437,6 +462,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _validate_cross_field(cfg: Config) -> None:
+    if not DEVICE_PATTERN.fullmatch(cfg.train.device):
+        raise ConfigError(f"'train.device' must be auto, cpu, cuda or cuda:N, got "
+                          f"{cfg.train.device!r}")
     lo, hi = (cfg.data.resize_long + [0, 0])[:2]
     if len(cfg.data.resize_long) != 2 or not 0 < lo <= hi:
         raise ConfigError(f"'data.resize_long' must be [lo, hi] with 0 < lo <= hi, "
@@ -550,7 +578,10 @@ def with_overrides(cfg: Config, dotted: Mapping[str, Any]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from cobra.layout import atomic_write_text  # layout imports nothing of config: no cycle
+
+    # atomic: a crash while writing never leaves a run with half a config.yaml
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def describe() -> list[tuple[str, Any, str]]:

@@ -4,6 +4,8 @@
       config.yaml            resolved config of the run
       metrics.jsonl          the file reporter's log (one JSON object a line)
       summary.json           headline metrics of every stage that finished
+      status.json            how the last command on the run ended: FINISHED or FAILED
+      error.log              traceback of an unexpected error (the `error:` line names it)
       checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
       seeds/<id>.npz         per-image CAMs (stage `seeds`)
       seeds/eval.json        seed mIoU per threshold protocol
@@ -18,8 +20,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,6 +49,14 @@ class RunLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def error_log(self) -> Path:
+        return self.root / "error.log"
 
     @property
     def pictures(self) -> Path:
@@ -120,16 +132,43 @@ class RunLayout:
         merged = {**self.read_summary(), **metrics}
         atomic_write_text(self.summary, json.dumps(merged, indent=2, sort_keys=True))
 
+    def write_status(self, status: str, error: str | None = None) -> None:
+        """Record how the last command on this run ended (atomically: never half a file)."""
+        record = {"status": status, "time": round(time.time(), 3)}
+        if error is not None:
+            record["error"] = error
+        atomic_write_text(self.status, json.dumps(record, indent=2))
 
-def new_run(parent: str | Path, name: str | None, *, exist_ok: bool = False) -> RunLayout:
-    """Create a fresh run directory; refuses to reuse an existing one unless `exist_ok`."""
-    name = name or time.strftime("%Y%m%d-%H%M%S")
-    root = Path(parent).expanduser().resolve() / name
-    if root.exists() and any(root.iterdir()) and not exist_ok:
-        raise CobraError(f"run directory '{root}' already exists; pick another run.name "
-                         f"or pass --resume to continue it")
-    root.mkdir(parents=True, exist_ok=True)
-    return RunLayout(root)
+
+def new_run(parent: str | Path, name: str | None) -> RunLayout:
+    """Create a fresh run directory that this process alone owns.
+
+    The directory is made with an exclusive `mkdir` (no exist-check beforehand), so two
+    processes can never share one: with an explicit `name` the second one is refused; a default
+    (timestamped) name gets a random suffix and a fresh one on the rare collision.
+    """
+    parent = Path(parent).expanduser().resolve()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CobraError(f"cannot create run.dir '{parent}' ({exc.strerror}); set run.dir to "
+                         f"a writable directory") from None
+    for _ in range(100):
+        root = parent / (name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+        try:
+            root.mkdir()
+        except FileExistsError:
+            if name:
+                raise CobraError(f"run directory '{root}' already exists; choose another "
+                                 f"--name (run.name) or pass --resume to continue it") from None
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+                raise
+            raise CobraError(f"cannot create run directory '{root}' ({exc.strerror}); set "
+                             f"run.dir to a writable directory") from None
+        return RunLayout(root)
+    raise CobraError(f"could not find a free run directory name under '{parent}'; pass --name")
 
 
 def open_run(path: str | Path) -> RunLayout:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cobra.config import Config
+from cobra.data import build_source
 from cobra.layout import RunLayout
 from cobra.reporting import Reporter
 from cobra.stages import POST_TRAIN_STAGES, get_stage, seeds, train
@@ -14,6 +15,8 @@ from cobra.stages import POST_TRAIN_STAGES, get_stage, seeds, train
 def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
               resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra, then make and score its seeds: what one sweep trial measures."""
+    # the seed split's problems are found before training, not after an hour of it
+    seeds.check_inputs(cfg, build_source(cfg, cfg.data.seed_split))
     train_metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
     seed_metrics = seeds.run(cfg, layout, reporter)
     return {**train_metrics, **seed_metrics}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -339,3 +341,40 @@ def test_coco_reader(tmp_path):
     assert ds[1]["image"].shape == (3, 32, 32) and ds.num_classes == 3
     with pytest.raises(DataError, match="instances_train2014.json"):
         build_source(cfg, "train")
+
+
+@pytest.mark.parametrize("race_at", ["rmdir", "rename"])
+def test_a_parallel_writer_that_finished_first_wins_without_a_crash(tmp_path, monkeypatch,
+                                                                    race_at):
+    # Two trials write the same dataset at once: the other one renames its complete copy into
+    # place just before this one's rmdir (-> "Directory not empty") or rename (-> name taken).
+    from cobra.data import synthetic
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    params = synthetic.synthetic_params(TINY)
+    real_rmdir, real_rename = Path.rmdir, os.rename
+
+    def other_process_wins():
+        winner = tmp_path / "winner"
+        synthetic._write_all(winner, TINY, params)
+        with contextlib.suppress(FileNotFoundError):
+            real_rmdir(out)
+        real_rename(winner, out)
+
+    def rmdir(self):
+        if self == out and race_at == "rmdir":
+            other_process_wins()
+        return real_rmdir(self)
+
+    def rename(src, dst):
+        if Path(dst) == out and race_at == "rename":
+            other_process_wins()
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    monkeypatch.setattr(os, "rename", rename)
+    assert write_synthetic(out, TINY) == out
+    monkeypatch.undo()
+    assert synthetic._read_marker(out) == params
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temp copy left behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,84 @@ def test_table_4_grid_is_the_papers():
 def test_trial_names_are_short_and_readable():
     assert trial_name({"loss.k_sap_neg": 5, "loss.k_cap_pos": 20}) == "ksap-=5_kcap+=20"
     assert trial_name({"loss.lambda_cam": 0.123456}) == "l1=0.123"
+
+
+# ------------------------------------------------------------------------------------------------
+# Every key typed and ranged (issue 11)
+
+
+def _sweep_file(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text("space:\n  loss.tau: [0.05, 0.1]\n" + extra)
+    return path
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("search: {seed: abc}", "'search.seed' must be an integer, got 'abc'"),
+    ("search: {seed: 1.7}", "'search.seed' must be an integer"),
+    ("search: {seed: -1}", "'search.seed' must be >= 0"),
+    ("max_failures: three", "'max_failures' must be an integer, got 'three'"),
+    ("max_failures: -1", "'max_failures' must be >= 0, got -1"),
+    ("search: {num_trials: -4}", "'search.num_trials' must be a positive integer, got -4"),
+    ("search: {algorithm: grid, num_trials: 0}", "'search.num_trials' must be a positive"),
+    ("resources: {cpu: .nan}", "'resources.cpu' needs finite numbers"),
+    ("resources: {gpu: .inf}", "'resources.gpu' needs finite numbers"),
+    ("metric: seed_mIoU", "did you mean 'seed_miou'?"),
+    ("metric: accuracy", "must be a metric trials report"),
+    ("name: ../../escaped", "sweep key 'name' must be letters"),
+    ("name: a/b", "sweep key 'name' must be letters"),
+    ("name: ..", "sweep key 'name' must be letters"),
+    ("storage: 12", "'storage' must be a string"),
+])
+def test_bad_sweep_values_are_refused_with_the_key_named(tmp_path, extra, message):
+    from cobra.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_sweep(_sweep_file(tmp_path, extra))
+
+
+def test_good_sweep_values_still_load(tmp_path):
+    spec = load_sweep(_sweep_file(tmp_path, "name: k.abl-1_b\nmax_failures: 0\n"
+                                  "metric: seed_miou_aobj\nsearch: {seed: 3, num_trials: 2}\n"
+                                  "resources: {cpu: 0.5, gpu: 0}\n"))
+    assert (spec.name, spec.max_failures, spec.seed, spec.num_trials) == ("k.abl-1_b", 0, 3, 2)
+
+
+def test_every_metric_a_trial_reports_can_be_ranked():
+    from cobra.stages.seeds import headline
+    from cobra.sweep.spec import TRIAL_METRICS
+
+    evaluation = {"fixed": {"miou": 1.0, "threshold": 0.1, "miou_at_default": 1.0},
+                  "aobj": {"miou": 1.0, "percentile": 90.0}}
+    assert set(headline(evaluation)) <= set(TRIAL_METRICS)
+
+
+def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from ray import tune
+
+    from cobra.sweep import tuner
+
+    class Interrupted:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            raise KeyboardInterrupt
+
+    finished = []
+    monkeypatch.setattr(tuner, "_preflight", lambda spec, resume: "sqlite:///unused.db")
+    monkeypatch.setattr(tuner, "_init_ray", lambda: None)
+    monkeypatch.setattr(tuner.tracking, "start_sweep_run", lambda *a, **k: "parent")
+    monkeypatch.setattr(tuner.tracking, "MlflowReporter",
+                        lambda *a, **k: type("R", (), {"set_tags": lambda self, tags: None})())
+    monkeypatch.setattr(tuner.tracking, "finish_sweep",
+                        lambda *a, status="FINISHED", **k: finished.append(status))
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, **k: fn)
+    monkeypatch.setattr(tune, "with_resources", lambda fn, resources: fn)
+    monkeypatch.setattr(tune, "Tuner", Interrupted)
+    spec = load_sweep(_sweep_file(tmp_path, f"storage: {tmp_path / 'ray'}\n"))
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run_sweep(spec)
+    assert finished == ["KILLED"]
+    assert f"launch.py sweep {spec.file} --resume" in capsys.readouterr().err

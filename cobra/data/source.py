@@ -44,6 +44,10 @@ class Source:
         """(H, W) uint8 class indices 0..C, 255 = ignore."""
         raise NotImplementedError
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of an image from its header alone (no decode)."""
+        return read_size(self.image_path(image_id))
+
     def labels(self, image_id: str) -> np.ndarray:
         """(C,) float32 multi-hot of the foreground classes present (index j <-> class j+1)."""
         raise NotImplementedError
@@ -67,6 +71,20 @@ def read_rgb(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"image '{path}' does not exist; restore it or remove its id from the "
                         f"split list, or set data.on_bad_file=skip") from None
+    except _PIL_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"image '{path}' cannot be read ({reason}); replace or remove it, "
+                        f"or set data.on_bad_file=skip") from None
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header, or a one-line DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except FileNotFoundError:
+        raise DataError(f"image '{path}' does not exist; restore it or remove its id from the "
+                        f"split list") from None
     except _PIL_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"image '{path}' cannot be read ({reason}); replace or remove it, "

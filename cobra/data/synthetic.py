@@ -26,6 +26,7 @@ renamed into place, so a reader never sees half a dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -367,12 +368,15 @@ def write_synthetic(out: str | Path, cfg: SyntheticConfig) -> Path:
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is an ordinary directory
         _write_all(tmp, cfg, params)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); rename needs the name free on every platform
         try:
+            # `out` was empty when checked; rename needs the name free on every platform
+            with contextlib.suppress(FileNotFoundError):
+                out.rmdir()
             os.rename(tmp, out)
         except OSError:
-            # Another process (a parallel trial) may have written the same dataset first.
+            # Another process (a parallel trial) may have renamed its copy into place since:
+            # rmdir then finds it not empty, or rename finds the name taken. Its copy is
+            # complete (the marker is written last) and the same as ours, so it wins.
             if _read_marker(out) != params:
                 raise
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cobra.data.source import _PIL_ERRORS, Source, check_ids_nonempty, multi_hot
+from cobra.data.source import _PIL_ERRORS, Source, check_ids_nonempty, multi_hot, read_size
 from cobra.errors import DataError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -52,6 +52,11 @@ def read_class_names(root: Path) -> list[str]:
     if len(names) < 2 or names[0] != "background":
         raise DataError(f"'{path}' must list 'background' first and at least one class, "
                         f"one name a line; fix it or delete it to use the VOC names")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:  # per-class results are keyed by name: a duplicate hides a class
+            raise DataError(f"'{path}' lists class '{name}' twice; class names must be unique")
+        seen.add(name)
     return names
 
 
@@ -154,12 +159,27 @@ class VOCSource(Source):
                 mask = np.asarray(img, dtype=np.uint8).copy()
         except _PIL_ERRORS as exc:
             raise DataError(f"mask '{path}' cannot be read ({exc}); replace or remove it") from None
+        self._check_mask_size(image_id, path, mask.shape)
         bad = (mask > self.num_classes) & (mask != 255)
         if bad.any():
             raise DataError(f"mask '{path}' holds class index {int(mask[bad].max())} but "
                             f"'{self.root}' has {self.num_classes} classes; fix the mask or "
                             f"classes.txt")
         return mask
+
+    def check_mask_size(self, image_id: str) -> None:
+        """A mask must cover its image pixel for pixel (headers only: cheap enough to check a
+        whole split before training)."""
+        path = self.mask_path(image_id)
+        self._check_mask_size(image_id, path, read_size(path))
+
+    def _check_mask_size(self, image_id: str, path: Path, shape: tuple[int, ...]) -> None:
+        size = self.image_size(image_id)
+        if tuple(shape[:2]) != size:
+            raise DataError(f"mask '{path}' is {shape[1]}x{shape[0]} but its image "
+                            f"'{self.image_path(image_id)}' is {size[1]}x{size[0]}; make the "
+                            f"mask the image's size or remove '{image_id}' from split "
+                            f"'{self.split}'")
 
     def labels(self, image_id: str) -> np.ndarray:
         """(C,) float32 multi-hot of the classes in the mask other than 0 and 255 (cached)."""

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cobra import seeds as seed_math
-from cobra.checkpoint import checkpoint_config, load_checkpoint
-from cobra.config import Config, flatten, switch
+from cobra.checkpoint import check_model_matches, checkpoint_config, load_checkpoint
+from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
-from cobra.errors import StageInputError
+from cobra.errors import DataError, StageInputError
 from cobra.layout import RunLayout, atomic_write_text
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
@@ -90,6 +90,11 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
             maps["cam_tran"] = F.relu(out.cam_vit[:, keys] * a[:, None])
             maps["a_obj"] = a[:, None]
         for name, m in maps.items():
+            if m.shape[1] == 0:
+                # an image with no foreground class: no maps to resize (interpolate refuses an
+                # empty tensor); its seed is all background and is still scored
+                sums[name] = m.new_zeros((0, h, w))
+                continue
             m = _to_image_size(m, padded, size, (h, w))
             if flip:
                 m = m[:1] + m[1:].flip(-1)
@@ -126,18 +131,6 @@ def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
     return fuse_seed(read_seed_arrays(path), fusion)
 
 
-def check_model_matches(cfg: Config, trained: Config, checkpoint: Path) -> None:
-    """model.* cannot change after training: a requested value that differs from the
-    checkpoint's is a mistake to report, not to ignore."""
-    asked, have = flatten(cfg.model), flatten(trained.model)
-    diff = [k for k in asked if k != "pretrained" and asked[k] != have[k]]
-    if diff:
-        k = diff[0]
-        raise StageInputError(f"checkpoint '{checkpoint}' does not match the config: "
-                              f"model.{k} is {have[k]!r} there but {asked[k]!r} here; model "
-                              f"settings are fixed once trained (retrain to change them)")
-
-
 def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
     """The checkpoint's CAM heads must have one channel per class of this dataset."""
     heads = [v for k, v in state["model"].items() if k.endswith("cam_head.weight")]
@@ -148,9 +141,23 @@ def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
                               f"dataset the run was trained on")
 
 
+def check_inputs(cfg: Config, source) -> None:
+    """What would make this stage fail, found from file headers alone so a run can refuse before
+    training: an image too large for multi-scale CAMs, a mask not the size of its image."""
+    for image_id in stage_ids(cfg, source):
+        h, w = source.image_size(image_id)
+        if max(h, w) > cfg.seeds.max_side:
+            raise DataError(f"image '{source.image_path(image_id)}' is {w}x{h}, larger than "
+                            f"seeds.max_side={cfg.seeds.max_side}; downscale it or raise "
+                            f"seeds.max_side (memory grows with the image's area)")
+        if source.has_masks and hasattr(source, "check_mask_size"):
+            source.check_mask_size(image_id)
+
+
 def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[str]:
     """Write `RUN/seeds/<id>.npz` for the seed split; returns the image ids."""
     ids = stage_ids(cfg, source)
+    check_inputs(cfg, source)
     checkpoint = layout.last_checkpoint
     # complete only for the same checkpoint, seed settings and image list
     stamp = Stamp(layout.seeds, fingerprint(

@@ -18,10 +18,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cobra import metrics, pretrain
-from cobra.checkpoint import load_checkpoint, save_checkpoint
-from cobra.config import Config, flatten, save_config, switch
+from cobra.checkpoint import (
+    RESUME_SAFE_KEYS,
+    check_resume_matches,
+    checkpoint_config,
+    load_checkpoint,
+    resume_safe,
+    save_checkpoint,
+)
+from cobra.config import Config, flatten, load_config, parse_override, save_config, switch
 from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
-from cobra.errors import ConfigError, NonFiniteLossError
+from cobra.errors import ConfigError, NonFiniteLossError, StageInputError
 from cobra.layout import RunLayout
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
@@ -34,7 +41,28 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name} but only {torch.cuda.device_count()} CUDA "
+                          f"device(s) are visible; use cuda:0..cuda:"
+                          f"{torch.cuda.device_count() - 1} or auto")
+    return device
+
+
+def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
+    """The config to continue a run with: its config.yaml, `--set` only on keys that cannot change
+    what is trained, checked against the checkpoint it resumes from."""
+    for text in overrides:
+        key, _ = parse_override(text)
+        if not resume_safe(key):
+            raise ConfigError(f"--set {key} cannot change on --resume (the run is trained with "
+                              f"its config.yaml); only {', '.join(RESUME_SAFE_KEYS)} and run.* "
+                              f"can; start a new run to change it")
+    cfg = load_config(layout.config, overrides)
+    if layout.last_checkpoint.exists():
+        trained = checkpoint_config(load_checkpoint(layout.last_checkpoint))
+        check_resume_matches(cfg, trained, layout.last_checkpoint)
+    return cfg
 
 
 def seed_everything(seed: int) -> None:
@@ -106,8 +134,13 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     start_epoch = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError):
+            raise StageInputError(f"checkpoint '{resume_from}' does not fit the model of this "
+                                  f"run's config; resume with the config it was trained with "
+                                  f"or start a new run") from None
         start_epoch = state["epoch"] + 1
 
     save_config(cfg, layout.config)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ DOMAIN_KINDS = ("choice", "int", "uniform", "loguniform")
 # The metrics a trial reports once per epoch (what an early-stopping scheduler can act on).
 EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
                  "cls_map_vit", "cls_map_mean")
+# What a finished trial reports: the last epoch's metrics plus the seed stage's headline
+# (`cobra.stages.seeds.headline`); a sweep can rank only on these.
+TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou_default_bg",
+                 "seed_miou_aobj", "seed_percentile")
+# A sweep's name is a directory under `storage` and an MLflow run name: no way out of storage.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -116,9 +123,36 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"sweep key '{where}' needs numbers, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"sweep key '{where}' needs finite numbers, got {value!r}")
     return float(value)
+
+
+def _typed(value: Any, tp: type, where: str, *, ge: float | None = None,
+           le: float | None = None) -> Any:
+    """`value` as `tp` within [ge, le], checked by the run config's own machinery."""
+    try:
+        value = config_mod._coerce(where, value, tp)
+        config_mod._check_range(where, value, {"ge": ge, "le": le})
+    except ConfigError as exc:
+        raise ConfigError(f"sweep key {exc}") from None
+    return value
+
+
+def _name(value: Any, file: Path) -> str:
+    name = str(value) if value is not None else file.stem
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(f"sweep key 'name' must be letters, digits, '.', '_' or '-' (it names "
+                          f"a directory under storage: no '/', '\\' or '..'), got {name!r}")
+    return name
+
+
+def _metric(value: Any) -> str:
+    if value not in TRIAL_METRICS:
+        hint = _close(str(value), TRIAL_METRICS) or _close(str(value).lower(), TRIAL_METRICS)
+        raise ConfigError(f"sweep key 'metric' must be a metric trials report "
+                          f"({', '.join(TRIAL_METRICS)}), got {value!r}{hint}")
+    return value
 
 
 def _domain(key: str, raw: Any) -> Domain:
@@ -214,10 +248,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     search, scheduler = _section(data, "search"), _section(data, "scheduler")
     resources, mlflow = _section(data, "resources"), _section(data, "mlflow")
-    spec = SweepSpec(name=str(data.get("name") or file.stem), file=file, base=base, space=space)
+    spec = SweepSpec(name=_name(data.get("name"), file), file=file, base=base, space=space)
     spec.algorithm = _choice(search.get("algorithm", "tpe"), ("tpe", "grid", "random"),
                              "search.algorithm")
-    spec.seed = int(search.get("seed", 0))
+    spec.seed = _typed(search.get("seed", 0), int, "search.seed", ge=0,
+                       le=config_mod.SEED_MAX)
     spec.scheduler = _choice(scheduler.get("type", "none"), ("none", "asha"), "scheduler.type")
     spec.scheduler_metric = _choice(scheduler.get("metric", "cls_map_mean"), EPOCH_METRICS,
                                     "scheduler.metric")
@@ -225,18 +260,19 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.grace_period = _positive_int(scheduler.get("grace_period", 1), "scheduler.grace_period")
     spec.reduction_factor = _positive_int(scheduler.get("reduction_factor", 2),
                                           "scheduler.reduction_factor")
-    spec.metric = str(data.get("metric", "seed_miou"))
+    spec.metric = _metric(data.get("metric", "seed_miou"))
     spec.mode = _choice(data.get("mode", "max"), ("max", "min"), "mode")
     spec.cpu = _number(resources.get("cpu", 1), "resources.cpu")
     spec.gpu = _number(resources.get("gpu", 0), "resources.gpu")
     if spec.cpu <= 0 or spec.gpu < 0:
         raise ConfigError("sweep key 'resources' needs cpu > 0 and gpu >= 0")
     spec.max_concurrent = _positive_int(data.get("max_concurrent", 1), "max_concurrent")
-    spec.max_failures = int(data.get("max_failures", 1))
-    storage = str(data.get("storage", "ray_results"))
+    # -1 would be Ray's "retry forever": a trial that always crashes would never end
+    spec.max_failures = _typed(data.get("max_failures", 1), int, "max_failures", ge=0)
+    storage = _typed(data.get("storage", "ray_results"), str, "storage")
     # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
     spec.storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    spec.experiment = str(mlflow.get("experiment", "cobra"))
+    spec.experiment = _typed(mlflow.get("experiment", "cobra"), str, "mlflow.experiment")
 
     if spec.algorithm == "grid":
         bad = [k for k, d in space.items() if d.kind != "choice"]
@@ -244,7 +280,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
             raise ConfigError(f"search.algorithm=grid needs lists of values, but "
                               f"{', '.join(bad)} is a range; list its values or use tpe")
         grid_size = math.prod(len(d.values) for d in space.values())
-        spec.num_trials = int(search.get("num_trials") or grid_size)
+        num_trials = search.get("num_trials")
+        spec.num_trials = (grid_size if num_trials is None
+                           else _positive_int(num_trials, "search.num_trials"))
     else:
         spec.num_trials = _positive_int(search.get("num_trials", 8), "search.num_trials")
     return spec

@@ -167,16 +167,23 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=1))
         results = tuner.fit()
-    except BaseException:
+    except BaseException as exc:
         tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
+        if isinstance(exc, KeyboardInterrupt):
+            _print_resume_hint(spec)
         raise
     if _interrupted(spec, results):
         # Ray caught Ctrl+C, stopped the trials and saved the search state: say how to go on.
         tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
-        print(f"sweep '{spec.name}' interrupted; continue it with "
-              f"`launch.py sweep {spec.file} --resume`", file=sys.stderr)
+        _print_resume_hint(spec)
         raise KeyboardInterrupt
     return _summarise(spec, uri, parent, results)
+
+
+def _print_resume_hint(spec: SweepSpec) -> None:
+    """However the interruption reached us (Ray's handler or a bare Ctrl+C), say how to go on."""
+    print(f"sweep '{spec.name}' interrupted; continue it with "
+          f"`launch.py sweep {spec.file} --resume`", file=sys.stderr)
 
 
 def _interrupted(spec: SweepSpec, results) -> bool:
