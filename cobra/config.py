@@ -378,6 +378,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _float_text(text: str) -> float | str:
+    """`'1e-4'` → 1e-4; any other text is returned as it is (and refused by the caller)."""
+    try:
+        return float(text) if any(c.isdigit() for c in text) else text
+    except ValueError:
+        return text
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -410,6 +418,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"'{key}' must be an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; it is plainly a number to a user.
+            value = _float_text(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 value = float(value)

@@ -152,3 +152,12 @@ def test_switches_without_a_paper_reading_name_the_authors_behaviour():
     for key in ("model.freeze_bn", "model.detach_stage2", "model.vit_cam_bias",
                 "masks.rw_boundary_damp", "masks.irn_layout"):
         assert "authors" in rows[key] or "both codebases" in rows[key], key
+
+
+def test_exponent_without_a_dot_is_a_number_not_a_string():
+    # YAML 1.1 reads 1e-4 as text; `--set train.lr=1e-4` must still mean 0.0001
+    cfg = config.load_config(None, ["train.lr=1e-4", "loss.lambda_sap=2E-2", "pretrain.lr=3e-3"])
+    assert (cfg.train.lr, cfg.loss.lambda_sap, cfg.pretrain.lr) == (1e-4, 2e-2, 3e-3)
+    for bad in ("train.lr=fast", "train.lr=nan", "train.lr=1e400"):
+        with pytest.raises(ConfigError, match="train.lr"):
+            config.load_config(None, [bad])
