@@ -13,6 +13,7 @@ pretraining leaves no weights file that would be used and two trials starting to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +74,17 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
            ) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Pretrain every (role, timm name) not cached yet; returns the directory and, per name,
     its held-out scores."""
-    for role, name in roles:
-        check_supported(role, name)
     folder = weights_dir(cfg)
+    missing = [(role, name) for role, name in roles
+               if not (folder / f"{name}.safetensors").is_file()]
+    for role, name in missing:  # before any work, and only for what is to be trained
+        check_supported(role, name)
     folder.mkdir(parents=True, exist_ok=True)
     scores = {}
     data = None
     with _locked(folder / ".lock"):
         for role, name in roles:
+            # checked again under the lock: another process may have made it meanwhile
             if not (folder / f"{name}.safetensors").is_file():
                 data = data or _corpus(cfg)
                 _pretrain_one(cfg, role, name, data, folder, progress)
@@ -105,19 +110,12 @@ def check_supported(role: str, name: str) -> None:
                           f"directory")
 
 
-class _locked:
-    """An exclusive lock on a file for the duration of a `with` block (one node)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.handle = open(self.path, "w")  # noqa: SIM115 - held open for the lock's lifetime
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` for the duration of a `with` block (one node)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def _corpus(cfg: PretrainConfig) -> dict[str, dict[str, np.ndarray]]:
