@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,16 @@ def resolve_tracking_uri() -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def redact(text: str, uri: str) -> str:
+    """`text` with the password of `uri` (scheme://user:PASSWORD@host) replaced by ***: secrets
+    in MLFLOW_TRACKING_URI never reach a terminal, a log or a JSON line."""
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:  # not a URL at all: nothing to hide
+        password = None
+    return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
+
+
 def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
@@ -116,9 +127,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         worker.join(timeout_s + 1.0)
         reason = result[0] if result else f"no answer within {timeout_s:g}s"
         if reason is not None:
-            raise TrackingError(
+            raise TrackingError(redact(
                 f"MLflow server {uri} is unreachable ({reason}); start it (mlflow server ...) "
-                f"or unset MLFLOW_TRACKING_URI to use the local store")
+                f"or unset MLFLOW_TRACKING_URI to use the local store", uri))
         return
     db = _sqlite_path(uri)
     if db is not None:
@@ -133,8 +144,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow store {uri} cannot be opened ({first}); "
-                            f"fix MLFLOW_TRACKING_URI or unset it to use ./mlflow.db") from exc
+        raise TrackingError(redact(f"MLflow store {uri} cannot be opened ({first}); fix "
+                                   f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db", uri)
+                            ) from None
 
 
 def _client(uri: str) -> MlflowClient:
@@ -178,8 +190,8 @@ def get_or_create_experiment(uri: str, name: str) -> str:
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"experiment '{name}' not found in {uri}; check --experiment "
-                            f"or MLFLOW_TRACKING_URI")
+        raise TrackingError(f"experiment '{name}' not found in {redact(uri, uri)}; check "
+                            f"--experiment or MLFLOW_TRACKING_URI")
     return exp.experiment_id
 
 
@@ -243,7 +255,7 @@ def _get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"run {run_id} not found in {uri}; check the run id "
+        raise TrackingError(f"run {run_id} not found in {redact(uri, uri)}; check the run id "
                             f"(`launch.py sweep-report` lists a sweep's runs)") from exc
 
 
@@ -415,7 +427,8 @@ class MlflowReporter(Reporter):
         while not self._flush():
             if time.time() > deadline:
                 raise TrackingError(
-                    f"MLflow store {self.uri} unreachable while {action}; {len(self._pending)} "
+                    f"MLflow store {redact(self.uri, self.uri)} unreachable while {action}; "
+                    f"{len(self._pending)} "
                     f"metric values of run {self.run_id} are only in the run directory's "
                     f"metrics.jsonl - bring the server back and resume the sweep")
             time.sleep(2.0)

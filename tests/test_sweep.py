@@ -169,11 +169,12 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
         assert code == 2 and result is None, name
         assert len(err.strip().splitlines()) == 1 and needle in err, (name, err)
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:9")
     path = write_sweep(sweep_env, "unreachable", {"loss.k_cap_pos": [1]})
     started = time.time()
     code, _, err = run_cli(["sweep", str(path)], capsys)
     assert code == 2 and "unreachable" in err and time.time() - started < 30
+    assert "s3cret" not in err and "alice:***@127.0.0.1" in err  # the password is never echoed
     assert not (sweep_env["dir"] / "ray_results" / "unreachable").exists()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_env["uri"])

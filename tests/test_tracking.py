@@ -20,6 +20,7 @@ from cobra.tracking import (
     find_trial_run,
     finish_sweep,
     list_trials,
+    redact,
     start_final_run,
     start_sweep_run,
     start_trial_run,
@@ -191,6 +192,15 @@ def test_unknown_sweep_and_experiment(store: Store) -> None:
         list_trials(store.uri, EXP, "nope")
     with pytest.raises(TrackingError, match="experiment 'missing' not found"):
         best_trial(store.uri, "missing", SWEEP)
+
+
+def test_redact_hides_the_password_of_any_uri_and_nothing_else() -> None:
+    for uri in ("http://alice:s3cret@host:5000", "https://alice:s3cret@host",
+                "postgresql://alice:s3cret@db/mlflow"):
+        text = redact(f"store {uri} failed (auth s3cret rejected)", uri)
+        assert "s3cret" not in text and "alice:***@" in text
+    for uri in ("http://host:5000", "sqlite:////tmp/mlflow.db", "not a url"):
+        assert redact(f"store {uri}", uri) == f"store {uri}"
 
 
 def test_check_reachable(store: Store, tmp_path: Path) -> None:

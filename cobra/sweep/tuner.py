@@ -204,4 +204,4 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results), "scored": len(scored),
             "best_run_id": best_run, f"best_{spec.metric}": best_value,
-            "tracking_uri": uri, "experiment_dir": str(spec.experiment_dir)}
+            "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}
