@@ -39,6 +39,7 @@ from cobra.data import corpus
 from cobra.data.synthetic import cache_dir
 from cobra.data.transforms import normalize
 from cobra.errors import ConfigError
+from cobra.layout import atomic_write_text
 from cobra.models.backbones import undo_last_stride
 
 BUILTIN = "builtin"
@@ -246,7 +247,7 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
     bar.close()
     scores = evaluate(net, data["val"])
     scores.update(role=role, seconds=round(time.time() - start, 1), steps=step)
-    _write_atomic(folder / f"{name}.json", json.dumps(scores, indent=2).encode())
+    atomic_write_text(folder / f"{name}.json", json.dumps(scores, indent=2))
     # The weights file is renamed into place last: its presence means "complete".
     state = {k: v.contiguous() for k, v in net.model.state_dict().items()}
     tmp = folder / f".{name}.{os.getpid()}.tmp"
@@ -255,12 +256,6 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
         os.replace(tmp, folder / f"{name}.safetensors")
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def run(cfg: Config) -> dict[str, Any]:
