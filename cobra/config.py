@@ -145,6 +145,11 @@ class TrainConfig:
         help="SGD momentum. The IRN lineage passed weight_decay positionally into momentum, so "
         "the published runs trained with none; set it explicitly here")
     poly_power: float = _f(0.9, ge=0.0)
+    optimizer: str = _f(
+        "sgd", choices=("sgd", "adamw"),
+        help="sgd: the paper's (momentum train.momentum); adamw: for short budgets from small "
+        "pretrained backbones (the demo), where SGD's 10x head step overshoots")
+    warmup_epochs: float = _f(0.0, ge=0.0, help="linear lr warm-up before the poly decay")
     param_groups: str | None = _f(
         None, choices=("paper", "code"),
         help="paper: every new head at lr × head_lr_mult; code: the authors' optimizers, CNN "

@@ -41,6 +41,7 @@ from cobra.data.transforms import normalize
 from cobra.errors import ConfigError
 from cobra.layout import atomic_write_text
 from cobra.models.backbones import undo_last_stride
+from cobra.runtime import resolve_device
 
 BUILTIN = "builtin"
 SHIFT = 8  # random translation (pixels) of the training augmentation, with horizontal flips
@@ -68,11 +69,12 @@ def resolve(pretrained: bool | str, cfg: Config, roles: list[tuple[str, str]]) -
     missing); any other value is returned unchanged."""
     if pretrained != BUILTIN:
         return pretrained
-    return str(ensure(cfg.pretrain, roles, progress=cfg.train.progress)[0])
+    return str(ensure(cfg.pretrain, roles, progress=cfg.train.progress,
+                      device=cfg.train.device)[0])
 
 
-def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = True
-           ) -> tuple[Path, dict[str, dict[str, Any]]]:
+def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = True,
+           device: str = "auto") -> tuple[Path, dict[str, dict[str, Any]]]:
     """Pretrain every (role, timm name) not cached yet; returns the directory and, per name,
     its held-out scores."""
     folder = weights_dir(cfg)
@@ -88,7 +90,8 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
             # checked again under the lock: another process may have made it meanwhile
             if not (folder / f"{name}.safetensors").is_file():
                 data = data or _corpus(cfg)
-                _pretrain_one(cfg, role, name, data, folder, progress)
+                _pretrain_one(cfg, role, name, data, folder, progress,
+                              resolve_device(device))
             scores[name] = json.loads((folder / f"{name}.json").read_text())
     return folder, scores
 
@@ -185,8 +188,8 @@ def _loss(logits: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor, cats:
     image = -(labels / labels.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
     h, w = dense.shape[-2:]
     s = cats.shape[-1]
-    ys = ((torch.arange(h) + 0.5) * s / h).long()
-    xs = ((torch.arange(w) + 0.5) * s / w).long()
+    ys = ((torch.arange(h, device=cats.device) + 0.5) * s / h).long()
+    xs = ((torch.arange(w, device=cats.device) + 0.5) * s / w).long()
     target = cats[:, ys][:, :, xs]
     return image + F.cross_entropy(dense, target)
 
@@ -205,9 +208,11 @@ def evaluate(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
              ) -> dict[str, float]:
     """top-1 (% of images whose highest score is a present category) and mAP (%)."""
     net.eval()
+    device = next(net.parameters()).device
     n = len(split["labels"])
-    scores = torch.cat([net(_batch(split, np.arange(i, min(i + batch, n)), None)[0])[0]
-                        for i in range(0, n, batch)]).numpy()
+    scores = torch.cat([
+        net(_batch(split, np.arange(i, min(i + batch, n)), None)[0].to(device))[0].cpu()
+        for i in range(0, n, batch)]).numpy()
     labels = split["labels"]
     top1 = labels[np.arange(n), scores.argmax(1)].mean() * 100.0
     return {"top1": round(float(top1), 2),
@@ -215,10 +220,11 @@ def evaluate(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
 
 
 def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
-                  data: dict[str, dict[str, np.ndarray]], folder: Path, progress: bool) -> None:
+                  data: dict[str, dict[str, np.ndarray]], folder: Path, progress: bool,
+                  device: torch.device) -> None:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1])
-    net = _Pretrainer(role, name, cfg)
+    net = _Pretrainer(role, name, cfg).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(data["train"]["labels"])
     steps_per_epoch = max(n // cfg.batch_size, 1)
@@ -231,7 +237,7 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
         order = rng.permutation(n)
         for k in range(steps_per_epoch):
             idx = np.sort(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
-            x, labels, cats = _batch(data["train"], idx, rng)
+            x, labels, cats = (t.to(device) for t in _batch(data["train"], idx, rng))
             for group in optimizer.param_groups:
                 group["lr"] = _lr(cfg, step, steps_per_epoch)
             loss = _loss(*net(x), labels, cats)
@@ -249,7 +255,7 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
     scores.update(role=role, seconds=round(time.time() - start, 1), steps=step)
     atomic_write_text(folder / f"{name}.json", json.dumps(scores, indent=2))
     # The weights file is renamed into place last: its presence means "complete".
-    state = {k: v.contiguous() for k, v in net.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.model.state_dict().items()}
     tmp = folder / f".{name}.{os.getpid()}.tmp"
     try:
         save_file(state, str(tmp))
@@ -260,7 +266,8 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
 
 def run(cfg: Config) -> dict[str, Any]:
     """`launch.py pretrain`: make (or find) the builtin weights of the config's backbones."""
-    folder, scores = ensure(cfg.pretrain, backbones_of(cfg), progress=cfg.train.progress)
+    folder, scores = ensure(cfg.pretrain, backbones_of(cfg), progress=cfg.train.progress,
+                            device=cfg.train.device)
     return {"weights_dir": str(folder),
             **{f"{name}_top1": s["top1"] for name, s in scores.items()},
             **{f"{name}_map": s["map"] for name, s in scores.items()}}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cobra.errors import ConfigError
+from cobra.models import small_vit  # noqa: F401  (registers the cobra_vit_* models with timm)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 

@@ -34,19 +34,7 @@ from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.objective import check_k_values, compute_losses
 from cobra.reporting import Reporter
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA device is visible; use auto or cpu")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name} but only {torch.cuda.device_count()} CUDA "
-                          f"device(s) are visible; use cuda:0..cuda:"
-                          f"{torch.cuda.device_count() - 1} or auto")
-    return device
+from cobra.runtime import resolve_device
 
 
 def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
@@ -80,8 +68,21 @@ def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool) ->
                       persistent_workers=False, pin_memory=False)
 
 
-def poly_lr(base: float, step: int, total: int, power: float) -> float:
+def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """Linear warm-up over `warmup` steps, then poly decay to zero at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
     return base * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+def build_optimizer(model: CoBra, cfg: Config) -> torch.optim.Optimizer:
+    """SGD (the paper's) or AdamW over the model's backbone / head groups."""
+    groups = model.param_groups(cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay,
+                                groups=switch(cfg, "train.param_groups"))
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                           weight_decay=cfg.train.weight_decay)
 
 
 @torch.no_grad()
@@ -125,10 +126,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     if cfg.model.branches == "both":
         check_k_values(cfg.loss, grid[0] * grid[1])
 
-    optimizer = torch.optim.SGD(
-        model.param_groups(cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay,
-                           groups=switch(cfg, "train.param_groups")),
-        lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     start_epoch = 0
@@ -149,6 +147,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
     workers = cfg.data.num_workers
     val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False)
 
@@ -166,7 +165,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
                 break
             global_step = epoch * steps_per_epoch + step
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = poly_lr(base, global_step, total_steps, cfg.train.poly_power)
+                group["lr"] = poly_lr(base, global_step, total_steps, cfg.train.poly_power,
+                                      warmup_steps)
             images, labels = batch["image"].to(device), batch["label"].to(device)
             out = model(images)
             terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
