@@ -279,7 +279,7 @@ class SegmentConfig:
 class PretrainConfig:
     """`model.pretrained: builtin`: backbones trained for classification on the procedural
     corpus (`cobra/data/corpus.py`, disjoint from the segmentation classes), the ImageNet
-    stand-in offline. Every key changes the weights, so all of them key the weight cache."""
+    stand-in offline. Every key that changes the weights keys the weight cache."""
 
     image_size: int = _f(96, ge=32, help="side of the corpus images")
     num_images: int = _f(8000, ge=1, help="corpus images drawn for training")
@@ -290,6 +290,8 @@ class PretrainConfig:
     weight_decay: float = _f(0.05, ge=0.0)
     warmup_epochs: float = _f(0.5, ge=0.0)
     seed: int = _f(0, ge=0, le=SEED_MAX, help="corpus and initialisation seed")
+    parallel: bool = _f(True, help="on a CPU, train the backbones in parallel processes, "
+                        "one share of the threads each")
 
 
 @dataclass

@@ -19,9 +19,11 @@ import fcntl
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,9 @@ SHIFT = 8  # random translation (pixels) of the training augmentation, with hori
 
 def weights_dir(cfg: PretrainConfig) -> Path:
     """The cache directory of one pretraining recipe (corpus version + every setting)."""
-    recipe = {"corpus_version": corpus.CORPUS_VERSION, **dataclasses.asdict(cfg)}
+    settings = dataclasses.asdict(cfg)
+    settings.pop("parallel")  # how the work is spread, not what is learned
+    recipe = {"corpus_version": corpus.CORPUS_VERSION, **settings}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / "weights" / key
 
@@ -83,17 +87,41 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
     for role, name in missing:  # before any work, and only for what is to be trained
         check_supported(role, name)
     folder.mkdir(parents=True, exist_ok=True)
-    scores = {}
-    data = None
     with _locked(folder / ".lock"):
-        for role, name in roles:
-            # checked again under the lock: another process may have made it meanwhile
-            if not (folder / f"{name}.safetensors").is_file():
-                data = data or _corpus(cfg)
-                _pretrain_one(cfg, role, name, data, folder, progress,
-                              resolve_device(device))
-            scores[name] = json.loads((folder / f"{name}.json").read_text())
+        # checked again under the lock: another process may have made some meanwhile
+        todo = [(role, name) for role, name in roles
+                if not (folder / f"{name}.safetensors").is_file()]
+        if todo:
+            _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
+        scores = {name: json.loads((folder / f"{name}.json").read_text()) for _, name in roles}
     return folder, scores
+
+
+def _pretrain_all(cfg: PretrainConfig, todo: list[tuple[str, str]], folder: Path,
+                  progress: bool, device: torch.device) -> None:
+    """Train each backbone in `todo`. On a CPU with a core per backbone, each gets its own
+    process and share of the threads: small networks use a second thread poorly, so two in
+    parallel finish far sooner than one after the other (the demo's first run, measured)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or len(todo) == 1 or threads < len(todo) or not cfg.parallel:
+        data = _corpus(cfg)
+        for role, name in todo:
+            _pretrain_one(cfg, role, name, data, folder, progress, device)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    share = threads // len(todo)
+    with ProcessPoolExecutor(len(todo), mp_context=context) as pool:
+        jobs = [pool.submit(_pretrain_in_process, cfg, role, name, folder, progress, share, i)
+                for i, (role, name) in enumerate(todo)]
+        for job in jobs:
+            job.result()  # re-raises a child's error (e.g. a diverged run) here
+
+
+def _pretrain_in_process(cfg: PretrainConfig, role: str, name: str, folder: Path,
+                         progress: bool, threads: int, position: int) -> None:
+    torch.set_num_threads(threads)
+    _pretrain_one(cfg, role, name, _corpus(cfg), folder, progress, torch.device("cpu"),
+                  position)
 
 
 def check_supported(role: str, name: str) -> None:
@@ -221,7 +249,7 @@ def evaluate(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
 
 def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
                   data: dict[str, dict[str, np.ndarray]], folder: Path, progress: bool,
-                  device: torch.device) -> None:
+                  device: torch.device, position: int = 0) -> None:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1])
     net = _Pretrainer(role, name, cfg).to(device)
@@ -230,7 +258,7 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
     steps_per_epoch = max(n // cfg.batch_size, 1)
     start = time.time()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"pretrain {name}", disable=not progress,
-               leave=False)
+               leave=False, position=position)
     step = 0
     for _ in range(cfg.epochs):
         net.train()

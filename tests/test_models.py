@@ -228,3 +228,31 @@ def test_bad_backbone_name_and_missing_weights_are_config_errors(tmp_path):
         tiny_model("model.cnn=resnet_does_not_exist")
     with pytest.raises(ConfigError, match="holds no weights"):
         tiny_model(f"model.pretrained={tmp_path}")
+
+
+def test_conv_stem_vit_is_a_plain_timm_vit_on_a_patch_8_grid():
+    _, model = tiny_model("model.vit=cobra_vit_c8_micro", "model.cnn=test_resnet")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 70, 50))  # padded to 72 x 56: a 9 x 7 grid of 8 px cells
+    m = 9 * 7
+    assert model.patch_size == 8
+    assert out.cam_vit.shape == out.cam_cnn.shape == (2, C + 1, 9, 7)  # the CNN follows the grid
+    assert out.attention.shape[-1] == m + 1 and out.a_obj.shape == (2, 9, 7)
+    stem = model.vit.backbone.patch_embed.proj
+    strides = [layer.stride[0] for layer in stem if isinstance(layer, torch.nn.Conv2d)]
+    assert strides == [2, 2, 2, 1]  # three stride-2 3x3 convolutions, then a 1x1 projection
+
+
+def test_adamw_and_warm_up_schedule():
+    from cobra.stages.train import build_optimizer, poly_lr
+
+    cfg, model = tiny_model("train.optimizer=adamw", "train.lr=0.001", "train.head_lr_mult=5")
+    optimizer = build_optimizer(model, cfg)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.001, 0.005]
+    assert isinstance(build_optimizer(model, tiny_model()[0]), torch.optim.SGD)
+    # linear warm-up to the base lr over 4 steps, then the poly decay from the base
+    ramp = [poly_lr(1.0, s, 20, 0.9, warmup=4) for s in range(4)]
+    assert ramp == [0.25, 0.5, 0.75, 1.0]
+    assert poly_lr(1.0, 10, 20, 0.9, warmup=4) == pytest.approx(0.5**0.9)

@@ -77,6 +77,29 @@ def test_pretraining_writes_weights_a_cnn_and_a_vit_load_offline(cache):
             assert torch.equal(loaded[k], saved[k]), k
 
 
+def test_backbones_pretrained_in_parallel_processes_are_cached_alike(cache, monkeypatch):
+    torch.set_num_threads(2)  # a core per backbone: the parallel path
+    parallel = dataclasses.replace(TINY_PRETRAIN, parallel=True)
+    assert pretrain.weights_dir(parallel) == pretrain.weights_dir(
+        dataclasses.replace(TINY_PRETRAIN, parallel=False))
+    folder, scores = pretrain.ensure(parallel, ROLES, progress=False)
+    assert set(scores) == {"test_resnet", "test_vit"}
+    for _, name in ROLES:
+        assert load_file(str(folder / f"{name}.safetensors"))
+        assert scores[name]["steps"] == 2  # 8 images, batch 4, one epoch
+
+
+def test_a_conv_stem_vit_pretrains_and_loads_offline(cache):
+    roles = [("vit", "cobra_vit_c8_micro")]
+    folder, _ = pretrain.ensure(TINY_PRETRAIN, roles, progress=False)
+    cfg = load_config(None, ["model.branches=vit", "model.vit=cobra_vit_c8_micro",
+                             f"model.pretrained={folder}", "model.embed_dim=8"])
+    loaded = build_model(cfg.model, num_classes=3).vit.backbone.state_dict()
+    saved = load_file(str(folder / "cobra_vit_c8_micro.safetensors"))
+    stem = [k for k in loaded if k.startswith("patch_embed.proj.")]
+    assert stem and all(torch.equal(loaded[k], saved[k]) for k in stem)
+
+
 def test_a_second_call_reuses_the_cache(cache, monkeypatch):
     pretrain.ensure(TINY_PRETRAIN, ROLES[:1], progress=False)
 
