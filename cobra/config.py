@@ -258,7 +258,9 @@ class SegmentConfig:
     arch: str = _f("deeplabv3plus", choices=("deeplabv3plus", "segformer"))
     encoder: str = _f("resnet101", help="segmentation-models-pytorch encoder (mit_b2 for "
                       "SegFormer, tu-<timm name> for any timm model)")
-    encoder_weights: str | None = _f("imagenet", help="imagenet (not COCO: a known confounder) "
+    encoder_weights: str | None = _f("imagenet", help="builtin (a tu-<timm CNN> pretrained "
+                                     "offline, as model.pretrained=builtin), imagenet (not COCO: "
+                                     "a known confounder) "
                                      "or null for random init")
     crop: int = _f(512, ge=32)
     resize_long: list[int] = _f([320, 640])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -156,3 +157,26 @@ def test_train_non_finite_loss(data):
     ds = MaskDataset(train, mask_dir, train.ids[:2], 32, (32, 32))
     with pytest.raises(NonFiniteLossError, match="segment.lr"):
         train_segmenter(_NaNNet(train.num_classes + 1), ds, _cfg(epochs=1, batch_size=2), "cpu", progress=False)
+
+
+def test_builtin_encoder_weights_are_copied_into_a_timm_encoder(tmp_path):
+    from safetensors.torch import save_file
+
+    from cobra.segment.model import builtin_encoder_name, load_builtin_encoder
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet", num_classes=0)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+              str(tmp_path / "test_resnet.safetensors"))
+    cfg = SegmentConfig(encoder="tu-test_resnet", encoder_weights="builtin")
+    assert builtin_encoder_name(cfg) == "test_resnet"
+    model = build_segmenter(cfg, num_classes=3)
+    load_builtin_encoder(model, tmp_path / "test_resnet.safetensors")
+    loaded = model.encoder.model.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, source.state_dict()[key], msg=key)
+    other = build_segmenter(SegmentConfig(encoder="tu-resnet18", encoder_weights=None), 3)
+    with pytest.raises(ConfigError, match="another timm model"):
+        load_builtin_encoder(other, tmp_path / "test_resnet.safetensors")
+    with pytest.raises(ConfigError, match="tu-"):
+        builtin_encoder_name(SegmentConfig(encoder="resnet18", encoder_weights="builtin"))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from cobra.config import SegmentConfig
@@ -42,6 +45,30 @@ class PaddedSegmenter(nn.Module):
         return logits[..., :h, :w]
 
 
+BUILTIN = "builtin"
+
+
+def builtin_encoder_name(cfg: SegmentConfig) -> str:
+    """The timm name of a `tu-` encoder whose weights come from builtin pretraining."""
+    if not cfg.encoder.startswith("tu-"):
+        raise ConfigError(f"segment.encoder_weights=builtin needs a timm encoder "
+                          f"(tu-<timm name>, e.g. tu-test_resnet), not {cfg.encoder!r}")
+    return cfg.encoder[3:]
+
+
+def load_builtin_encoder(model: PaddedSegmenter, weights_file: Path) -> None:
+    """Copy builtin-pretrained backbone weights into a `tu-` encoder (its timm feature net has
+    the backbone's own parameter names; the classifier is not part of it)."""
+    state = load_file(str(weights_file))
+    encoder = model.encoder.model
+    own = encoder.state_dict()
+    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(shared) < 0.9 * len(own):
+        raise ConfigError(f"'{weights_file}' does not fit encoder {type(encoder).__name__}; "
+                          f"its weights belong to another timm model")
+    encoder.load_state_dict(shared, strict=False)
+
+
 def _check_encoder(name: str) -> None:
     """ConfigError unless `name` is an smp encoder or `tu-<timm model>`."""
     import segmentation_models_pytorch as smp
@@ -67,6 +94,8 @@ def build_segmenter(cfg: SegmentConfig, num_classes: int) -> nn.Module:
     if arch is None:
         raise ConfigError(f"segment.arch={cfg.arch!r} is unknown; use deeplabv3plus or segformer")
     weights: str | bool | None = cfg.encoder_weights
+    if weights == BUILTIN:  # loaded afterwards by load_builtin_encoder
+        weights = None
     if weights is not None and cfg.encoder.startswith("tu-"):
         # timm encoders take a bool (the pretrained tag lives in the name); smp warns otherwise.
         weights = True

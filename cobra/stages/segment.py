@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from cobra import pretrain
 from cobra.checkpoint import load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
@@ -13,6 +14,7 @@ from cobra.layout import RunLayout
 from cobra.masks.crf import crf_probs
 from cobra.reporting import Reporter
 from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
+from cobra.segment.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.masks import mask_crf_args
 from cobra.stages.train import resolve_device
@@ -40,7 +42,13 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     stamp.clear()
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model = build_segmenter(s, train_source.num_classes).to(device)
+    model = build_segmenter(s, train_source.num_classes)
+    if s.encoder_weights == BUILTIN:
+        name = builtin_encoder_name(s)
+        folder, _ = pretrain.ensure(cfg.pretrain, [("cnn", name)], progress=cfg.train.progress,
+                                    device=cfg.train.device)
+        load_builtin_encoder(model, folder / f"{name}.safetensors")
+    model = model.to(device)
     if layout.segment_checkpoint.exists() and not force:
         model.load_state_dict(load_checkpoint(layout.segment_checkpoint, device)["model"])
     else:
