@@ -21,6 +21,7 @@
 #   PIP_INDEX_URL    another package index than PyPI, passed to the image builds.
 #   EXTRA_CA_CERTS_FILE  PEM file of extra CAs the builds must trust (a TLS-inspecting proxy);
 #                    default: the local CAs in /usr/local/share/ca-certificates/*.crt, if any.
+#   SKIP_BUILD=1     use the images an earlier run built (no docker build).
 #   STATE            where the env file and the log go (default /tmp/cobra-drill).
 #   PYTHON           a Python with mlflow for the host-side read-back (default .venv/bin/python;
 #                    without one the read-back runs inside the head container).
@@ -41,11 +42,17 @@ compose() {
     -f docker/compose.yaml -f docker/compose.cpu-workers.yaml "$@"
 }
 
+# Removes project cobra-drill whoever started it: without this run's env file, placeholder
+# secrets only let compose parse the file (nothing is started with them).
 down() {
-  if [ -f "$STATE/env" ]; then
-    compose down -v --remove-orphans >>"$LOG" 2>&1 || true
+  local env=$STATE/env
+  if [ ! -f "$env" ]; then
+    env=$(mktemp)
+    printf '%s=unused\n' POSTGRES_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_SECRET_KEY RAY_AUTH_TOKEN > "$env"
   fi
-  rm -f "$STATE/env"
+  docker compose -p "$PROJECT" --env-file "$env" -f docker/compose.yaml \
+    -f docker/compose.cpu-workers.yaml down -v --remove-orphans >>"$LOG" 2>&1 || true
+  rm -f "$env" "$STATE/env"
 }
 
 preflight() {
@@ -86,6 +93,11 @@ build_args() {
 }
 
 build() {
+  if [ "${SKIP_BUILD:-0}" = 1 ]; then  # images from an earlier run: cobra:cpu, cobra:gpu, postgres
+    have_image "$POSTGRES_IMAGE" || POSTGRES_IMAGE=cobra-postgres:local
+    say "SKIP_BUILD=1: using the existing cobra:cpu, cobra:gpu and $POSTGRES_IMAGE"
+    return
+  fi
   ensure_base
   build_args
   say "building cobra:cpu and cobra:gpu on $BASE (log: $LOG)"
@@ -102,6 +114,9 @@ build() {
   fi
 }
 
+# The stack's ulimits, capped at what this host allows (a container cannot exceed the engine's).
+nofile_limit() { local n; n=$(ulimit -Hn); [ "$n" = unlimited ] || [ "$n" -gt 65536 ] && n=65536; echo "$n"; }
+memlock_limit() { local n; n=$(ulimit -Hl); [ "$n" = unlimited ] && echo -1 || echo $((n * 1024)); }
 secret() { python3 -c "import secrets; print(secrets.token_hex(32))"; }
 free_port() { python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 
@@ -124,6 +139,8 @@ RAY_WORKER_REPLICAS=2
 RAY_WORKER_GPUS=0
 RAY_WORKER_CPUS=1
 RAY_WORKER_SHM_SIZE=1gb
+RAY_NOFILE=$(nofile_limit)
+RAY_WORKER_MEMLOCK=$(memlock_limit)
 EOF
   )
 }
