@@ -12,6 +12,7 @@ run", so the same calls work from the driver and from Ray worker processes. Run 
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import numbers
@@ -115,21 +116,55 @@ def _http_health(uri: str, timeout_s: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _http_login(uri: str, timeout_s: float) -> str | None:
+    """None when the server takes this process's credentials (or needs none), else what it said.
+
+    /health answers without a login on a basic-auth server, so a wrong or missing
+    MLFLOW_TRACKING_USERNAME/PASSWORD would otherwise surface only after Ray started. Sends the
+    same Basic header mlflow's client sends; the password itself is never part of the answer."""
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = f"user {user!r}" if user and password else "no login"
+            return (f"MLflow server {uri} refused {who} (HTTP {exc.code}); set "
+                    f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account it knows")
+        return None  # other answers are the tracking calls' business, not a login problem
+    except Exception:  # the server went away since /health: reported by the tracking calls
+        return None
+
+
+def _bounded(call, timeout_s: float, late: str) -> str | None:
+    """call() in a thread, given timeout_s + 1 s: urllib's socket timeout does not bound a slow
+    DNS lookup."""
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1.0)
+    return result[0] if result else late
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (TrackingError) before any trial starts when the tracking store is unusable."""
     if _is_http(uri):
-        # Not the mlflow client: it retries an unreachable server for minutes. The thread bounds
-        # what urllib's socket timeout does not cover (a slow DNS lookup).
-        result: list[str | None] = []
-        worker = threading.Thread(target=lambda: result.append(_http_health(uri, timeout_s)),
-                                  daemon=True)
-        worker.start()
-        worker.join(timeout_s + 1.0)
-        reason = result[0] if result else f"no answer within {timeout_s:g}s"
+        # Not the mlflow client: it retries an unreachable server for minutes.
+        reason = _bounded(lambda: _http_health(uri, timeout_s), timeout_s,
+                          f"no answer within {timeout_s:g}s")
         if reason is not None:
             raise TrackingError(redact(
                 f"MLflow server {uri} is unreachable ({reason}); start it (mlflow server ...) "
                 f"or unset MLFLOW_TRACKING_URI to use the local store", uri))
+        refused = _bounded(lambda: _http_login(uri, timeout_s), timeout_s, None)
+        if refused is not None:
+            raise TrackingError(redact(refused, uri))
         return
     db = _sqlite_path(uri)
     if db is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -92,11 +93,21 @@ def assert_nothing_lost(client: MlflowClient, result: dict, expected_trials: int
         assert "seed_miou" in run.data.metrics
 
 
+def token_env(tmp_path: Path) -> dict:
+    """Ray's token auth on, as docker/README.md sets it up: every node (and the driver) reads the
+    cluster's token from a private file named by RAY_AUTH_TOKEN_PATH."""
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    environ = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_AUTH_MODE": "disabled"}
-    environ.pop("RAY_ADDRESS", None)
+    environ = {**os.environ, "MLFLOW_TRACKING_URI": uri, **token_env(tmp_path)}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+        environ.pop(key, None)
     return {"uri": uri, "environ": environ, "dir": tmp_path}
 
 
@@ -121,6 +132,13 @@ def test_two_node_cluster_uses_both_nodes_and_survives_one_leaving(env, tiny_dat
     subprocess.run([*start, "--head", f"--port={port}", "--include-dashboard=false"],
                    env=environ, check=True, capture_output=True, timeout=120)
     try:
+        # token auth is on: a node without the cluster's token is refused ...
+        intruder = subprocess.run([*start, f"--address=127.0.0.1:{port}"],
+                                  env={**environ, "RAY_AUTH_TOKEN_PATH": "",
+                                       "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                                  capture_output=True, text=True, timeout=180)
+        assert intruder.returncode != 0 and "InvalidAuthToken" in intruder.stdout + intruder.stderr
+        # ... and one with it joins
         subprocess.run([*start, f"--address=127.0.0.1:{port}"], env=environ, check=True,
                        capture_output=True, timeout=120)
         path = write_sweep(env["dir"], tiny_data_root, "two_nodes",
