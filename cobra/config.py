@@ -152,6 +152,11 @@ class TrainConfig:
         "head.bias + embed.weight), ViT CAM-head weight at the backbone lr")
     seed: int = _f(0, ge=0, le=SEED_MAX)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
+    amp: str = _f("none", choices=("bf16", "none"),
+                  help="mixed precision of the forward pass and losses: bf16 autocast (GPUs "
+                  "with bf16, and CPU), none = fp32")
+    channels_last: bool | None = _f(
+        None, help="NHWC weights and inputs for the CNN branch; None = on CUDA only")
     max_steps_per_epoch: int | None = _f(None, ge=1,
                                          help="cap steps per epoch (smoke tests, demos)")
     progress: bool = _f(True, help="show a progress bar")
