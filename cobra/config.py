@@ -247,7 +247,7 @@ class MasksConfig:
     mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
     mask_crf_bilateral_srgb: float = _f(5.0, gt=0.0)
     mask_crf_bilateral_compat: float = _f(4.0, ge=0.0)
-    workers: int = _f(0, ge=0, help="CPU processes for CRF work; 0 = all cores")
+    workers: int = _f(0, ge=0, help="CPU processes for CRF and random-walk work; 0 = all cores")
     max_images: int | None = _f(None, ge=1, help="only the first N images (smoke tests)")
 
 
