@@ -168,6 +168,10 @@ class SeedsConfig:
                      help="how M_cnn and M_tran are combined (Table 5); fuse_code = fuse")
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: bool = _f(True, help="add each scale's horizontal flip")
+    batch_images: int = _f(
+        4, ge=1, help="images of one size whose scales and flips go through the network as one "
+        "batch (memory grows with it: the ViT's attention at scale 2.0 of a VOC image is ~0.4 GB "
+        "per image and flip)")
     aobj_weighting: str | None = _f(
         None, choices=("normalized", "raw"),
         help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "
