@@ -30,6 +30,39 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: config_mod.Confi
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+FP16_MAX = 65504.0
+
+
+def _half(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32 → fp16 where that keeps the tensor as it is to fp16's own precision (relative error
+    of the whole tensor ≤ 1e-3); fp16's range is small, so a tensor with values beyond it or
+    mostly below it (a tiny BatchNorm variance) stays fp32 rather than becoming inf or 0."""
+    if not tensor.is_floating_point() or tensor.dtype == torch.float16:
+        return tensor
+    x = tensor.detach().float()
+    if x.numel() == 0 or x.abs().max() > FP16_MAX:
+        return tensor
+    half = x.half()
+    norm = x.norm()
+    if norm > 0 and (half.float() - x).norm() > 1e-3 * norm:
+        return tensor
+    return half
+
+
+def export_weights(src: Path, dst: Path, half: bool = True) -> None:
+    """A finished checkpoint for the tracker: the weights (fp16 where lossless enough; see
+    tests/test_checkpoint.py) with epoch and config, no optimizer state. Loading it into the fp32
+    model (`load_state_dict`) casts back, so every later stage reads it like `last.pt`."""
+    state = load_checkpoint(src)
+    model = {k: _half(v) if half else v for k, v in state["model"].items()}
+    state = {**state, "model": model, "optimizer": None,
+             "extra": {**(state.get("extra") or {}), "weights_dtype": "float16" if half
+                       else "float32"}}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(dst), buffer.getvalue())
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only)."""
     path = Path(path)
@@ -62,7 +95,8 @@ def check_model_matches(cfg: config_mod.Config, trained: config_mod.Config,
 
 
 # Keys a resumed run may change: how it runs, never what it trains.
-RESUME_SAFE_KEYS = ("train.progress", "train.device", "data.num_workers")
+RESUME_SAFE_KEYS = ("train.progress", "train.device", "train.channels_last",
+                    "data.num_workers")
 
 
 def resume_safe(key: str) -> bool:

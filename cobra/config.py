@@ -157,6 +157,11 @@ class TrainConfig:
         "head.bias + embed.weight), ViT CAM-head weight at the backbone lr")
     seed: int = _f(0, ge=0, le=SEED_MAX)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N")
+    amp: str = _f("none", choices=("bf16", "none"),
+                  help="mixed precision of the forward pass and losses: bf16 autocast (GPUs "
+                  "with bf16, and CPU), none = fp32")
+    channels_last: bool | None = _f(
+        None, help="NHWC weights and inputs for the CNN branch; None = on CUDA only")
     max_steps_per_epoch: int | None = _f(None, ge=1,
                                          help="cap steps per epoch (smoke tests, demos)")
     progress: bool = _f(True, help="show a progress bar")
@@ -168,6 +173,10 @@ class SeedsConfig:
                      help="how M_cnn and M_tran are combined (Table 5); fuse_code = fuse")
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: bool = _f(True, help="add each scale's horizontal flip")
+    batch_images: int = _f(
+        4, ge=1, help="images of one size whose scales and flips go through the network as one "
+        "batch (memory grows with it: the ViT's attention at scale 2.0 of a VOC image is ~0.4 GB "
+        "per image and flip)")
     aobj_weighting: str | None = _f(
         None, choices=("normalized", "raw"),
         help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "
@@ -247,7 +256,7 @@ class MasksConfig:
     mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
     mask_crf_bilateral_srgb: float = _f(5.0, gt=0.0)
     mask_crf_bilateral_compat: float = _f(4.0, ge=0.0)
-    workers: int = _f(0, ge=0, help="CPU processes for CRF work; 0 = all cores")
+    workers: int = _f(0, ge=0, help="CPU processes for CRF and random-walk work; 0 = all cores")
     max_images: int | None = _f(None, ge=1, help="only the first N images (smoke tests)")
 
 

@@ -79,3 +79,28 @@ def test_aobj_weighting_follows_fidelity_unless_set():
     assert switch(load_config(None, ["loss.fidelity=code"]), "seeds.aobj_weighting") == "raw"
     set_alone = load_config(None, ["loss.fidelity=code", "seeds.aobj_weighting=normalized"])
     assert switch(set_alone, "seeds.aobj_weighting") == "normalized"
+
+
+def test_batched_seeds_equal_one_image_and_one_pass_at_a_time():
+    import torch
+
+    from benchmarks.baselines import loop_multiscale_cams
+    from cobra.config import load_config
+    from cobra.models import build_model
+    from cobra.stages.seeds import multiscale_cams_batch, size_groups
+    from tests.conftest import TINY_OVERRIDES
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, TINY_OVERRIDES).model, num_classes=5).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (37, 50, 3), dtype=np.uint8) for _ in range(3)]
+    keys = [np.array([1, 3]), np.array([2]), np.array([], dtype=np.int64)]
+    scales = [0.5, 1.0, 1.5]
+    batched = multiscale_cams_batch(model, images, keys, scales, flip=True)
+    for image, image_keys, got in zip(images, keys, batched, strict=True):
+        want = loop_multiscale_cams(model, image, image_keys, scales, flip=True)
+        assert set(got) == set(want) == {"cam_cnn", "cam_tran", "a_obj"}
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4)
+    groups = size_groups(["a", "b", "c", "d"], [(2, 3), (3, 2), (2, 3), (2, 3)], batch=2)
+    assert sorted(groups) == [["a", "c"], ["b"], ["d"]]

@@ -51,6 +51,15 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert again["mask_miou"] == result["mask_miou"]
 
+    # two worker processes make the same masks and scores as one process
+    pngs = {p.name: p.read_bytes() for p in (trained_run / "masks" / "png").glob("*.png")}
+    code, pooled, err = run_cli(["stage", "masks", "--run-dir", run, "--force",
+                                 "--set", "masks.workers=2"], capsys)
+    assert code == 0, err
+    assert {k: v for k, v in pooled.items() if k.startswith("mask_")} == {
+        k: v for k, v in result.items() if k.startswith("mask_")}
+    assert pngs == {p.name: p.read_bytes() for p in (trained_run / "masks" / "png").glob("*.png")}
+
     # the other mask rule on the same walk: written and headlined, both scores unchanged, and
     # neither the IR labels nor the boundary network are redone for a mask-rule setting
     code, relative, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -53,11 +54,30 @@ def children(client: MlflowClient, parent_id: str):
     return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+def checkpoint_bytes_per_trial(storage: Path, client: MlflowClient, runs) -> list[float]:
+    """Per trial: every checkpoint byte it left (Ray's, the run directory's, MLflow's) ÷ its
+    model's fp32 weight bytes."""
+    ratios = []
+    for run in runs:
+        trial_dir = next(storage.glob(f"*_{run.data.tags['ray_trial_id']}"))
+        files = list(trial_dir.rglob("*.pt"))
+        weights = torch.load(trial_dir / "run/checkpoints/last.pt", weights_only=True)["model"]
+        fp32 = sum(v.numel() * 4 for v in weights.values() if v.is_floating_point())
+        tracked = [a.file_size for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+        ratios.append((sum(f.stat().st_size for f in files) + sum(tracked)) / fp32)
+    return ratios
+
+
 def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, capsys):
     path = write_sweep(sweep_env, "grid", {"loss.k_cap_pos": [1, 3]})
     code, result, err = run_cli(["sweep", str(path)], capsys)
     assert code == 0, err
     assert result["trials"] == 2 and result["errored"] == 0
+    # one checkpoint per trial: Ray keeps the last; staging (in the run directory, never the
+    # system temp folder) is removed
+    storage = sweep_env["dir"] / "ray_results" / "grid"
+    assert len(list(storage.glob("*/checkpoint_*"))) == 2
+    assert not list(storage.rglob(".ray-checkpoint-*"))
 
     client = MlflowClient(sweep_env["uri"])
     parent = client.get_run(result["parent_run_id"])
@@ -77,6 +97,10 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
         assert [m.step for m in history] == [0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "checkpoints", "pictures"} <= artifacts
+        tracked = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt",
+                                                       str(sweep_env["dir"])), weights_only=True)
+        assert tracked["optimizer"] is None  # MLflow keeps the weights alone
+    assert max(checkpoint_bytes_per_trial(storage, client, runs)) <= 3.0
 
     # the best trial by a direct MLflow query is the one the sweep and `final --best` pick
     best = max(runs, key=lambda r: r.data.metrics["seed_miou"])

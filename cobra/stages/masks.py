@@ -12,10 +12,12 @@ without its CRF.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
@@ -26,13 +28,23 @@ from cobra.metrics import confusion_matrix, mean_iou
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
 from cobra.seeds import cams_to_label
-from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.common import (
+    Stamp,
+    file_signature,
+    fingerprint,
+    parallel_map,
+    require_files,
+    stage_ids,
+)
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
 from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
 from cobra.stages.train import resolve_device
 
 MASK_RULES = ("irn", "relative")
+# images whose boundary maps are made before their walks and CRFs are handed to the workers
+MASK_CHUNK = 64
+_WORKER: dict[str, Any] = {}
 
 
 @torch.no_grad()
@@ -131,6 +143,48 @@ def _metrics(cfg: Config, conf: dict[tuple[str, bool], np.ndarray]) -> dict[str,
     return metrics
 
 
+def _init_worker(cfg: Config, layout: RunLayout) -> None:
+    # each worker is one of `masks.workers` processes: one thread each, or they fight for cores
+    torch.set_num_threads(1)
+    _WORKER.update(cfg=cfg, layout=layout, source=build_source(cfg, cfg.data.seed_split))
+
+
+def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
+    """One image in a worker: walk its seed over the boundary map, write the walk and the chosen
+    rule's mask, score every rule. job: (image id, (h4, w4) boundary, keep the mask for a
+    picture). Returns confusions keyed (rule, crf) and the chosen mask when asked."""
+    image_id, boundary, keep = job
+    cfg, layout, source = _WORKER["cfg"], _WORKER["layout"], _WORKER["source"]
+    chosen = switch(cfg, "masks.bg_rule")
+    k = source.num_classes + 1
+    seed = load_walk_seed(cfg, layout, image_id)
+    image = source.load_image(image_id)
+    rw = walk(cfg, torch.from_numpy(boundary), seed["walk"])
+    layout.rw_file(image_id).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
+    rw_up = to_image_size(rw, image.shape[:2])
+    gt = source.load_mask(image_id) if source.has_masks else None
+    result: dict = {"confusions": {}, "mask": None}
+    # only the chosen rule's mask is written; the other is scored when there is ground truth
+    for rule in MASK_RULES if gt is not None else (chosen,):
+        plain, mask = rule_masks(cfg, rule, image, rw_up, seed["keys"])
+        if rule == chosen:
+            save_label_png(layout.mask_file(image_id), mask)
+            result["mask"] = mask if keep else None
+        if gt is not None:
+            result["confusions"][rule, False] = confusion_matrix(plain, gt, k)
+            result["confusions"][rule, True] = confusion_matrix(mask, gt, k)
+    return result
+
+
+def _boundary_jobs(net, source, ids: list[str], device: torch.device
+                   ) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Boundary maps on the stage's device (GPU when present), one job per image."""
+    for n, image_id in enumerate(ids):
+        boundary = boundary_map(net, source.load_image(image_id), device)
+        yield image_id, boundary.float().cpu().numpy(), n < NUM_PICTURES
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         ) -> dict[str, float]:
     source = build_source(cfg, cfg.data.seed_split)
@@ -147,25 +201,20 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     k = source.num_classes + 1
     conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
             for crf in (False, True)}
-    for n, image_id in enumerate(tqdm(ids, desc="masks", leave=False,
-                                      disable=not cfg.train.progress)):
-        seed = load_walk_seed(cfg, layout, image_id)
-        image = source.load_image(image_id)
-        rw = walk(cfg, boundary_map(net, image, device), seed["walk"])
-        layout.rw_file(image_id).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
-        rw_up = to_image_size(rw, image.shape[:2])
-        gt = source.load_mask(image_id) if source.has_masks else None
-        # only the chosen rule's mask is written; the other is scored when there is ground truth
-        for rule in MASK_RULES if gt is not None else (chosen,):
-            plain, mask = rule_masks(cfg, rule, image, rw_up, seed["keys"])
-            if rule == chosen:
-                save_label_png(layout.mask_file(image_id), mask)
-            if gt is not None:
-                conf[rule, False] += confusion_matrix(plain, gt, k)
-                conf[rule, True] += confusion_matrix(mask, gt, k)
-                if rule == chosen and n < NUM_PICTURES:
-                    _picture(layout, reporter, image_id, image, seed, mask, gt)
+    # The walk and the CRFs (most of the time) run on `masks.workers` processes; the boundary
+    # network stays here, on the device, and feeds them in chunks so memory stays bounded.
+    for start in range(0, len(ids), MASK_CHUNK):
+        chunk = ids[start:start + MASK_CHUNK]
+        jobs = list(_boundary_jobs(net, source, chunk, device))
+        results = parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
+                               _init_worker, (cfg, layout))
+        for (image_id, _, keep), result in zip(jobs, results, strict=True):
+            for key, counts in result["confusions"].items():
+                conf[key] += counts
+            if keep and source.has_masks:
+                _picture(layout, reporter, image_id, source.load_image(image_id),
+                         load_walk_seed(cfg, layout, image_id), result["mask"],
+                         source.load_mask(image_id))
     stamp.write()
     if not source.has_masks:
         return {}

@@ -70,35 +70,62 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
     the branch is off) and `a_obj` (H, W) normalised to [0, 1] (ViT only). `aobj_weighting`
     (`seeds.aobj_weighting`) says how each pass's A_obj enters both sums.
     """
+    return multiscale_cams_batch(model, [image], [keys], scales, flip, aobj_weighting)[0]
+
+
+@torch.no_grad()
+def multiscale_cams_batch(model: CoBra, images: list[np.ndarray], keys: list[np.ndarray],
+                          scales: list[float], flip: bool, aobj_weighting: str = "normalized"
+                          ) -> list[dict[str, np.ndarray]]:
+    """`multiscale_cams` of several images of one size at once: per scale, every image and its
+    flip go through the network as one batch (the model is in eval mode, so an image's CAMs do
+    not depend on its batch mates; tests/test_seeds.py checks it)."""
     device = next(model.parameters()).device
-    h, w = image.shape[:2]
-    base = normalize_image(image).to(device)[None]  # (1, 3, H, W)
-    sums: dict[str, torch.Tensor] = {}
+    h, w = images[0].shape[:2]
+    if any(image.shape[:2] != (h, w) for image in images):
+        raise ValueError("multiscale_cams_batch needs images of one size; group them by size")
+    base = torch.stack([normalize_image(image) for image in images]).to(device)  # (N, 3, H, W)
+    views = 2 if flip else 1
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in images]
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
+        if flip:  # (N·2, 3, h, w): each image followed by its flip
+            x = torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)
         out = model(x)
         nh, nw = model.patch_grid(*size)
         padded = (nh * model.patch_size, nw * model.patch_size)
-        maps: dict[str, torch.Tensor] = {}
-        if out.cam_cnn is not None:
-            maps["cam_cnn"] = F.relu(out.cam_cnn[:, keys])
-        if out.cam_vit is not None:
-            a = _scale_weight(out.a_obj, aobj_weighting)
-            maps["cam_tran"] = F.relu(out.cam_vit[:, keys] * a[:, None])
-            maps["a_obj"] = a[:, None]
-        for name, m in maps.items():
-            if m.shape[1] == 0:
-                # an image with no foreground class: no maps to resize (interpolate refuses an
-                # empty tensor); its seed is all background and is still scored
-                sums[name] = m.new_zeros((0, h, w))
-                continue
-            m = _to_image_size(m, padded, size, (h, w))
-            if flip:
-                m = m[:1] + m[1:].flip(-1)
-            sums[name] = sums.get(name, 0) + m[0]
+        weight = _scale_weight(out.a_obj, aobj_weighting) if out.cam_vit is not None else None
+        for i, image_keys in enumerate(keys):
+            views_of_i = slice(i * views, (i + 1) * views)
+            maps: dict[str, torch.Tensor] = {}
+            if out.cam_cnn is not None:
+                maps["cam_cnn"] = F.relu(out.cam_cnn[views_of_i][:, image_keys])
+            if weight is not None:
+                a = weight[views_of_i]
+                maps["cam_tran"] = F.relu(out.cam_vit[views_of_i][:, image_keys] * a[:, None])
+                maps["a_obj"] = a[:, None]
+            _accumulate(sums[i], maps, padded, size, (h, w), flip)
+    return [_normalised(total) for total in sums]
+
+
+def _accumulate(sums: dict[str, torch.Tensor], maps: dict[str, torch.Tensor],
+                padded: tuple[int, int], size: tuple[int, int], out: tuple[int, int],
+                flip: bool) -> None:
+    """Add one scale's (views, K, Nh, Nw) maps of one image, brought to image size, to `sums`."""
+    for name, m in maps.items():
+        if m.shape[1] == 0:
+            # an image with no foreground class: no maps to resize (interpolate refuses an
+            # empty tensor); its seed is all background and is still scored
+            sums[name] = m.new_zeros((0, *out))
+            continue
+        m = _to_image_size(m, padded, size, out)
+        if flip:
+            m = m[:1] + m[1:].flip(-1)
+        sums[name] = sums.get(name, 0) + m[0]
+
+
+def _normalised(sums: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     result = {}
     for name, total in sums.items():
         arr = total.float().cpu().numpy()
@@ -107,6 +134,16 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
         else:
             result[name] = seed_math.max_normalize(arr).astype(np.float32)
     return result
+
+
+def size_groups(ids: list[str], sizes: list[tuple[int, int]], batch: int) -> list[list[str]]:
+    """Image ids in batches of at most `batch` images of one size (VOC has few distinct sizes,
+    so most batches are full)."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for image_id, size in zip(ids, sizes, strict=True):
+        by_size.setdefault(size, []).append(image_id)
+    return [group[i:i + batch] for group in by_size.values()
+            for i in range(0, len(group), batch)]
 
 
 def read_seed_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -184,13 +221,20 @@ def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[st
     model.to(device).eval()
     stamp.clear()
     layout.seeds.mkdir(parents=True, exist_ok=True)
-    for image_id in tqdm(ids, desc="seeds", disable=not cfg.train.progress, leave=False):
-        keys = np.flatnonzero(source.labels(image_id)) + 1
-        cams = multiscale_cams(model, source.load_image(image_id), keys, cfg.seeds.scales,
-                               cfg.seeds.flip, switch(cfg, "seeds.aobj_weighting"))
-        tmp = layout.seeds / f".{image_id}.tmp.npz"
-        np.savez(tmp, keys=keys.astype(np.int64), **cams)
-        tmp.replace(layout.seed_file(image_id))
+    groups = size_groups(ids, [source.image_size(i) for i in ids], cfg.seeds.batch_images)
+    bar = tqdm(total=len(ids), desc="seeds", disable=not cfg.train.progress, leave=False,
+               unit="img")
+    for group in groups:
+        keys = [np.flatnonzero(source.labels(image_id)) + 1 for image_id in group]
+        cams = multiscale_cams_batch(model, [source.load_image(i) for i in group], keys,
+                                     cfg.seeds.scales, cfg.seeds.flip,
+                                     switch(cfg, "seeds.aobj_weighting"))
+        for image_id, image_keys, image_cams in zip(group, keys, cams, strict=True):
+            tmp = layout.seeds / f".{image_id}.tmp.npz"
+            np.savez(tmp, keys=image_keys.astype(np.int64), **image_cams)
+            tmp.replace(layout.seed_file(image_id))
+        bar.update(len(group))
+    bar.close()
     stamp.write()
     return ids
 

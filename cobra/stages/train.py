@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cobra import metrics, pretrain
+from cobra import accel, metrics, pretrain
 from cobra.checkpoint import (
     RESUME_SAFE_KEYS,
     check_resume_matches,
@@ -60,13 +60,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool) -> DataLoader:
+def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool,
+            pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     # A generator seeded per epoch makes the order and the workers' augmentation streams a pure
     # function of (seed, epoch), so a resumed run replays exactly what an uninterrupted one sees.
+    # That is why training workers are not persistent: a kept worker would carry its stream
+    # across epochs. The validation loader has no randomness and keeps its workers.
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       drop_last=shuffle and len(dataset) >= batch_size, generator=generator,
-                      persistent_workers=False, pin_memory=False)
+                      persistent_workers=persistent and workers > 0, pin_memory=pin_memory)
 
 
 def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
@@ -118,11 +121,13 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
     device = resolve_device(cfg.train.device)
+    accel.configure_backend(device)
     seed_everything(cfg.train.seed)
     train_set = build_train_dataset(cfg, resolve_train_split(cfg))
     val_set = build_eval_dataset(cfg, cfg.data.val_split)
     weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
     model = build_model(replace(cfg.model, pretrained=weights), train_set.num_classes).to(device)
+    nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
     grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
     if cfg.model.branches == "both":
         check_k_values(cfg.loss, grid[0] * grid[1])
@@ -135,7 +140,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         state = load_checkpoint(resume_from, map_location=device)
         try:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            if state["optimizer"] is not None:  # None: a finished run (see save below)
+                optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError):
             raise StageInputError(f"checkpoint '{resume_from}' does not fit the model of this "
                                   f"run's config; resume with the config it was trained with "
@@ -150,14 +156,16 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
     workers = cfg.data.num_workers
-    val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False)
+    pin = accel.loader_options(device)["pin_memory"]
+    val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
+                         pin_memory=pin, persistent=True)
 
     result: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         torch.manual_seed(cfg.train.seed * 1009 + epoch)
         model.train()
         loader = _loader(train_set, cfg.train.batch_size, workers,
-                         cfg.train.seed * 1009 + epoch, shuffle=True)
+                         cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
         sums: dict[str, float] = {}
         bar = tqdm(loader, total=steps_per_epoch, disable=not cfg.train.progress, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
@@ -168,9 +176,11 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = poly_lr(base, global_step, total_steps, cfg.train.poly_power,
                                       warmup_steps)
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            out = model(images)
-            terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
+            images = accel.to_device(batch["image"], device, nhwc)
+            labels = batch["label"].to(device)
+            with accel.autocast(device, cfg.train.amp):
+                out = model(images)
+                terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
             _check_finite(terms, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -183,8 +193,12 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         result = {key: value / steps_done for key, value in sums.items()}
         result.update(evaluate_classification(model, val_loader, device))
         result["lr"] = optimizer.param_groups[0]["lr"]
+        # After the last epoch nothing resumes training, so the optimizer state (as large as
+        # the weights with momentum) is not kept: every copy of the final checkpoint (run
+        # directory, Ray, MLflow) is the weights alone.
+        finished = epoch + 1 == cfg.train.epochs
         save_checkpoint(layout.last_checkpoint, model=model, cfg=cfg, epoch=epoch,
-                        optimizer=optimizer)
+                        optimizer=None if finished else optimizer)
         reporter.log_epoch(epoch, result, checkpoint=layout.checkpoints)
     layout.update_summary({k: v for k, v in result.items() if k.startswith("cls_map")})
     return result

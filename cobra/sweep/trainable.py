@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import ray
 from ray import tune
 
 from cobra import tracking
+from cobra.checkpoint import export_weights
 from cobra.config import from_dict, with_overrides
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
@@ -53,13 +55,14 @@ class RayReporter(Reporter):
                   checkpoint: Path | None = None) -> None:
         self.last.update(metrics)
         self.last["epoch"] = epoch + 1
-        ckpt = None
-        if checkpoint is not None:
-            # Ray moves what it is given into its storage, so hand it a copy of the directory.
-            staging = Path(tempfile.mkdtemp(prefix="cobra-ckpt-"))
-            shutil.copy2(self.layout.last_checkpoint, staging / "last.pt")
-            ckpt = tune.Checkpoint.from_directory(str(staging))
-        tune.report(dict(self.last), checkpoint=ckpt)
+        if checkpoint is None:
+            tune.report(dict(self.last))
+        else:
+            # Ray persists the checkpoint into its storage before report returns (and keeps only
+            # the last one: CheckpointConfig(num_to_keep=1)), so the staging directory goes away
+            # at once instead of piling up one full checkpoint per epoch in a temp folder.
+            with _staged_checkpoint(self.layout) as staging:
+                tune.report(dict(self.last), checkpoint=tune.Checkpoint.from_directory(staging))
         _maybe_crash(epoch + 1, self.layout)
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
@@ -67,6 +70,33 @@ class RayReporter(Reporter):
 
     def final_report(self) -> None:
         tune.report(dict(self.last))
+
+
+STAGING_PREFIX = ".ray-checkpoint-"
+
+
+@contextmanager
+def _staged_checkpoint(layout: RunLayout) -> Iterator[str]:
+    """A directory holding only `last.pt`, for Ray to persist; removed afterwards.
+
+    It sits in the run directory so that `last.pt` can be hard-linked (no bytes copied) rather
+    than copied; a filesystem without hard links gets a copy.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=layout.root))
+    try:
+        try:
+            os.link(layout.last_checkpoint, staging / "last.pt")
+        except OSError:
+            shutil.copy2(layout.last_checkpoint, staging / "last.pt")
+        yield str(staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(layout: RunLayout) -> None:
+    """Staging directories left by an attempt that died inside `tune.report`."""
+    for stale in layout.root.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _maybe_crash(epoch: int, layout: RunLayout) -> None:
@@ -79,6 +109,7 @@ def _maybe_crash(epoch: int, layout: RunLayout) -> None:
 
 def _restore(layout: RunLayout) -> Path | None:
     """The last checkpoint Ray kept for this trial (after a crash or a resumed sweep)."""
+    _remove_stale_staging(layout)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -104,6 +135,15 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> tuple[str, bool]
                                       tags={"ray_trial_id": trial_id, "ray_node_id": node,
                                             "ray_node_history": node})
     return run_id, False
+
+
+def _log_weights(reporter: Reporter, layout: RunLayout) -> None:
+    """MLflow keeps the trial's weights alone, in half precision (what `final` needs; the
+    resumable `last.pt` with its optimizer state stays in the run directory)."""
+    with tempfile.TemporaryDirectory(prefix=".mlflow-export-", dir=layout.root) as tmp:
+        export = Path(tmp) / "last.pt"
+        export_weights(layout.last_checkpoint, export, half=True)
+        reporter.log_artifact(export, "checkpoints")
 
 
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
@@ -136,6 +176,6 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         mlflow_reporter.close("FAILED")
         raise
     mlflow_reporter.log_artifact(layout.config, None)
-    mlflow_reporter.log_artifact(layout.last_checkpoint, "checkpoints")
+    _log_weights(mlflow_reporter, layout)
     ray_reporter.final_report()
     mlflow_reporter.close("FINISHED")

@@ -164,7 +164,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=spec.storage,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=1))
         results = tuner.fit()
     except BaseException as exc:

@@ -1,0 +1,460 @@
+"""CoBra's benchmark: every figure is a ratio against a baseline measured in the same run.
+
+    python benchmarks/bench.py [--rows train,seeds,masks,miou,losses] [--sweep] [--json PATH]
+    python launch.py bench ...                  (the same)
+
+CPU rows fit in about 5 minutes on 2 cores; with CUDA the train and seeds rows also run on the
+GPU at the paper's size (ResNet-152 + DeiT-S at 224 px, batch 32; bf16 vs fp32, MFU, peak
+memory). `--sweep` adds a real Ray sweep of >= 60 s trials (several minutes): its overhead and the
+checkpoint bytes each trial leaves. Heavy optional modules (ray, mlflow, pydensecrf) are imported
+only by the rows that need them, so the GPU rows run where none is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import baselines  # noqa: E402
+from cobra import accel  # noqa: E402
+from cobra.config import Config, load_config  # noqa: E402
+
+# Dense bf16 Tensor-Core peak (FLOP/s) per device name, for MFU.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
+DEMO = ROOT / "configs" / "demo.yaml"
+PAPER_MODEL = ["model.cnn=resnet152", "model.vit=deit_small_patch16_224", "model.embed_dim=256",
+               "model.pretrained=false", "data.image_size=224", "data.resize_long=[240, 320]",
+               "data.num_workers=0", "train.progress=false"]
+VOC_SIZE = (375, 500)  # (H, W) of most PASCAL VOC images
+VOC_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | None = None) -> float:
+    """Seconds one call takes (the device's queue drained on both sides)."""
+    if device is not None:
+        sync(device)
+    start = time.perf_counter()
+    fn()
+    if device is not None:
+        sync(device)
+    return time.perf_counter() - start
+
+
+def row(name: str, value: float, unit: str, baseline: float | None = None,
+        ratio: float | None = None, target: str = "", met: bool | None = None, **extra) -> dict:
+    return {"row": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+            "target": target, "met": met, **extra}
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+
+
+def train_step_row(name: str, cfg: Config, device: torch.device, batch: int, steps: int,
+                   amp: str) -> dict:
+    """img/s of the real training step (stages.train's pieces) and where its time goes: data
+    (the DataLoader), forward, losses, backward, optimizer; MFU and peak memory on CUDA."""
+    from cobra.data import build_train_dataset, resolve_train_split
+    from cobra.models import build_model
+    from cobra.objective import compute_losses
+    from cobra.stages.train import _loader
+
+    accel.configure_backend(device)
+    train_set = build_train_dataset(cfg, resolve_train_split(cfg))
+    model = build_model(replace(cfg.model, pretrained=False), train_set.num_classes).to(device)
+    nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loader = _loader(train_set, batch, cfg.data.num_workers, 0, shuffle=True,
+                     pin_memory=accel.loader_options(device)["pin_memory"])
+    parts = dict.fromkeys(("data", "forward", "losses", "backward", "optimizer"), 0.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    flops = 0.0
+    done = 0
+    batches = iter(loader)
+    for step in range(steps + 1):  # step 0 warms up (cuDNN autotuning, allocator) untimed
+        marks = [time.perf_counter()]
+        try:
+            b = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            b = next(batches)
+        images = accel.to_device(b["image"], device, nhwc)
+        labels = b["label"].to(device)
+        marks.append(_now(device))
+        # FLOPs of forward + losses + backward, counted once (on the untimed warm-up step)
+        counter = _flop_counter() if step == 0 and device.type == "cuda" else _null()
+        with counter:
+            with accel.autocast(device, amp):
+                out = model(images)
+                marks.append(_now(device))
+                terms = compute_losses(out, labels, cfg.loss, 0, tuple(images.shape[-2:]))
+                marks.append(_now(device))
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+        marks.append(_now(device))
+        optimizer.step()
+        marks.append(_now(device))
+        if step == 0:
+            if not isinstance(counter, _null):
+                flops = counter.get_total_flops() / images.shape[0]  # per image
+            continue
+        for key, a, b_ in zip(parts, marks, marks[1:], strict=False):
+            parts[key] += b_ - a
+        done += images.shape[0]
+    total = sum(parts.values())
+    img_s = done / total
+    loader_img_s = _loader_rate(train_set, batch, cfg.data.num_workers, min(steps, 4))
+    extra = {"breakdown": {k: round(v / total, 3) for k, v in parts.items()},
+             "batch": batch, "steps": steps, "amp": amp, "device": str(device),
+             "loader_img_s": round(loader_img_s, 1)}
+    if device.type == "cuda":
+        extra["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        peak = _peak_bf16(device)
+        if flops and peak:
+            extra["tflops"] = round(flops * img_s / 1e12, 1)
+            extra["mfu"] = round(flops * img_s / peak, 3)
+    # data keeps up when the loader alone delivers at least what the step consumes
+    return row(f"train {name} ({device.type}, {amp}, B{batch})", round(img_s, 2), "img/s",
+               baseline=round(img_s, 2), ratio=round(loader_img_s / img_s, 2),
+               target="loader/step >= 1", met=loader_img_s >= img_s, **extra)
+
+
+def _now(device: torch.device) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+def _loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
+    from cobra.stages.train import _loader
+
+    loader = iter(_loader(dataset, batch, workers, 1, shuffle=True))
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += next(loader)["image"].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def _flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _peak_bf16(device: torch.device) -> float | None:
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def bf16_ratio_row(fp32: dict, bf16: dict) -> dict:
+    ratio = bf16["value"] / fp32["value"]
+    return row("train paper bf16 / fp32 (cuda)", bf16["value"], "img/s", baseline=fp32["value"],
+               ratio=round(ratio, 2), target="mfu >= 0.35 (bf16)",
+               met=bf16.get("mfu", 0) >= 0.35, mfu_bf16=bf16.get("mfu"), mfu_fp32=fp32.get("mfu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds
+
+
+def seeds_row(cfg: Config, device: torch.device, images: int, scales: list[float],
+              repeats: int = 1) -> dict:
+    """Multi-scale + flip CAMs at VOC size: the stage's batched path vs one pass per scale and
+    flip (baselines.loop_multiscale_cams)."""
+    from cobra.models import build_model
+    from cobra.stages.seeds import multiscale_cams_batch
+
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, pretrained=False), 20).to(device).eval()
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, (*VOC_SIZE, 3), dtype=np.uint8) for _ in range(images)]
+    keys = [np.array([1 + i % 20, 1 + (i + 7) % 20]) for i in range(images)]
+    multiscale_cams_batch(model, pics[:1], keys[:1], scales[:2], True)  # warm-up
+    # on CUDA each method runs twice and keeps its faster time: cuDNN autotunes every new shape
+    fast = min(timed(lambda: multiscale_cams_batch(model, pics, keys, scales, True), device)
+               for _ in range(repeats))
+    slow = min(timed(lambda: [baselines.loop_multiscale_cams(model, p, k, scales, True)
+                              for p, k in zip(pics, keys, strict=True)], device)
+               for _ in range(repeats))
+    return row(f"seeds {cfg.model.cnn}+{cfg.model.vit} ({device.type}, {images} img, "
+               f"{len(scales)} scales+flip)", round(images / fast, 3), "img/s",
+               baseline=round(images / slow, 3), ratio=round(slow / fast, 2),
+               target="batched >= 3x loop", met=slow / fast >= 3.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Masks
+
+
+def masks_row(images: int, workers: int) -> dict:
+    """Random walk at VOC size + both mask rules with their denseCRFs per image (the masks
+    stage's per-image work), on a process pool vs one process."""
+    from cobra.stages.common import parallel_map
+
+    jobs = list(range(images))
+    _mask_job_init()
+    start = time.perf_counter()
+    for job in jobs:  # one process, torch at its default threads: the stage before the pool
+        _mask_job(job)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    list(parallel_map(_mask_job, jobs, workers, "masks", False, _mask_job_init))
+    pool = time.perf_counter() - start
+    return row(f"masks walk+CRF ({images} img at VOC size, {workers} workers)",
+               round(images / pool, 3), "img/s", baseline=round(images / one, 3),
+               ratio=round(one / pool, 2), target=">= 1.7x on 2 cores", met=one / pool >= 1.7,
+               note="pool time includes starting the workers")
+
+
+_MASK_CFG: dict = {}
+
+
+def _mask_job_init() -> None:
+    if "cfg" not in _MASK_CFG:
+        _MASK_CFG["cfg"] = load_config(None, ["masks.mask_crf=true"])
+
+
+def _mask_job(seed: int) -> int:
+    """The masks stage's per-image work on a synthetic VOC-sized image with two classes."""
+    from cobra.stages.masks import MASK_RULES, rule_masks, to_image_size, walk
+
+    cfg = _MASK_CFG["cfg"]
+    rng = np.random.default_rng(seed)
+    h, w = VOC_SIZE
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    boundary = torch.from_numpy(rng.random((h // 4 + 1, w // 4), dtype=np.float32) ** 4)
+    cam = rng.random((2, h, w), dtype=np.float32)
+    rw = walk(cfg, boundary, cam)
+    rw_up = to_image_size(rw, (h, w))
+    for rule in MASK_RULES:
+        rule_masks(cfg, rule, image, rw_up, np.array([3, 8]))
+    return seed
+
+
+# ------------------------------------------------------------------------------------------------
+# mIoU and losses
+
+
+def miou_row(images: int) -> dict:
+    """confusion_matrix + mean_iou over a VOC-val-sized set vs a bare np.bincount pass."""
+    from cobra.metrics import confusion_matrix, mean_iou
+
+    rng = np.random.default_rng(0)
+    pool = 16
+    preds = [rng.integers(0, 21, VOC_SIZE, dtype=np.uint8) for _ in range(pool)]
+    gts = [np.where(rng.random(VOC_SIZE) < 0.05, 255, p).astype(np.uint8) for p in preds]
+    order = [i % pool for i in range(images)]
+
+    def real():
+        conf = np.zeros((21, 21), np.int64)
+        for i in order:
+            conf += confusion_matrix(preds[i], gts[i], 21)
+        return mean_iou(conf)
+
+    def bare():
+        return baselines.bincount_confusion([preds[i] for i in order], [gts[i] for i in order], 21)
+
+    fast, floor = timed(real), timed(bare)
+    return row(f"mIoU ({images} VOC-sized images)", round(fast, 3), "s", baseline=round(floor, 3),
+               ratio=round(fast / floor, 2), target="<= 1.5x bincount", met=fast / floor <= 1.5)
+
+
+def losses_row(batch: int = 32, patches: int = 196, dim: int = 256, loop_images: int = 2
+               ) -> dict:
+    """CAP + SAP forward + backward at the paper's shapes vs a per-anchor loop (given the same
+    positive/negative indices, so the loop skips the selection the real code includes)."""
+    from cobra import losses
+
+    torch.manual_seed(0)
+    side = int(math.isqrt(patches))
+    z_cnn = torch.randn(batch, patches, dim, requires_grad=True)
+    z_vit = torch.randn(batch, patches, dim, requires_grad=True)
+    affinity = torch.rand(batch, patches, patches)
+    cam = torch.randn(batch, 21, side, side)
+    labels = (torch.rand(batch, 20) < 0.15).float()
+    kp, kn = 20, 5
+
+    def real():
+        total = (losses.cap_loss(z_cnn, affinity, kp, kn, 0.1)
+                 + losses.sap_loss(z_vit, cam, labels, kp, kn, 0.1))
+        total.backward()
+
+    z1 = torch.nn.functional.normalize(z_cnn.detach(), dim=2).requires_grad_()
+    z2 = torch.nn.functional.normalize(z_vit.detach(), dim=2).requires_grad_()
+    pos1, neg1 = losses._top_bottom(affinity, kp, kn, False)
+    pos2, neg2 = losses._top_bottom(torch.rand(batch, patches, patches), kp, kn, False)
+
+    n = loop_images
+
+    def loop():
+        total = (baselines.loop_info_nce(z1[:n], pos1[:n], neg1[:n], 0.1)
+                 + baselines.loop_info_nce(z2[:n], pos2[:n], neg2[:n], 0.1))
+        total.backward()
+
+    real()
+    fast = min(timed(real) for _ in range(3))
+    # every anchor costs the loop the same, so its time on n images is scaled to the batch
+    slow = timed(loop) * batch / n
+    return row(f"losses CAP+SAP fwd+bwd (B{batch}, {patches} patches, D{dim})",
+               round(fast * 1e3, 1), "ms", baseline=round(slow * 1e3, 1),
+               ratio=round(slow / fast, 1), target=">= 50x loop", met=slow / fast >= 50,
+               note=f"loop timed on {n} of {batch} images, scaled by {batch / n:g}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweep (opt-in)
+
+
+def sweep_rows(trial_seconds: float, trials: int, concurrency: int, workdir: Path) -> list[dict]:
+    """A real sweep (Ray + Optuna + MLflow): wall ÷ (Σ trial compute ÷ concurrency), and the
+    checkpoint bytes each trial leaves ÷ its model's fp32 weight bytes."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from cobra.sweep.spec import load_sweep
+    from cobra.sweep.tuner import run_sweep
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    # demo recipe, epochs sized so a trial computes for about `trial_seconds`
+    sweep = {"name": f"bench-{int(time.time())}", "base": str(DEMO),
+             "overrides": {"train.epochs": 2, "train.max_steps_per_epoch": None,
+                           "seeds.max_images": 8, "train.progress": False},
+             "space": {"loss.k_cap_pos": list(range(1, trials + 1))},
+             "search": {"algorithm": "grid", "seed": 0}, "resources": {"cpu": 1},
+             "max_concurrent": concurrency, "storage": str(workdir / "ray_results"),
+             "mlflow": {"experiment": "bench"}}
+    path = workdir / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    start = time.perf_counter()
+    result = run_sweep(load_sweep(path))
+    wall = time.perf_counter() - start
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
+                              f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    compute = sum((r.info.end_time - r.info.start_time) / 1e3 for r in runs)
+    overhead = wall / (compute / concurrency)
+    storage = Path(result["experiment_dir"])
+    ratios = []
+    for r in runs:
+        trial_dir = next(storage.glob(f"*_{r.data.tags['ray_trial_id']}"))
+        weights = torch.load(trial_dir / "run/checkpoints/last.pt", weights_only=True)["model"]
+        fp32 = sum(v.numel() * 4 for v in weights.values() if v.is_floating_point())
+        stored = sum(f.stat().st_size for f in trial_dir.rglob("*.pt"))
+        stored += sum(a.file_size for a in client.list_artifacts(r.info.run_id, "checkpoints"))
+        ratios.append(stored / fp32)
+    mean_trial = compute / max(len(runs), 1)
+    return [row(f"sweep overhead ({len(runs)} trials of ~{mean_trial:.0f} s, {concurrency} "
+                f"at once)", round(wall, 1), "s", baseline=round(compute / concurrency, 1),
+                ratio=round(overhead, 3), target="<= 1.15x", met=overhead <= 1.15,
+                trial_seconds=round(mean_trial, 1)),
+            row("checkpoint bytes per trial / fp32 weights", round(max(ratios), 2), "x",
+                ratio=round(max(ratios), 2), target="<= 3x", met=max(ratios) <= 3.0)]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'row':66} {'value':>10} {'unit':6} {'baseline':>10} {'ratio':>7}  target")
+    for r in rows:
+        met = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
+        base = "" if r["baseline"] is None else r["baseline"]
+        print(f"{r['row'][:66]:66} {r['value']:>10} {r['unit']:6} {base!s:>10} "
+              f"{r['ratio']!s:>7}  {r['target']} {met}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
+                        help="comma-separated: train, seeds, masks, miou, losses")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the CUDA rows (train and seeds at the paper's size)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also run a real sweep of >= 60 s trials (several minutes)")
+    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    wanted = set(args.rows.split(","))
+    unknown = wanted - {"train", "seeds", "masks", "miou", "losses"}
+    if unknown:
+        print(f"error: unknown row '{sorted(unknown)[0]}'; choose from train, seeds, masks, "
+              f"miou, losses", file=sys.stderr)
+        return 2
+    cuda = torch.cuda.is_available()
+    if args.gpu_only and not cuda:
+        print("error: --gpu-only but no CUDA device is visible; drop --gpu-only",
+              file=sys.stderr)
+        return 2
+    cpu = torch.device("cpu")
+    rows: list[dict] = []
+    demo = load_config(DEMO, ["train.progress=false"])
+    paper = load_config(None, PAPER_MODEL)
+    paper_gpu = load_config(None, [*PAPER_MODEL, f"data.num_workers={min(8, os.cpu_count() or 1)}"])
+
+    def add(fn: Callable[[], dict | list[dict]]) -> None:
+        got = fn()
+        for r in got if isinstance(got, list) else [got]:
+            rows.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+
+    if not args.gpu_only:
+        if "train" in wanted:
+            add(lambda: train_step_row("demo", demo, cpu, 16, 3, "none"))
+            add(lambda: train_step_row("paper", paper, cpu, 2, 2, "none"))
+        if "seeds" in wanted:
+            add(lambda: seeds_row(demo, cpu, 2, VOC_SCALES))
+        if "masks" in wanted:
+            add(lambda: masks_row(16, 2))
+        if "miou" in wanted:
+            add(lambda: miou_row(1449))
+        if "losses" in wanted:
+            add(losses_row)
+    if cuda:
+        gpu = torch.device("cuda")
+        if "train" in wanted:
+            fp32 = train_step_row("paper", paper_gpu, gpu, 32, 10, "none")
+            bf16 = train_step_row("paper", paper_gpu, gpu, 32, 10, "bf16")
+            for r in (fp32, bf16):
+                add(lambda r=r: r)
+            add(lambda: bf16_ratio_row(fp32, bf16))
+        if "seeds" in wanted:
+            add(lambda: seeds_row(paper, gpu, 8, VOC_SCALES, repeats=2))
+    if args.sweep:
+        add(lambda: sweep_rows(60, 4, 2, Path("bench-sweep").resolve()))
+    meta = {"torch": torch.__version__, "cuda": torch.cuda.get_device_name() if cuda else None,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Device fast paths, each a no-op where it does not apply, so CPU runs stay as they were.
+
+bf16 autocast (`train.amp`), channels_last for the CNN branch, cuDNN autotuning and pinned host
+memory on CUDA. tests/test_accel.py checks on CPU that the autocast and channels_last paths
+give the losses of the plain path within tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+AMP_DTYPES = {"bf16": torch.bfloat16}
+
+
+def configure_backend(device: torch.device) -> None:
+    """Per-process settings for fast kernels: cuDNN picks the fastest algorithm per shape (the
+    training crop is fixed, so the search is paid once)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass and the losses (`amp`: bf16 or none). bf16 needs no
+    loss scaling: its exponent range is fp32's."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None
+                      ) -> bool:
+    """Store the CNN branch's weights NHWC (cuDNN's and Tensor Cores' native layout); `None`
+    means on CUDA only. The ViT is left alone: its patch embedding reads either layout."""
+    enabled = device.type == "cuda" if enabled is None else enabled
+    cnn = getattr(model, "cnn", None)
+    if enabled and cnn is not None:
+        cnn.to(memory_format=torch.channels_last)
+    return enabled and cnn is not None
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch onto the device (asynchronously from pinned memory), NHWC when the CNN is."""
+    images = images.to(device, non_blocking=device.type == "cuda")
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def loader_options(device: torch.device) -> dict:
+    """DataLoader settings: pinned host memory when copying to a GPU."""
+    return {"pin_memory": device.type == "cuda"}

@@ -1,0 +1,57 @@
+"""The benchmark's baselines compute what the real code computes (so its ratios compare equal
+work), and its GPU rows import nothing the lent GPU machine lacks (ray, mlflow, optuna,
+pydensecrf)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import baselines
+from cobra import losses
+from cobra.metrics import confusion_matrix
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKER = '''
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"ray", "mlflow", "optuna", "pydensecrf"}:
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+'''
+
+
+def test_bincount_baseline_is_the_confusion_matrix():
+    rng = np.random.default_rng(0)
+    preds = [rng.integers(0, 5, (7, 9), dtype=np.uint8) for _ in range(3)]
+    gts = [np.where(rng.random((7, 9)) < 0.2, 255, rng.integers(0, 5, (7, 9))).astype(np.uint8)
+           for _ in range(3)]
+    want = sum(confusion_matrix(p, g, 5) for p, g in zip(preds, gts, strict=True))
+    np.testing.assert_array_equal(baselines.bincount_confusion(preds, gts, 5), want)
+
+
+def test_loop_info_nce_is_info_nce():
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(2, 9, 4), dim=2)
+    pos, neg = losses._top_bottom(torch.rand(2, 9, 9), 3, 2, False)
+    torch.testing.assert_close(baselines.loop_info_nce(z, pos, neg, 0.1),
+                               losses.info_nce(z, pos, neg, 0.1))
+
+
+def test_gpu_rows_import_no_sweep_tracking_or_crf_package(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    code = ("import sys, benchmarks.bench, cobra.stages.train, cobra.stages.seeds\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "{'ray', 'mlflow', 'optuna', 'pydensecrf'}]\n"
+            "assert not bad, bad\n"
+            "try:\n    import ray\nexcept ImportError:\n    print('blocked')\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "blocked"  # the blocker was active
