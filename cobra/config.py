@@ -234,6 +234,12 @@ class MasksConfig:
     rw_radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
     rw_beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
     rw_exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
+    rw_scale: float = _f(
+        1.0, ge=1.0, le=8.0,
+        help="the image is enlarged by this factor for the boundary network and the walk, whose "
+        "grid is 1/4 of its input: on VOC-sized images 1 (a 125-cell grid); on small images a "
+        "stride-4 grid is coarser than the seed itself (the demo's 128 px: 32 cells), so enlarge "
+        "them, and train IRN at that scale (masks.irn_crop ~ rw_scale x the image side)")
     rw_source: str | None = _f(
         None, choices=("fuse", "tran"),
         help="class maps the walk propagates: fuse = the seed combined per seeds.fusion (the "

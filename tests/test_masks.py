@@ -371,3 +371,19 @@ def test_affinity_loss_prefers_boundaries_on_label_edges():
     b = matched.clone().requires_grad_(True)
     affinity_loss(b, ir, offs).backward()
     assert b.grad is not None and torch.isfinite(b.grad).all()
+
+
+def test_rw_scale_enlarges_the_boundary_grid():
+    from cobra.config import load_config
+    from cobra.models.irn import BoundaryNet
+    from cobra.stages.masks import boundary_map, walk
+
+    net = BoundaryNet("test_resnet", False, True, layout="native").eval()
+    image = np.zeros((40, 56, 3), np.uint8)
+    assert boundary_map(net, image, torch.device("cpu")).shape == (10, 14)
+    enlarged = boundary_map(net, image, torch.device("cpu"), scale=2.0)
+    assert enlarged.shape == (20, 28)
+    # the walk follows the boundary grid it is given; masks come back at the image's size
+    cfg = load_config(None, ["masks.rw_exp_times=1"])
+    rw = walk(cfg, enlarged, np.ones((1, 40, 56), np.float32))
+    assert rw.shape == (1, 20, 28)

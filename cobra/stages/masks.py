@@ -48,9 +48,14 @@ _WORKER: dict[str, Any] = {}
 
 
 @torch.no_grad()
-def boundary_map(net, image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(h4, w4) boundary probability, averaged with the horizontal flip."""
+def boundary_map(net, image: np.ndarray, device: torch.device, scale: float = 1.0
+                 ) -> torch.Tensor:
+    """(h4, w4) boundary probability of the image resized by `scale` (`masks.rw_scale`),
+    averaged with the horizontal flip."""
     x = normalize_image(image).to(device)[None]
+    if scale != 1.0:
+        size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     b = net(torch.cat([x, x.flip(-1)]))
     return (b[0] + b[1].flip(-1)) / 2
 
@@ -126,7 +131,7 @@ def _stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
     return Stamp(layout.masks, fingerprint(
         irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
         seeds=file_signature(layout.seeds / "fingerprint.txt"),
-        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp,
+        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp, m.rw_scale,
             switch(cfg, "masks.rw_source")],
         rules=[switch(cfg, "masks.bg_rule"), m.sem_seg_bg, m.relative_theta],
         crf=[m.mask_crf, m.mask_crf_gt_prob, mask_crf_args(cfg)], ids=ids))
@@ -177,11 +182,11 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     return result
 
 
-def _boundary_jobs(net, source, ids: list[str], device: torch.device
+def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float
                    ) -> Iterator[tuple[str, np.ndarray, bool]]:
     """Boundary maps on the stage's device (GPU when present), one job per image."""
     for n, image_id in enumerate(ids):
-        boundary = boundary_map(net, source.load_image(image_id), device)
+        boundary = boundary_map(net, source.load_image(image_id), device, scale)
         yield image_id, boundary.float().cpu().numpy(), n < NUM_PICTURES
 
 
@@ -205,7 +210,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     # network stays here, on the device, and feeds them in chunks so memory stays bounded.
     for start in range(0, len(ids), MASK_CHUNK):
         chunk = ids[start:start + MASK_CHUNK]
-        jobs = list(_boundary_jobs(net, source, chunk, device))
+        jobs = list(_boundary_jobs(net, source, chunk, device, cfg.masks.rw_scale))
         results = parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
                                _init_worker, (cfg, layout))
         for (image_id, _, keep), result in zip(jobs, results, strict=True):
