@@ -73,6 +73,7 @@ class RayReporter(Reporter):
 
 
 STAGING_PREFIX = ".ray-checkpoint-"
+EXPORT_PREFIX = ".mlflow-export-"
 
 
 @contextmanager
@@ -140,7 +141,7 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> tuple[str, bool]
 def _log_weights(reporter: Reporter, layout: RunLayout) -> None:
     """MLflow keeps the trial's weights alone, in half precision (what `final` needs; the
     resumable `last.pt` with its optimizer state stays in the run directory)."""
-    with tempfile.TemporaryDirectory(prefix=".mlflow-export-", dir=layout.root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=layout.root) as tmp:
         export = Path(tmp) / "last.pt"
         export_weights(layout.last_checkpoint, export, half=True)
         reporter.log_artifact(export, "checkpoints")

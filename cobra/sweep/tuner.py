@@ -15,7 +15,12 @@ from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.sweep.spec import SweepSpec, trial_name
-from cobra.sweep.trainable import STAGING_PREFIX, TrialContext, run_sweep_trial
+from cobra.sweep.trainable import (
+    EXPORT_PREFIX,
+    STAGING_PREFIX,
+    TrialContext,
+    run_sweep_trial,
+)
 
 # A trial reports per-epoch metrics (no seed mIoU yet) before its final report; Ray's strict
 # check would reject those intermediate results for lacking the sweep metric.
@@ -183,14 +188,16 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 
 
 def _remove_staging_leftovers(spec: SweepSpec) -> None:
-    """Staging directories a trial could not remove itself: Ray may end a trial's actor while
-    its last checkpoint hand-over is still on the stack (seen once in the grid test), so the
-    driver, which owns the sweep, clears them once every trial has ended."""
+    """Short-lived staging directories (checkpoint hand-over, MLflow export) that reached
+    storage: Ray syncs a trial's working directory, run directory included, and a sync can copy
+    one while it exists; the trial's own clean-up does not reach that copy (seen in the grid
+    test). The driver, which owns the sweep, clears them once every trial has ended."""
     root = Path(spec.experiment_dir)
     if "://" in spec.experiment_dir or not root.is_dir():
-        return  # remote storage: trials never stage there
-    for leftover in root.glob(f"*/run/{STAGING_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        return  # remote storage: the same files, but not ours to list here
+    for prefix in (STAGING_PREFIX, EXPORT_PREFIX):
+        for leftover in root.glob(f"*/run/{prefix}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _print_resume_hint(spec: SweepSpec) -> None:
