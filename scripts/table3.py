@@ -58,13 +58,15 @@ def main() -> int:
     parser.add_argument("--generators", type=int, nargs="+", default=[0],
                         help="data.synthetic.seed values (different images, same generator)")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
+                        metavar="ROW", help=f"rows to run, of: {', '.join(map(repr, ROWS))}")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "table3")
     parser.add_argument("--json", type=Path, help="also write every run's result here")
     args = parser.parse_args()
 
-    jobs = [(gen, row, seed) for gen in args.generators for row in ROWS for seed in args.seeds]
+    jobs = [(gen, row, seed) for gen in args.generators for row in args.rows for seed in args.seeds]
 
     def one(job):
         gen, row, seed = job
@@ -81,7 +83,7 @@ def main() -> int:
     for gen in args.generators:
         print(f"\nTable 3, generator seed {gen} (mean ± std over train seeds {args.seeds})")
         print(f"{'row':18s} " + " ".join(f"{m:>14s}" for m in METRICS))
-        for row in ROWS:
+        for row in args.rows:
             cell = [r for r in results if r["generator"] == gen and r["row"] == row
                     and "error" not in r]
             print(f"{row:18s} " + " ".join(
