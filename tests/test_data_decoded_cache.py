@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from cobra.config import SyntheticConfig
+from cobra.config import SyntheticConfig, load_config
+from cobra.data import build_eval_dataset, build_source, build_train_dataset
 from cobra.data import decoded_cache as dc
 from cobra.data.synthetic import write_synthetic
 from cobra.data.voc import VOCSource
+from cobra.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = SyntheticConfig(num_train=12, num_val=6, image_size=64, seed=0)
@@ -55,6 +58,11 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "decoded"
 
 
+def _cfg(root: Path, *extra: str):
+    return load_config(None, ["data.dataset=voc", f"data.root={root}", "data.image_size=48",
+                              "data.resize_long=[40, 96]", *extra])
+
+
 def _count_decodes(source: VOCSource) -> list[str]:
     """The ids `source` decodes from here on (its own load_image, recorded)."""
     decoded: list[str] = []
@@ -85,6 +93,29 @@ def test_cached_pixels_are_the_decoded_files(mixed_root, cache, split):
         assert got.flags.writeable  # a copy, like the file reader's, not a view of the cache
         shapes.add(got.shape)
     assert len(shapes) >= 2  # sizes differ, so the offsets are exercised
+
+
+def test_dataset_items_identical_with_and_without_cache(mixed_root, cache):
+    """Every item of both datasets, augmented ones under the same seed, is bit-identical."""
+    for build, split in ((build_eval_dataset, "val"), (build_eval_dataset, "train"),
+                         (build_train_dataset, "train")):
+        plain = build(_cfg(mixed_root, "data.decoded_cache=false"), split)
+        cached = build(_cfg(mixed_root, "data.decoded_cache=true"), split)
+        assert plain.images is plain.source
+        assert isinstance(cached.images, dc.DecodedImages)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            want = [plain[i] for i in range(len(plain))]
+            torch.manual_seed(seed)
+            got = [cached[i] for i in range(len(cached))]
+            for a, b in zip(want, got, strict=True):
+                assert a["id"] == b["id"]
+                assert torch.equal(a["image"], b["image"]), (split, seed, a["id"])
+                assert torch.equal(a["label"], b["label"])
+
+
+def test_decoded_cache_is_on_by_default():
+    assert load_config(None, []).data.decoded_cache is True
 
 
 def test_store_pickles_without_its_pixels(mixed_root, cache):
@@ -213,3 +244,23 @@ def test_pixels_without_index_are_not_used(mixed_root, cache):
     decoded = _count_decodes(source)
     assert dc.decoded_images(source) is not None
     assert decoded == source.ids
+
+
+def test_no_room_reads_the_files(mixed_root, cache, monkeypatch, capsys):
+    monkeypatch.setattr(dc, "FREE_SPACE_MARGIN", 1 << 62)  # as if the disk were nearly full
+    ds = build_eval_dataset(_cfg(mixed_root), "val")
+    assert ds.images is ds.source
+    assert "decoding image files instead" in capsys.readouterr().err
+    assert not list(cache.glob("*/*.npy")) and not list(cache.glob("*/*.npz"))
+
+
+def test_corrupt_image_fails_when_the_cache_is_built(mixed_root, cache, tmp_path):
+    root = Path(shutil.copytree(mixed_root, tmp_path / "ds"))
+    bad = root / "JPEGImages" / "train_00003.png"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(DataError, match="cannot be read") as err:
+        build_train_dataset(_cfg(root), "train")
+    assert str(bad) in str(err.value)
+    ds = build_train_dataset(_cfg(root, "data.on_bad_file=skip"), "train")
+    assert "train_00003" not in ds.ids and isinstance(ds.images, dc.DecodedImages)
+    assert len(build_source(_cfg(root, "data.on_bad_file=skip"), "train").ids) == len(ds)
