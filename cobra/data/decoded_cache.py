@@ -14,9 +14,10 @@ sees. The fingerprint covers what decides the pixels: the reader, the root, the 
 file name, size and mtime, and the Pillow version that decodes them.
 
 `index.npz` is renamed into place last, so its presence means the pixels beside it are complete:
-a killed build leaves nothing that would be used. A lock file makes concurrent builders wait for
-the first instead of decoding too; correctness does not rest on it (each writes its own temporary
-file and the renames are atomic), which matters where the cache sits on a network filesystem.
+a killed build leaves nothing that would be used. A lock file (flock, as `cobra.pretrain`'s) makes
+concurrent builders wait for the first instead of decoding too, and lets the next builder remove a
+killed one's temporary file. Readers never take the lock: a store they find is complete, and a
+rename never changes what an open map holds.
 """
 
 from __future__ import annotations
