@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from benchmarks import baselines
+from benchmarks import baselines, bench
 from cobra import losses
+from cobra.config import load_config
+from cobra.data.decoded_cache import DecodedImages
 from cobra.metrics import confusion_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,23 @@ def test_loop_info_nce_is_info_nce():
     pos, neg = losses._top_bottom(torch.rand(2, 9, 9), 3, 2, False)
     torch.testing.assert_close(baselines.loop_info_nce(z, pos, neg, 0.1),
                                losses.info_nce(z, pos, neg, 0.1))
+
+
+def test_loader_row_compares_the_same_items(tiny_overrides, tmp_path, monkeypatch):
+    """The loader row's two arms give the same items under the same seed: only where the pixels
+    come from differs."""
+    monkeypatch.setenv("COBRA_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, tiny_overrides)
+    files, cached = bench.loader_arms(cfg)
+    assert files.images is files.source and isinstance(cached.images, DecodedImages)
+    torch.manual_seed(0)
+    want = [files[i]["image"] for i in range(len(files))]
+    torch.manual_seed(0)
+    assert all(torch.equal(w, cached[i]["image"]) for i, w in enumerate(want))
+    got = bench.loader_row("tiny", cfg, {"value": 1.0}, 4, 2, repeats=1)
+    assert got["unit"] == "img/s" and got["value"] > 0 and got["baseline"] > 0
+    assert got["cache_per_step"] == pytest.approx(got["value"], abs=0.1)  # step: 1 img/s
+    assert got["images"] == 8
 
 
 def test_gpu_rows_import_no_sweep_tracking_or_crf_package(tmp_path):

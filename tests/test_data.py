@@ -262,7 +262,9 @@ def test_empty_split(syn_copy):
 def test_corrupt_image_fails_at_load_or_is_skipped(syn_copy, capsys):
     bad = syn_copy / "JPEGImages" / "train_00003.png"
     bad.write_bytes(b"this is not an image")
-    ds = build_train_dataset(_cfg(syn_copy), "train")  # fail mode: lazy, construction is cheap
+    # fail mode reading files: lazy, construction is cheap (the decoded cache, which decodes
+    # every image up front, fails at construction: tests/test_data_decoded_cache.py)
+    ds = build_train_dataset(_cfg(syn_copy, "data.decoded_cache=false"), "train")
     assert len(ds) == 12
     with pytest.raises(DataError, match="cannot be read") as err:
         ds[3]

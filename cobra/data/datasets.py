@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cobra.config import Config
+from cobra.data.decoded_cache import DecodedImages, decoded_images
 from cobra.data.source import Source
 from cobra.data.transforms import eval_transform, train_transform
 from cobra.errors import DataError
@@ -63,10 +64,13 @@ def resolve_train_split(cfg: Config) -> str:
 
 
 class _SourceDataset(Dataset):
-    """Common part: a Source, its ids and the item dict."""
+    """Common part: a Source, its ids and the item dict. Images come from `images` when given
+    (the decoded cache: the same pixels, without decoding the file), else from the source."""
 
-    def __init__(self, source: Source, image_size: int) -> None:
+    def __init__(self, source: Source, image_size: int,
+                 images: DecodedImages | None = None) -> None:
         self.source = source
+        self.images: Source | DecodedImages = images if images is not None else source
         self.image_size = image_size
         self.ids = list(source.ids)
         self.num_classes = source.num_classes
@@ -80,7 +84,7 @@ class _SourceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image = self._transform(self.source.load_image(image_id))
+        image = self._transform(self.images.load_image(image_id))
         label = torch.from_numpy(self.source.labels(image_id))
         return {"image": image, "label": label, "id": image_id}
 
@@ -88,8 +92,9 @@ class _SourceDataset(Dataset):
 class TrainDataset(_SourceDataset):
     """Random resize of the long side, flip, normalize, random S x S crop (IRN / CoBra)."""
 
-    def __init__(self, source: Source, image_size: int, resize_long: tuple[int, int]) -> None:
-        super().__init__(source, image_size)
+    def __init__(self, source: Source, image_size: int, resize_long: tuple[int, int],
+                 images: DecodedImages | None = None) -> None:
+        super().__init__(source, image_size, images)
         self.resize_long = (int(resize_long[0]), int(resize_long[1]))
 
     def _transform(self, image: Any) -> torch.Tensor:
@@ -106,9 +111,16 @@ class EvalDataset(_SourceDataset):
 def build_train_dataset(cfg: Config, split: str) -> TrainDataset:
     """The augmented classification dataset of `split` (items: image, label, id)."""
     lo, hi = cfg.data.resize_long
-    return TrainDataset(build_source(cfg, split), cfg.data.image_size, (lo, hi))
+    source = build_source(cfg, split)
+    return TrainDataset(source, cfg.data.image_size, (lo, hi), _cached_images(cfg, source))
 
 
 def build_eval_dataset(cfg: Config, split: str) -> EvalDataset:
     """The deterministic classification dataset of `split` (items: image, label, id)."""
-    return EvalDataset(build_source(cfg, split), cfg.data.image_size)
+    source = build_source(cfg, split)
+    return EvalDataset(source, cfg.data.image_size, _cached_images(cfg, source))
+
+
+def _cached_images(cfg: Config, source: Source) -> DecodedImages | None:
+    """The split's decoded cache when data.decoded_cache is on (None: read the files)."""
+    return decoded_images(source) if cfg.data.decoded_cache else None
