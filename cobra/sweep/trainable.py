@@ -42,6 +42,7 @@ class TrialContext:
     experiment: str
     parent_run_id: str
     metric: str
+    experiment_dir: str  # the sweep's directory in Ray's storage: a local path or a URI
 
 
 class RayReporter(Reporter):
@@ -147,11 +148,23 @@ def _log_weights(reporter: Reporter, layout: RunLayout) -> None:
         reporter.log_artifact(export, "checkpoints")
 
 
+def trial_run_dir(ctx: TrialContext, trial_dir: Path) -> Path:
+    """The trial's run directory: `<storage>/<sweep>/<trial>/run`, written there directly when
+    storage is a local (or shared) path, so it outlives the Ray session and a resumed sweep finds
+    it again. Not under Ray's trial directory: the driver uploads that whole tree at every state
+    snapshot (one per checkpoint), which would copy every seed file again each epoch and race the
+    run's atomic writes (a temporary file renamed away mid-upload fails the snapshot). With
+    remote storage, the trial's working directory, which Ray does not upload."""
+    if "://" in ctx.experiment_dir:
+        return Path.cwd() / "run"
+    return Path(ctx.experiment_dir) / trial_dir.name / "run"
+
+
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """Ray function trainable: `params` maps dotted config keys to this trial's values."""
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
-    layout = RunLayout(Path(tune_ctx.get_trial_dir()) / "run")
+    layout = RunLayout(trial_run_dir(ctx, Path(tune_ctx.get_trial_dir())))
     layout.root.mkdir(parents=True, exist_ok=True)
     # run.* stays as in the base config: the trial directory moves between Ray sessions (a
     # resumed sweep), and a trial's params must not change when it is restarted

@@ -152,7 +152,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     else:
         tracking.reopen_run(uri, parent)
     ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
-                       experiment=spec.experiment, parent_run_id=parent, metric=spec.metric)
+                       experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
+                       experiment_dir=spec.experiment_dir)
     trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
                                     {"cpu": spec.cpu, "gpu": spec.gpu})
     _init_ray()
@@ -188,10 +189,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 
 
 def _remove_staging_leftovers(spec: SweepSpec) -> None:
-    """Short-lived staging directories (checkpoint hand-over, MLflow export) that reached
-    storage: Ray syncs a trial's working directory, run directory included, and a sync can copy
-    one while it exists; the trial's own clean-up does not reach that copy (seen in the grid
-    test). The driver, which owns the sweep, clears them once every trial has ended."""
+    """Short-lived staging directories (checkpoint hand-over, MLflow export) in the trials' run
+    directories that a trial could not remove: Ray may end a trial's actor mid hand-over (seen
+    in the grid test). The driver, which owns the sweep, clears them once every trial ended."""
     root = Path(spec.experiment_dir)
     if "://" in spec.experiment_dir or not root.is_dir():
         return  # remote storage: the same files, but not ours to list here
