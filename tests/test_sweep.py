@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cobra.config import unflatten
+from cobra.sweep.trainable import TrialContext, trial_run_dir
 from tests.conftest import TINY_OVERRIDES, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,3 +216,20 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
                         "--runs-dir", str(sweep_env["dir"] / "runs")], capsys)
     assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not list((sweep_env["dir"] / "runs").glob("*"))
+
+
+def test_a_trials_run_directory_is_in_local_storage_and_in_its_working_dir_for_a_uri(tmp_path,
+                                                                                     monkeypatch):
+    # Ray re-uploads its own trial directory at every snapshot: the run directory must not be in it
+    ray_trial_dir = tmp_path / "ray-session" / "driver_artifacts" / "k=1_abc"
+
+    def ctx(experiment_dir: str) -> TrialContext:
+        return TrialContext(base_config={}, tracking_uri="", experiment="e", parent_run_id="p",
+                            metric="seed_miou", experiment_dir=experiment_dir)
+
+    local = trial_run_dir(ctx(str(tmp_path / "ray_results" / "demo")), ray_trial_dir)
+    assert local == tmp_path / "ray_results" / "demo" / "k=1_abc" / "run"
+    monkeypatch.chdir(tmp_path)
+    remote = trial_run_dir(ctx("s3://bucket/ray_results/demo"), ray_trial_dir)
+    assert remote == tmp_path / "run"
+
