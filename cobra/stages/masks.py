@@ -27,6 +27,7 @@ from cobra.masks.random_walk import masks_from_rw, random_walk, relative_labels
 from cobra.metrics import confusion_matrix, mean_iou
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
+from cobra.runtime import resolve_device
 from cobra.seeds import cams_to_label
 from cobra.stages.common import (
     Stamp,
@@ -39,7 +40,6 @@ from cobra.stages.common import (
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
 from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
-from cobra.stages.train import resolve_device
 
 MASK_RULES = ("irn", "relative")
 # images whose boundary maps are made before their walks and CRFs are handed to the workers
@@ -182,10 +182,11 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     return result
 
 
-def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float
-                   ) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """Boundary maps on the stage's device (GPU when present), one job per image."""
-    for n, image_id in enumerate(ids):
+def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float,
+                   first: int) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Boundary maps on the stage's device (GPU when present), one job per image; `first` is
+    the position of `ids[0]` in the stage's list (only its first NUM_PICTURES get pictures)."""
+    for n, image_id in enumerate(ids, start=first):
         boundary = boundary_map(net, source.load_image(image_id), device, scale)
         yield image_id, boundary.float().cpu().numpy(), n < NUM_PICTURES
 
@@ -210,7 +211,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     # network stays here, on the device, and feeds them in chunks so memory stays bounded.
     for start in range(0, len(ids), MASK_CHUNK):
         chunk = ids[start:start + MASK_CHUNK]
-        jobs = list(_boundary_jobs(net, source, chunk, device, cfg.masks.rw_scale))
+        jobs = list(_boundary_jobs(net, source, chunk, device, cfg.masks.rw_scale, start))
         results = parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
                                _init_worker, (cfg, layout))
         for (image_id, _, keep), result in zip(jobs, results, strict=True):
