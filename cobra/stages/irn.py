@@ -24,9 +24,10 @@ from cobra.masks.affinity_labels import affinity_loss
 from cobra.masks.random_walk import neighbour_offsets
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.reporting import Reporter
+from cobra.runtime import resolve_device
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.ir_labels import read_ir_label
-from cobra.stages.train import poly_lr, resolve_device
+from cobra.stages.train import poly_lr
 
 
 class IRLabelDataset(Dataset):

@@ -28,8 +28,8 @@ from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.pictures import colorize, heatmap, save_strip
 from cobra.reporting import Reporter, jsonable
+from cobra.runtime import resolve_device
 from cobra.stages.common import Stamp, file_signature, fingerprint, stage_ids
-from cobra.stages.train import resolve_device
 
 NUM_PICTURES = 4
 

@@ -13,11 +13,11 @@ from cobra.data import build_source
 from cobra.layout import RunLayout
 from cobra.masks.crf import crf_probs
 from cobra.reporting import Reporter
+from cobra.runtime import resolve_device
 from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
 from cobra.segment.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
 from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
 from cobra.stages.masks import mask_crf_args
-from cobra.stages.train import resolve_device
 
 
 def _crf_fn(cfg: Config):
