@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from launch_json import ROOT, launch
+
 ROWS = {
     "cnn only": ["model.branches=cnn"],
     "vit only": ["model.branches=vit"],
@@ -32,16 +31,8 @@ METRICS = ("seed_miou", "seed_miou_aobj", "cls_map_cnn", "cls_map_vit")
 
 def train(config: str, sets: list[str], runs: Path, threads: int) -> dict:
     """One `launch.py train` run; its final JSON line, or the error it printed."""
-    args = [sys.executable, str(ROOT / "launch.py"), "train", config, "--set",
-            "train.progress=false", "--set", f"run.dir={runs}"]
-    for item in sets:
-        args += ["--set", item]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
-    return json.loads(lines[-1])
+    return launch(["train", config], ["train.progress=false", f"run.dir={runs}", *sets],
+                  threads)
 
 
 def summary(values: list[float]) -> str:

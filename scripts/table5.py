@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from launch_json import ROOT, launch
+
 MODES = {"cnn": "M_cnn", "tran": "M_tran", "avg": "(M_cnn + M_tran)/2",
          "max": "max{M_cnn, M_tran}", "fuse": "M_fuse"}
 KEPT = ("config.yaml", "checkpoints", "seeds")  # what a mode's copy starts from
@@ -42,17 +42,8 @@ def copy_run(run: Path, dest: Path) -> None:
 
 def stages(run: Path, mode: str, overrides: list[str], threads: int) -> dict:
     """seeds (scored under `mode`) → IR labels → IRN → masks in `run`; its final JSON line."""
-    args = [sys.executable, str(ROOT / "launch.py"), "stage", "seeds", "ir_labels", "irn",
-            "masks", "--run-dir", str(run), "--set", f"seeds.fusion={mode}",
-            "--set", "train.progress=false"]
-    for item in overrides:
-        args += ["--set", item]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
-    return json.loads(lines[-1])
+    return launch(["stage", "seeds", "ir_labels", "irn", "masks", "--run-dir", str(run)],
+                  [f"seeds.fusion={mode}", "train.progress=false", *overrides], threads)
 
 
 def main() -> int:
