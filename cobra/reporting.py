@@ -35,6 +35,10 @@ class Reporter:
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         """Headline metrics of a finished stage (`seed_miou`, `mask_miou`, ...)."""
 
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        """A small table (column name → values), e.g. per-class IoU: one artifact, not one
+        metric chart per row."""
+
     def close(self, status: str = "FINISHED") -> None:
         """The run ended: FINISHED, FAILED or KILLED."""
 
@@ -68,6 +72,9 @@ class FileReporter(Reporter):
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         self._write("summary", metrics=dict(metrics))
 
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        self._write("table", artifact_file=artifact_file, columns=dict(columns))
+
     def close(self, status: str = "FINISHED") -> None:
         self._write("end", status=status)
 
@@ -98,6 +105,10 @@ class MultiReporter(Reporter):
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         for r in self.reporters:
             r.log_summary(metrics)
+
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        for r in self.reporters:
+            r.log_table(columns, artifact_file)
 
     def close(self, status: str = "FINISHED") -> None:
         for r in self.reporters:

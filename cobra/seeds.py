@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cobra.metrics import confusion_matrix, mean_iou
+from cobra.metrics import confusion_matrix, iou_counts, mean_iou, miou_from_counts
 
 FUSION_MODES = ("cnn", "tran", "avg", "max", "fuse", "fuse_code")
 
@@ -92,15 +92,44 @@ class ThresholdSweep:
     def __post_init__(self) -> None:
         k = self.num_classes
         self.confusions = np.zeros((len(self.thresholds), k, k), dtype=np.int64)
+        # per image and threshold: (3, K) `iou_counts`, for intervals over images and for
+        # choosing the threshold on other images than those scored (int32: pixel counts)
+        self.image_counts: list[np.ndarray] = []
 
     def add(self, cam: np.ndarray, keys: np.ndarray, gt: np.ndarray,
             bg_scores: Sequence[float]) -> None:
         """Score one image at every threshold; bg_scores[i] is the background score that
         thresholds[i] means for this image (the threshold itself, or a percentile of A_obj)."""
         peak, label = _best_class(cam, keys)  # once per image, not once per threshold
+        counts = np.zeros((len(bg_scores), 3, self.num_classes), dtype=np.int32)
         for i, bg in enumerate(bg_scores):
             pred = np.where(peak > bg, label, 0)
-            self.confusions[i] += confusion_matrix(pred, gt, self.num_classes)
+            confusion = confusion_matrix(pred, gt, self.num_classes)
+            self.confusions[i] += confusion
+            counts[i] = iou_counts(confusion)
+        self.image_counts.append(counts)
+
+    def counts_at(self, threshold: float) -> np.ndarray:
+        """(N, 3, K) per-image counts at one of the thresholds."""
+        i = list(self.thresholds).index(threshold)
+        return np.stack([c[i] for c in self.image_counts]) if self.image_counts else np.zeros(
+            (0, 3, self.num_classes), dtype=np.int32)
+
+    def cross_fitted(self) -> tuple[float, list[float]]:
+        """mIoU % with each image scored at the threshold chosen on the *other* images: the
+        set is split into two folds (even / odd positions), each fold's best threshold is
+        picked on the other fold, and the two folds' counts are summed. Returns (mIoU, the two
+        thresholds). An honest score: no image helps pick its own threshold."""
+        counts = np.stack(self.image_counts)  # (N, T, 3, K)
+        folds = [np.arange(len(counts))[f::2] for f in (0, 1)]
+        total = np.zeros(counts.shape[2:], dtype=np.int64)
+        chosen = []
+        for fold, other in ((folds[0], folds[1]), (folds[1], folds[0])):
+            scores = miou_from_counts(counts[other].sum(0, dtype=np.int64))
+            i = int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0
+            chosen.append(float(self.thresholds[i]))
+            total += counts[fold, i].sum(0, dtype=np.int64)
+        return float(miou_from_counts(total)), chosen
 
     def best(self) -> tuple[float, float, np.ndarray]:
         """(threshold, mIoU %, per-class IoU %) of the threshold with the highest mIoU."""

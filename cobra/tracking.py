@@ -44,6 +44,9 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 
+# Metric values keep this many decimals (mIoU in %, losses, mAP): what a reader can use.
+METRIC_DECIMALS = 4
+
 KIND_TAG = "cobra.kind"
 SWEEP_TAG = "cobra.sweep"
 METRIC_TAG = "cobra.metric"
@@ -430,7 +433,8 @@ class MlflowReporter(Reporter):
         for key, value in metrics.items():
             number = _as_float(value)
             if number is not None:
-                clean[sanitize_key(key)] = number  # dict: collisions after sanitizing dedupe
+                # dict: collisions after sanitizing dedupe; rounded: 56.71234891 is float noise
+                clean[sanitize_key(key)] = round(number, METRIC_DECIMALS)
         seen = self._steps_on_record()
         fresh = [Metric(k, v, now, int(step or 0)) for k, v in clean.items()
                  if int(step or 0) not in seen.get(k, ())]
@@ -491,6 +495,13 @@ class MlflowReporter(Reporter):
         entries = [RunTag(k, v) for k, v in _str_tags(tags).items()]
         for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=batch)
+
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        """A table artifact MLflow's UI renders (and compares across runs)."""
+        import pandas as pd
+
+        self._wait_for_store(f"uploading {artifact_file}")
+        self.client.log_table(self.run_id, pd.DataFrame(dict(columns)), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store `text` as the artifact `artifact_file` (e.g. failure.txt)."""

@@ -24,7 +24,7 @@ from cobra.data import build_source, normalize_image
 from cobra.layout import RunLayout
 from cobra.masks.crf import crf_label, crf_probs
 from cobra.masks.random_walk import masks_from_rw, random_walk, relative_labels
-from cobra.metrics import confusion_matrix, mean_iou
+from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
@@ -207,6 +207,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     k = source.num_classes + 1
     conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
             for crf in (False, True)}
+    image_counts = []  # the written masks' per-image counts: a bootstrap interval over images
     # The walk and the CRFs (most of the time) run on `masks.workers` processes; the boundary
     # network stays here, on the device, and feeds them in chunks so memory stays bounded.
     for start in range(0, len(ids), MASK_CHUNK):
@@ -217,6 +218,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         for (image_id, _, keep), result in zip(jobs, results, strict=True):
             for key, counts in result["confusions"].items():
                 conf[key] += counts
+            if (chosen, True) in result["confusions"]:
+                image_counts.append(iou_counts(result["confusions"][chosen, True]))
             if keep and source.has_masks:
                 _picture(layout, reporter, image_id, source.load_image(image_id),
                          load_walk_seed(cfg, layout, image_id), result["mask"],
@@ -225,11 +228,15 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     if not source.has_masks:
         return {}
     metrics = _metrics(cfg, conf)
+    lo, hi = bootstrap_miou_ci(np.stack(image_counts))
+    metrics.update(mask_miou_ci_lo=round(lo, 4), mask_miou_ci_hi=round(hi, 4),
+                   mask_num_images=len(ids))
     names = list(source.class_names)
     per_class = mean_iou(conf[chosen, True])[1]
-    reporter.log_metrics({f"mask_iou/{n}": float(v) for n, v in zip(names, per_class,
-                                                                      strict=True)
-                          if not np.isnan(v)})
+    # one table artifact, not one metric chart per class
+    reporter.log_table({"class": names, "iou": [None if np.isnan(v) else round(float(v), 3)
+                                                for v in per_class]},
+                       "masks/per_class_iou.json")
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics

@@ -24,6 +24,7 @@ from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.errors import DataError, StageInputError
 from cobra.layout import RunLayout, atomic_write_text
+from cobra.metrics import bootstrap_miou_ci
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.pictures import colorize, heatmap, save_strip
@@ -32,6 +33,8 @@ from cobra.runtime import resolve_device
 from cobra.stages.common import Stamp, file_signature, fingerprint, stage_ids
 
 NUM_PICTURES = 4
+# Where `seed_threshold` (and so `seed_miou`) was chosen: said next to every score.
+THRESHOLD_CHOSEN_ON = "scored images (best of seeds.threshold_grid on their ground truth)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +256,9 @@ def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
 
     fixed: IRN's fixed background score, swept over `seeds.threshold_grid` (plus `fixed_bg`);
     aobj: the paper's per-image θ-th percentile of A_obj over `seeds.percentile_grid` (runs with
-    a ViT branch only). Both thresholds are chosen on ground truth, as the paper does.
+    a ViT branch only). Both thresholds are chosen on ground truth of the scored images, as
+    the paper does; `miou_heldout` scores each image at a threshold chosen on the other images
+    (two folds), and `ci95` is a bootstrap interval over images at the chosen threshold.
     """
     num_classes = source.num_classes + 1
     thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
@@ -273,8 +278,13 @@ def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
     names = list(source.class_names)
     threshold, miou, per_class = fixed.best()
     curve = fixed.curve()
+    ci_lo, ci_hi = bootstrap_miou_ci(fixed.counts_at(threshold))
+    heldout, heldout_thresholds = fixed.cross_fitted() if ids else (float("nan"), [])
     result = {"fusion": cfg.seeds.fusion, "num_images": len(ids),
               "fixed": {"threshold": threshold, "miou": miou,
+                        "threshold_chosen_on": THRESHOLD_CHOSEN_ON,
+                        "ci95": [ci_lo, ci_hi],
+                        "miou_heldout": heldout, "heldout_thresholds": heldout_thresholds,
                         "miou_at_default": curve[cfg.seeds.fixed_bg],
                         "default_threshold": cfg.seeds.fixed_bg,
                         "per_class": _per_class(names, per_class), "curve": curve},
@@ -290,7 +300,11 @@ def headline(evaluation: dict) -> dict[str, float]:
     """The flat metrics a sweep ranks on; `seed_miou` is the fixed-threshold protocol because
     it is defined for every branch setup (the A_obj protocol needs the ViT)."""
     fixed, aobj = evaluation["fixed"], evaluation["aobj"]
+    lo, hi = fixed.get("ci95", [float("nan")] * 2)
     metrics = {"seed_miou": fixed["miou"], "seed_threshold": fixed["threshold"],
+               "seed_miou_ci_lo": lo, "seed_miou_ci_hi": hi,
+               "seed_miou_heldout": fixed.get("miou_heldout", float("nan")),
+               "seed_num_images": evaluation["num_images"],
                "seed_miou_default_bg": fixed["miou_at_default"],
                "seed_miou_aobj": aobj["miou"] if aobj else float("nan"),
                "seed_percentile": aobj["percentile"] if aobj else float("nan")}
@@ -320,6 +334,34 @@ def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], thresh
         reporter.log_artifact(path, "pictures")
 
 
+def per_class_table(per_class: dict[str, float | None]) -> dict[str, list]:
+    """{"class": [...], "iou": [...]}: a table MLflow shows in the run's artifacts."""
+    return {"class": list(per_class), "iou": list(per_class.values())}
+
+
+def save_threshold_curve(fixed: dict, path: Path) -> None:
+    """Seed mIoU against the background threshold, the chosen one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = sorted(fixed["curve"])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    try:
+        ax.plot(thresholds, [fixed["curve"][t] for t in thresholds], marker="o")
+        ax.axvline(fixed["threshold"], color="grey", linestyle="--",
+                   label=f"chosen {fixed['threshold']:.2f} (on the scored images)")
+        ax.set_xlabel("background threshold")
+        ax.set_ylabel("seed mIoU (%)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         ) -> dict[str, float]:
     """Make seeds for the seed split, score them, draw a few; returns the headline metrics."""
@@ -331,10 +373,13 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     atomic_write_text(layout.seeds_eval, json.dumps(jsonable(evaluation), indent=2))
     save_pictures(cfg, layout, source, ids, evaluation["fixed"]["threshold"], reporter)
     metrics = headline(evaluation)
-    per_class = {f"seed_iou/{name}": v for name, v in evaluation["fixed"]["per_class"].items()
-                 if v is not None}
-    reporter.log_metrics(per_class)
+    # per-class IoU is in seeds/eval.json (and a table in MLflow), not one chart per class
+    reporter.log_table(per_class_table(evaluation["fixed"]["per_class"]),
+                       "seeds/per_class_iou.json")
     reporter.log_artifact(layout.seeds_eval, "seeds")
+    curve_png = layout.pictures / "seed_threshold_curve.png"
+    save_threshold_curve(evaluation["fixed"], curve_png)
+    reporter.log_artifact(curve_png, "seeds")
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics
