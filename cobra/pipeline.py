@@ -13,13 +13,19 @@ from cobra.stages import POST_TRAIN_STAGES, get_stage, seeds, train
 
 
 def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
-              resume_from: Path | None = None) -> dict[str, float]:
-    """Train CoBra, then make and score its seeds: what one sweep trial measures."""
+              resume_from: Path | None = None, stages: Iterable[str] = ("seeds",)
+              ) -> dict[str, float]:
+    """Train CoBra, then run `stages` (seeds first; a sweep's `stages:` may go on to masks):
+    what one sweep trial measures."""
+    stages = list(stages)
+    if stages[:1] != ["seeds"]:
+        raise ValueError(f"a trial's stages start with seeds, got {stages}")
     # the seed split's problems are found before training, not after an hour of it
     seeds.check_inputs(cfg, build_source(cfg, cfg.data.seed_split))
     train_metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
-    seed_metrics = seeds.run(cfg, layout, reporter)
-    return {**train_metrics, **seed_metrics}
+    # each stage's fingerprint (checkpoint, settings, images) tells current outputs from stale
+    stage_metrics = run_stages(cfg, layout, reporter, stages=stages)
+    return {**train_metrics, **stage_metrics}
 
 
 def run_stages(cfg: Config, layout: RunLayout, reporter: Reporter,

@@ -13,8 +13,17 @@ from typing import Any
 
 import pandas as pd
 
+from cobra import cells as cells_mod
 from cobra.errors import ConfigError, TrackingError
-from cobra.tracking import TrialRecord, get_trial, list_trials, log_files, sanitize_key
+from cobra.paper import paper_table
+from cobra.tracking import (
+    TrialRecord,
+    get_trial,
+    list_trials,
+    log_files,
+    run_link,
+    sanitize_key,
+)
 
 # Params that differ between trials without being an ablation axis: seeds are replicates (their
 # cells are averaged), run names and directories are bookkeeping.
@@ -48,26 +57,36 @@ def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
     return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
 
 
-def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = None,
-                   cols: str | None = None, mode: str = "max") -> pd.DataFrame:
-    """Mean of `metric` over FINISHED trials, pivoted by `rows` × `cols` (chosen when None)."""
+def _finished(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
     key = sanitize_key(metric)
     done = [t for t in trials if t.status == "FINISHED" and _finite(t.metrics.get(key))]
     if not done:
         raise TrackingError(f"no FINISHED trial has metric '{metric}' ({len(trials)} trials); "
                             f"wait for trials to finish or pass another --metric")
+    return done
+
+
+def table_axes(done: list[TrialRecord], rows: str | None, cols: str | None) -> list[str]:
+    """The swept keys a table is laid out by: the given ones, else every varying param except
+    replicate seeds (averaged over) and bookkeeping."""
     known = sorted({k for t in done for k in t.params})
     for name, given in (("--rows", rows), ("--cols", cols)):
         if given is not None and given not in known:
             raise ConfigError(f"{name} '{given}' is not a param of this sweep; the swept params "
                               f"are: {', '.join(varying_params(done)) or '(none)'}")
-    if rows is None and cols is None:
-        varying = varying_params(done)
-        axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
-        if not axes:
-            axes = [k for k in varying if k not in _BOOKKEEPING]
-    else:
-        axes = [k for k in (rows, cols) if k is not None]
+    if rows is not None or cols is not None:
+        return [k for k in (rows, cols) if k is not None]
+    varying = varying_params(done)
+    axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
+    return axes or [k for k in varying if k not in _BOOKKEEPING]
+
+
+def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = None,
+                   cols: str | None = None, mode: str = "max") -> pd.DataFrame:
+    """Mean of `metric` over FINISHED trials, pivoted by `rows` × `cols` (chosen when None)."""
+    key = sanitize_key(metric)
+    done = _finished(trials, metric)
+    axes = table_axes(done, rows, cols)
 
     frame = pd.DataFrame([{**{a: _parse(t.params.get(a, "None")) for a in axes},
                            metric: t.metrics[key]} for t in done])
@@ -120,6 +139,11 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def render_terminal(df: pd.DataFrame, title: str) -> str:
     """The table as aligned plain text under `title`."""
     header, body = _cells(df)
+    return render_rows(header, body, title)
+
+
+def render_rows(header: list[str], body: list[list[str]], title: str) -> str:
+    """Rows of strings as aligned plain text under `title`."""
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
                                for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -198,9 +222,57 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str) -> None:
         plt.close(fig)
 
 
+def threshold_note(metric: str) -> str:
+    """Where a metric's threshold was chosen: said under every table that shows it."""
+    if metric.startswith("seed_miou") and metric != "seed_miou_heldout":
+        return (f"`{metric}`: background threshold chosen on the scored images' ground truth "
+                f"(the paper's protocol); `seed_miou_heldout` scores each image at a threshold "
+                f"chosen on the other images.")
+    return ""
+
+
+def cells_markdown(cells: list[cells_mod.Cell], axes: list[str], metric: str,
+                   link=None) -> str:
+    header, body = cells_mod.rows(cells, axes, metric, link)
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in header) + " |",
+             "|" + "|".join([" --- "] * len(header)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in body])
+
+
+def sweep_cells(trials: list[TrialRecord], metric: str, mode: str, sweep: str | None,
+                rows: str | None = None, cols: str | None = None
+                ) -> tuple[list[cells_mod.Cell], list[str]]:
+    """The sweep's cells, best first, each with its verdict against the best."""
+    done = _finished(trials, metric)
+    axes = table_axes(done, rows, cols)
+    return cells_mod.rank_cells(cells_mod.group_cells(done, metric, axes, sweep), mode), axes
+
+
+def results_markdown(uri: str, trials: list[TrialRecord], metric: str, mode: str,
+                     sweep: str | None) -> str:
+    """The parent run's results section: every cell, best first, linked to its runs."""
+    try:
+        cells, axes = sweep_cells(trials, metric, mode, sweep)
+    except TrackingError:
+        return "No trial finished with a score."
+    link = lambda c: ", ".join(run_link(uri, r, n) for r, n in zip(  # noqa: E731
+        c.run_ids, c.run_names, strict=True))
+    paper = paper_table(sweep)
+    notes = [f"Best first by `{metric}` ({mode}); n = runs per cell (training seeds), "
+             f"images = images each score covers. *Within noise*: the gap to the best is under "
+             f"two standard errors of the replicates' means, or (one run per cell) the 95% "
+             f"bootstrap intervals over images overlap.",
+             threshold_note(metric),
+             f"*paper*: the published value ({paper})." if paper else ""]
+    return cells_markdown(cells, axes, metric, link) + "\n\n" + "\n".join(
+        n for n in notes if n)
+
+
 def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path,
                 rows: str | None = None, cols: str | None = None) -> dict:
-    """Build a sweep's ablation table, write report.md/.csv/.png, and log them to the sweep."""
+    """Build a sweep's ablation table and its cells with noise, write report.md/.csv/.png, and
+    log them to the sweep."""
     parent_id, trials = list_trials(uri, experiment, sweep_name)
     parent = get_trial(uri, parent_id)
     name = parent.tags.get("cobra.sweep", parent.run_name)
@@ -210,13 +282,27 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
                             f"it was not started by `launch.py sweep`")
     mode = parent.tags.get("cobra.mode", "max")
     table = ablation_table(trials, metric, rows, cols, mode=mode)
+    cells, axes = sweep_cells(trials, metric, mode, name, rows, cols)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"sweep {name}: mean {metric} ({mode}) over FINISHED trials"
     files = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.png"]
     write_markdown(table, files[0])
+    notes = [threshold_note(metric), f"paper: {paper_table(name)}" if paper_table(name) else ""]
+    with files[0].open("a") as fh:
+        fh.write("\n## Cells, best first, with their noise\n\n"
+                 + cells_markdown(cells, axes, metric) + "\n\n"
+                 + "\n".join(n for n in notes if n) + "\n")
     write_csv(table, files[1])
     write_heatmap(table, files[2], title)
     log_files(uri, parent_id, files, subdir="report")
-    return {"table": render_terminal(table, title), "files": [str(f) for f in files],
-            "sweep": name, "parent_run_id": parent_id}
+    header, body = cells_mod.rows(cells, axes, metric)
+    cells_text = render_rows(header, body, "cells, best first (mean ± std over training "
+                                           "seeds; vs best: is the gap more than noise?)")
+    text = "\n\n".join(t for t in (render_terminal(table, title), cells_text,
+                                    "\n".join(n for n in notes if n)) if t)
+    return {"table": text, "files": [str(f) for f in files], "sweep": name,
+            "parent_run_id": parent_id,
+            "cells": [{"point": c.point, "mean": round(c.mean, 4),
+                       "std": None if c.n < 2 else round(c.std, 4), "n": c.n,
+                       "paper": c.paper, "verdict": c.verdict} for c in cells]}

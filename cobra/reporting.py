@@ -126,3 +126,38 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+class PrefixedReporter(Reporter):
+    """Metric names prefixed (`final/seed_miou`): a run whose scores must not be read as another
+    kind's (the final stage scores every image, a trial a sample) shows them under its own names.
+    Params, artifacts and tables pass through unchanged."""
+
+    def __init__(self, inner: Reporter, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix
+
+    def _named(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"{self.prefix}{k}": v for k, v in metrics.items()}
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.inner.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics(self._named(metrics), step)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float],
+                  checkpoint: Path | None = None) -> None:
+        self.inner.log_epoch(epoch, self._named(metrics), checkpoint)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.inner.log_artifact(path, subdir)
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        self.inner.log_summary(self._named(metrics))
+
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        self.inner.log_table(columns, artifact_file)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.inner.close(status)

@@ -13,6 +13,8 @@ run", so the same calls work from the driver and from Ray worker processes. Run 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
 import math
 import numbers
@@ -57,6 +59,9 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 TRIAL_ID_TAG = "ray_trial_id"
 SOURCE_TAG = "source_run_id"
+NOTE_TAG = "mlflow.note.content"
+SYSTEM_METRICS_ENV = "COBRA_SYSTEM_METRICS"
+SYSTEM_METRICS_INTERVAL_S = 10
 
 # Bounds applied to mlflow's HTTP client in processes that log to a server: its defaults retry a
 # dead server for minutes, which would hang a trial instead of failing it.
@@ -262,7 +267,7 @@ def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path
     """Create the sweep's parent run, log the sweep YAML to it, and return its id."""
     client = _client(uri)
     exp_id = get_or_create_experiment(uri, experiment)
-    all_tags = {**_str_tags(tags), KIND_TAG: "sweep", SWEEP_TAG: sweep_name,
+    all_tags = {**source_tags(), **_str_tags(tags), KIND_TAG: "sweep", SWEEP_TAG: sweep_name,
                 METRIC_TAG: metric, MODE_TAG: mode}
     run = client.create_run(exp_id, tags=all_tags, run_name=sweep_name)
     client.log_artifact(run.info.run_id, str(sweep_file))
@@ -305,7 +310,7 @@ def start_trial_run(uri: str, experiment: str, parent_run_id: str, run_name: str
     # Children go to the parent's experiment whatever `experiment` says: MLflow only nests
     # runs of one experiment.
     del experiment
-    all_tags = {**_str_tags(tags), PARENT_TAG: parent_run_id, KIND_TAG: "trial",
+    all_tags = {**source_tags(), **_str_tags(tags), PARENT_TAG: parent_run_id, KIND_TAG: "trial",
                 SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, "")}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
     return run.info.run_id
@@ -340,7 +345,7 @@ def start_final_run(uri: str, experiment: str, source: TrialRecord) -> str:
     """Create the run that retrains / evaluates the chosen trial, and return its id."""
     client = _client(uri)
     exp_id = get_or_create_experiment(uri, experiment)
-    tags = {KIND_TAG: "final", SOURCE_TAG: source.run_id}
+    tags = {**source_tags(), KIND_TAG: "final", SOURCE_TAG: source.run_id}
     if SWEEP_TAG in source.tags:
         tags[SWEEP_TAG] = source.tags[SWEEP_TAG]
     run = client.create_run(exp_id, tags=tags, run_name=f"final-{source.run_name}")
@@ -381,10 +386,12 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 class MlflowReporter(Reporter):
     """Reporter hooks logged to one MLflow run, by id."""
 
-    def __init__(self, uri: str, run_id: str, resumed: bool = False) -> None:
+    def __init__(self, uri: str, run_id: str, resumed: bool = False,
+                 system_metrics: bool = False) -> None:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
+        self._monitor = _start_system_metrics(uri, run_id, resumed) if system_metrics else None
         self._params: dict[str, str] | None = None  # what the run already holds, loaded lazily
         # A restarted trial replays the epoch it was in when it died (resume is exact, so the
         # values are the same); (key, step) pairs the run already holds are not logged twice.
@@ -509,8 +516,107 @@ class MlflowReporter(Reporter):
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run with FINISHED, FAILED or KILLED (after every buffered metric is in)."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         self._wait_for_store("ending the run")
         self.client.set_terminated(self.run_id, status)
+
+
+def _start_system_metrics(uri: str, run_id: str, resumed: bool):
+    """MLflow's CPU / memory / disk / network (and GPU) charts for a run, sampled every
+    SYSTEM_METRICS_INTERVAL_S in a thread; None where psutil is missing or
+    COBRA_SYSTEM_METRICS=0 (a run must never fail for want of them)."""
+    if os.environ.get(SYSTEM_METRICS_ENV, "1") == "0":
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                       resume_logging=resumed, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception:  # psutil absent, or the monitor cannot start here
+        return None
+
+
+def source_tags() -> dict[str, str]:
+    """Who ran it and from which commit: the tags MLflow's UI shows as User and Source."""
+    import getpass
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "launch.py"}
+    with contextlib.suppress(Exception):  # no login name (some containers)
+        tags["mlflow.user"] = getpass.getuser()
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                    "--untracked-files=no"], capture_output=True, text=True,
+                                   timeout=5)
+            tags["cobra.source.dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):  # no git here: a wheel install
+        pass
+    return tags
+
+
+def log_dataset_inputs(uri: str, run_id: str, splits: Iterable[Mapping[str, Any]]) -> None:
+    """Record the dataset splits a run read (MLflow's Datasets column): each mapping has
+    name, context (train / validation / scored), source, digest and num_images."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for split in splits:
+        profile = json.dumps({"num_images": split["num_images"]})
+        dataset = Dataset(name=str(split["name"]), digest=str(split["digest"])[:36],
+                          source_type="local", source=json.dumps({"uri": str(split["source"])}),
+                          profile=profile)
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                           str(split["context"]))]))
+    _client(uri).log_inputs(run_id, datasets=inputs)
+
+
+def set_description(uri: str, run_id: str, markdown: str) -> None:
+    """The run's description (MLflow renders markdown, links included)."""
+    MlflowReporter(uri, run_id).set_tags({NOTE_TAG: markdown})
+
+
+def run_link(uri: str, run_id: str, text: str | None = None) -> str:
+    """A markdown link to a run that works inside the MLflow UI (a route of its app)."""
+    run = _get_run(_client(uri), uri, run_id)
+    label = text or run.info.run_name or run_id
+    return f"[{label}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+
+
+def log_torch_model(uri: str, run_id: str, model, artifact_path: str, registered_name: str,
+                    pip_requirements: list[str]) -> str:
+    """Save `model` as an MLflow PyTorch model (MLmodel + pickled module: loads with
+    `mlflow.pytorch.load_model("models:/<name>/<version>")`), upload it to the run and register
+    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a file
+    store has no model registry; the model stays logged with the run)."""
+    import mlflow.pytorch
+
+    client = _client(uri)
+    with tempfile.TemporaryDirectory(prefix="cobra-model-") as tmp:
+        model_dir = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
+        mlflow.pytorch.save_model(model, str(model_dir), serialization_format="pickle",
+                                  pip_requirements=pip_requirements)
+        client.log_artifacts(run_id, str(model_dir), artifact_path=artifact_path)
+    try:
+        try:
+            client.create_registered_model(registered_name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = client.create_model_version(registered_name, f"runs:/{run_id}/{artifact_path}",
+                                              run_id=run_id)
+        return f"registered {registered_name} v{version.version}"
+    except Exception as exc:  # file stores: "Model Registry is not supported"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"not registered: this store has no model registry ({first[:200]})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,6 +665,12 @@ def list_trials(uri: str, experiment: str,
                                 f"(available: {', '.join(names)}); check the sweep name")
         parent = named[0]
     return parent.info.run_id, [_record(r) for r in _children(client, parent)]
+
+
+def trials_of(uri: str, parent_run_id: str) -> list[TrialRecord]:
+    """The child runs of one sweep parent run, oldest first."""
+    client = _client(uri)
+    return [_record(r) for r in _children(client, _get_run(client, uri, parent_run_id))]
 
 
 def best_trial(uri: str, experiment: str, sweep_name: str | None = None,

@@ -88,12 +88,23 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["loss.k_cap_pos"] in {"1", "3"}
-        assert run.info.run_name.startswith("kcap+=")
+        assert run.info.run_name in {"k_cap_pos=1", "k_cap_pos=3"}
         assert {"ray_trial_id", "ray_node_id"} <= set(run.data.tags)
         for key in ("loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
                     "cls_map_vit", "seed_miou", "seed_threshold"):
             assert key in run.data.metrics, key
-        assert any(k.startswith("seed_iou/") for k in run.data.metrics)
+        # per-class IoU is one table artifact, not a chart per class
+        assert not any(k.startswith("seed_iou/") for k in run.data.metrics)
+        table = client.load_table(run.info.experiment_id, "seeds/per_class_iou.json",
+                                  run_ids=[run.info.run_id])
+        assert table["class"].iloc[0] == "background" and len(table) == 10  # 9 classes + bg
+        assert run.data.metrics["seed_num_images"] == 4  # seeds.max_images of TINY_OVERRIDES
+        assert (run.data.metrics["seed_miou_ci_lo"] <= run.data.metrics["seed_miou"]
+                <= run.data.metrics["seed_miou_ci_hi"])
+        # who ran it, from which commit, on which data
+        assert run.data.tags["mlflow.user"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
+        contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
+        assert contexts == {"training", "validation", "scored (seeds, masks)"}
         history = client.get_metric_history(run.info.run_id, "loss_cls")
         assert [m.step for m in history] == [0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -122,8 +133,18 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     final_run = client.get_run(final["final_run_id"])
     assert final_run.data.tags["source_run_id"] == best.info.run_id
     assert final["missing_stages"] == []
+    # the final run's scores carry their own names: never in the trials' seed_miou column
     for key in ("seed_miou", "ir_label_precision", "mask_miou", "mask_miou_nocrf", "seg_miou"):
-        assert key in final and key in final_run.data.metrics, key
+        assert key in final and f"final/{key}" in final_run.data.metrics, key
+        assert key not in final_run.data.metrics, key
+    # its description links to the source trial, inside the MLflow UI
+    link = f"(#/experiments/{best.info.experiment_id}/runs/{best.info.run_id})"
+    assert link in final_run.data.tags["mlflow.note.content"]
+    # both networks are logged and registered (sqlite has a model registry)
+    for name in ("cobra-segmentation", "cobra-irn"):
+        [version] = client.search_model_versions(f"name = '{name}'")
+        assert version.run_id == final_run.info.run_id, name
+        assert final["models"][name] == f"registered {name} v{version.version}"
 
 
 def test_crashed_trial_is_retried_from_its_checkpoint_and_nonfinite_fails_alone(

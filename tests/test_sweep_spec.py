@@ -29,8 +29,8 @@ def test_table_4_grid_is_the_papers():
 
 
 def test_trial_names_are_short_and_readable():
-    assert trial_name({"loss.k_sap_neg": 5, "loss.k_cap_pos": 20}) == "ksap-=5_kcap+=20"
-    assert trial_name({"loss.lambda_cam": 0.123456}) == "l1=0.123"
+    assert trial_name({"loss.k_sap_neg": 5, "loss.k_cap_pos": 20}) == "k_sap_neg=5,k_cap_pos=20"
+    assert trial_name({"loss.lambda_cam": 0.123456}) == "lambda_cam=0.123"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,7 +101,11 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
     monkeypatch.setattr(tuner, "_init_ray", lambda: None)
     monkeypatch.setattr(tuner.tracking, "start_sweep_run", lambda *a, **k: "parent")
     monkeypatch.setattr(tuner.tracking, "MlflowReporter",
-                        lambda *a, **k: type("R", (), {"set_tags": lambda self, tags: None})())
+                        lambda *a, **k: type("R", (), {"set_tags": lambda self, tags: None,
+                                                       "log_params": lambda self, p: None})())
+    monkeypatch.setattr(tuner.tracking, "set_description", lambda *a, **k: None)
+    monkeypatch.setattr(tuner.tracking, "log_dataset_inputs", lambda *a, **k: None)
+    monkeypatch.setattr(tuner, "dataset_splits", lambda cfg: [])
     monkeypatch.setattr(tuner.tracking, "finish_sweep",
                         lambda *a, status="FINISHED", **k: finished.append(status))
     monkeypatch.setattr(tune, "with_parameters", lambda fn, **k: fn)

@@ -304,7 +304,7 @@ def headline(evaluation: dict) -> dict[str, float]:
     metrics = {"seed_miou": fixed["miou"], "seed_threshold": fixed["threshold"],
                "seed_miou_ci_lo": lo, "seed_miou_ci_hi": hi,
                "seed_miou_heldout": fixed.get("miou_heldout", float("nan")),
-               "seed_num_images": evaluation["num_images"],
+               "seed_num_images": evaluation.get("num_images", float("nan")),
                "seed_miou_default_bg": fixed["miou_at_default"],
                "seed_miou_aobj": aobj["miou"] if aobj else float("nan"),
                "seed_percentile": aobj["percentile"] if aobj else float("nan")}

@@ -8,8 +8,13 @@
       loss.lambda_cam: {loguniform: [0.01, 1]}  # also uniform: [lo, hi], int: [lo, hi]
     search: {algorithm: grid, seed: 0, num_trials: null}   # grid | tpe | random
     scheduler: {type: none}           # or asha (metric, mode, grace_period, reduction_factor)
-    metric: seed_miou
+    metric: seed_miou                 # or mask_miou, ... when `stages` reaches that stage
     mode: max
+    repeats: 1                        # grid only: every point with this many training seeds
+                                      # (train.seed = base seed + 0..repeats-1), averaged in
+                                      # `launch.py report` as mean ± std
+    stages: [seeds]                   # what each trial runs after training; [seeds, masks]
+                                      # adds ir_labels, irn and masks (mask_miou per trial)
     resources: {cpu: 1, gpu: 0}       # per trial; fractions allowed
     max_concurrent: 1
     max_failures: 1                   # retries of a crashed trial, from its last checkpoint
@@ -33,7 +38,8 @@ from cobra import config as config_mod
 from cobra.errors import ConfigError
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
-            "resources", "max_concurrent", "max_failures", "storage", "mlflow")
+            "repeats", "stages", "resources", "max_concurrent", "max_failures", "storage",
+            "mlflow")
 SECTION_KEYS = {
     "search": ("algorithm", "seed", "num_trials"),
     "scheduler": ("type", "metric", "mode", "grace_period", "reduction_factor"),
@@ -47,7 +53,20 @@ EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_ma
 # What a finished trial reports: the last epoch's metrics plus the seed stage's headline
 # (`cobra.stages.seeds.headline`); a sweep can rank only on these.
 TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou_default_bg",
-                 "seed_miou_aobj", "seed_percentile")
+                 "seed_miou_aobj", "seed_percentile", "seed_miou_ci_lo", "seed_miou_ci_hi",
+                 "seed_miou_heldout", "seed_num_images")
+# Stages a trial may run after training, in pipeline order (cobra.stages.POST_TRAIN_STAGES),
+# and the headline metrics each adds to a trial's report.
+TRIAL_STAGES = ("seeds", "ir_labels", "irn", "masks", "segment")
+STAGE_METRICS = {
+    "ir_labels": ("ir_label_precision", "ir_label_coverage"),
+    "irn": (),
+    "masks": ("mask_miou", "mask_miou_nocrf", "mask_miou_irn", "mask_miou_relative",
+              "mask_miou_ci_lo", "mask_miou_ci_hi", "mask_num_images"),
+    "segment": ("seg_miou",),
+}
+MAX_REPEATS = 100
+REPLICATE_KEY = "train.seed"
 # A sweep's name is a directory under `storage` and an MLflow run name: no way out of storage.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -85,6 +104,8 @@ class SweepSpec:
     mode: str = "max"
     cpu: float = 1.0
     gpu: float = 0.0
+    repeats: int = 1
+    stages: tuple[str, ...] = ("seeds",)
     max_concurrent: int = 1
     max_failures: int = 1
     storage: str = field(default_factory=lambda: str(Path("ray_results").resolve()))
@@ -99,8 +120,17 @@ class SweepSpec:
         """Where Ray keeps the sweep: a path all nodes must see (shared FS) or a storage URI."""
         return f"{self.storage.rstrip('/')}/{self.name}"
 
+    def search_space(self) -> dict[str, Domain]:
+        """What Optuna searches: the sweep's space, plus the training seed when points are
+        repeated (a replicate is one more grid dimension, never a searched knob)."""
+        if self.repeats == 1:
+            return dict(self.space)
+        first = self.base.train.seed
+        seeds = tuple(first + i for i in range(self.repeats))
+        return {**self.space, REPLICATE_KEY: Domain(REPLICATE_KEY, "choice", seeds)}
+
     def grid(self) -> dict[str, list[Any]]:
-        return {key: list(d.values) for key, d in self.space.items()}
+        return {key: list(d.values) for key, d in self.search_space().items()}
 
 
 def _close(key: str, options: tuple[str, ...] | list[str]) -> str:
@@ -147,12 +177,48 @@ def _name(value: Any, file: Path) -> str:
     return name
 
 
-def _metric(value: Any) -> str:
-    if value not in TRIAL_METRICS:
-        hint = _close(str(value), TRIAL_METRICS) or _close(str(value).lower(), TRIAL_METRICS)
-        raise ConfigError(f"sweep key 'metric' must be a metric trials report "
-                          f"({', '.join(TRIAL_METRICS)}), got {value!r}{hint}")
-    return value
+def _metric(value: Any, stages: tuple[str, ...]) -> str:
+    reported = (*TRIAL_METRICS, *(m for st in stages for m in STAGE_METRICS.get(st, ())))
+    if value in reported:
+        return value
+    for stage, metrics in STAGE_METRICS.items():
+        if value in metrics:
+            raise ConfigError(f"sweep key 'metric' is {value!r}, which the '{stage}' stage "
+                              f"reports; add it to the trials' stages: `stages: [seeds, "
+                              f"{stage}]`")
+    hint = _close(str(value), reported) or _close(str(value).lower(), reported)
+    raise ConfigError(f"sweep key 'metric' must be a metric trials report "
+                      f"({', '.join(reported)}), got {value!r}{hint}")
+
+
+def _stages(value: Any) -> tuple[str, ...]:
+    """The trial's post-training stages in pipeline order, every prerequisite included:
+    `[seeds, masks]` runs seeds → ir_labels → irn → masks (masks need the other two)."""
+    if value is None:
+        return ("seeds",)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"sweep key 'stages' must be a list of stages such as [seeds, "
+                          f"masks], got {value!r}")
+    for stage in value:
+        if stage not in TRIAL_STAGES:
+            raise ConfigError(f"sweep key 'stages' has unknown stage {stage!r}; choose from "
+                              f"{', '.join(TRIAL_STAGES)}{_close(str(stage), TRIAL_STAGES)}")
+    last = max(TRIAL_STAGES.index(stage) for stage in value)
+    return TRIAL_STAGES[:last + 1]
+
+
+def _repeats(value: Any, space: dict[str, Domain], algorithm: str) -> int:
+    repeats = _typed(value, int, "repeats", ge=1, le=MAX_REPEATS)
+    if repeats > 1 and algorithm != "grid":
+        raise ConfigError(f"sweep key 'repeats: {repeats}' needs search.algorithm=grid (a "
+                          f"{algorithm} search would treat the seed as a knob); use grid or "
+                          f"drop 'repeats'")
+    if repeats > 1 and REPLICATE_KEY in space:
+        raise ConfigError(f"sweep key 'repeats' and '{REPLICATE_KEY}' in space both set the "
+                          f"training seed; keep one of them")
+    return repeats
 
 
 def _domain(key: str, raw: Any) -> Domain:
@@ -260,7 +326,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.grace_period = _positive_int(scheduler.get("grace_period", 1), "scheduler.grace_period")
     spec.reduction_factor = _positive_int(scheduler.get("reduction_factor", 2),
                                           "scheduler.reduction_factor")
-    spec.metric = _metric(data.get("metric", "seed_miou"))
+    spec.stages = _stages(data.get("stages"))
+    spec.metric = _metric(data.get("metric", "seed_miou"), spec.stages)
+    spec.repeats = _repeats(data.get("repeats", 1), space, spec.algorithm)
     spec.mode = _choice(data.get("mode", "max"), ("max", "min"), "mode")
     spec.cpu = _number(resources.get("cpu", 1), "resources.cpu")
     spec.gpu = _number(resources.get("gpu", 0), "resources.gpu")
@@ -279,7 +347,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if bad:
             raise ConfigError(f"search.algorithm=grid needs lists of values, but "
                               f"{', '.join(bad)} is a range; list its values or use tpe")
-        grid_size = math.prod(len(d.values) for d in space.values())
+        grid_size = math.prod(len(d.values) for d in spec.search_space().values())
         num_trials = search.get("num_trials")
         spec.num_trials = (grid_size if num_trials is None
                            else _positive_int(num_trials, "search.num_trials"))
@@ -301,21 +369,14 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
-# Short labels so MLflow's run list and compare view stay readable.
-SHORT_NAMES = {"loss.k_sap_pos": "ksap+", "loss.k_sap_neg": "ksap-", "loss.k_cap_pos": "kcap+",
-               "loss.k_cap_neg": "kcap-", "loss.lambda_cam": "l1", "loss.lambda_proj": "l2",
-               "loss.tau": "tau", "model.embed_dim": "D", "train.seed": "seed",
-               "seeds.fusion": "fusion", "model.branches": "branches"}
-
-
 def trial_name(params: dict[str, Any]) -> str:
-    """`ksap-=5_kcap+=20`-style name from a trial's searched values."""
+    """`k_sap_neg=6,k_cap_pos=2`: a trial's searched values under their config names (the last
+    part of the dotted key), so the run list reads like the sweep file."""
     parts = []
     for key, value in params.items():
-        label = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{label}={shown}")
-    return "_".join(parts)
+        parts.append(f"{key.rsplit('.', 1)[-1]}={shown}")
+    return ",".join(parts)
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from cobra.config import from_dict, with_overrides
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
+from cobra.provenance import dataset_splits
 from cobra.reporting import FileReporter, MultiReporter, Reporter
 from cobra.sweep.spec import trial_name
 
@@ -43,6 +44,8 @@ class TrialContext:
     parent_run_id: str
     metric: str
     experiment_dir: str  # the sweep's directory in Ray's storage: a local path or a URI
+    stages: tuple[str, ...] = ("seeds",)  # what the trial runs after training
+    cpus: float = 1.0  # the trial's CPU share (Ray's resources): its masks stage's processes
 
 
 class RayReporter(Reporter):
@@ -169,14 +172,19 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # run.* stays as in the base config: the trial directory moves between Ray sessions (a
     # resumed sweep), and a trial's params must not change when it is restarted
     cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
+    if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
+        cfg = with_overrides(cfg, {"masks.workers": max(1, int(ctx.cpus))})
     run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
-    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed)
+    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed,
+                                              system_metrics=True)
+    if not resumed:
+        tracking.log_dataset_inputs(ctx.tracking_uri, run_id, dataset_splits(cfg))
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
     # the worker's pid lets an operator (or a fault drill) find the process of a trial
     mlflow_reporter.set_tags({"cobra.searched": ",".join(params), "ray_worker_pid": os.getpid()})
     try:
-        run_trial(cfg, layout, reporter, resume_from=_restore(layout))
+        run_trial(cfg, layout, reporter, resume_from=_restore(layout), stages=ctx.stages)
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would diverge again. End this trial as
         # failed with its reason and let the sweep go on.

@@ -14,6 +14,8 @@ from cobra import pretrain, tracking
 from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
+from cobra.provenance import dataset_splits
+from cobra.report import results_markdown
 from cobra.sweep.spec import SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,
@@ -40,7 +42,7 @@ def _optuna_search(spec: SweepSpec):
                 super().on_trial_result(trial_id, result)
 
     distributions = {}
-    for key, d in spec.space.items():
+    for key, d in spec.search_space().items():
         if d.kind == "choice":
             distributions[key] = optuna.distributions.CategoricalDistribution(list(d.values))
         elif d.kind == "int":
@@ -94,12 +96,30 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     return uri
 
 
-def _note(spec: SweepSpec) -> str:
-    """The parent run's description in the MLflow UI: what varies and how to read it."""
+def _note(spec: SweepSpec, results: str | None = None) -> str:
+    """The parent run's description in the MLflow UI: what varies, how to read it, and (once
+    the sweep ended) the results table with links to the trials."""
     space = "\n".join(f"- `{key}`: {d.describe()}" for key, d in spec.space.items())
-    return (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials), ranked by "
-            f"`{spec.metric}` ({spec.mode}).\n\nSearched:\n{space}\n\nEvery config key is a "
-            f"param of each trial: in Compare, switch on *Show diff only* to see just these.")
+    repeats = (f", each point with {spec.repeats} training seeds (`train.seed`)"
+               if spec.repeats > 1 else "")
+    note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), "
+            f"ranked by `{spec.metric}` ({spec.mode}); trials run "
+            f"{' → '.join(('train', *spec.stages))}.\n\nSearched:\n{space}\n\nEvery config "
+            f"key is a param of each trial: in Compare, switch on *Show diff only* to see just "
+            f"these.")
+    if results:
+        note += f"\n\n## Results\n\n{results}"
+    return note
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, str]:
+    """The parent run's params: what a sweep searched, how, and by which metric."""
+    params = {f"space.{key}": d.describe() for key, d in spec.space.items()}
+    params.update({"metric": spec.metric, "mode": spec.mode, "num_trials": spec.num_trials,
+                   "search.algorithm": spec.algorithm, "search.seed": spec.seed,
+                   "repeats": spec.repeats, "stages": ",".join(spec.stages),
+                   "scheduler": spec.scheduler})
+    return {k: str(v) for k, v in params.items()}
 
 
 def _check_storage(spec: SweepSpec) -> None:
@@ -148,12 +168,16 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     if parent is None:
         parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
                                           spec.metric, spec.mode)
-        tracking.MlflowReporter(uri, parent).set_tags({"mlflow.note.content": _note(spec)})
+        parent_reporter = tracking.MlflowReporter(uri, parent)
+        parent_reporter.log_params(sweep_params(spec))
+        tracking.set_description(uri, parent, _note(spec))
+        tracking.log_dataset_inputs(uri, parent, dataset_splits(spec.base))
     else:
         tracking.reopen_run(uri, parent)
     ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
-                       experiment_dir=spec.experiment_dir)
+                       experiment_dir=spec.experiment_dir, stages=spec.stages,
+                       cpus=spec.cpu)
     trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
                                     {"cpu": spec.cpu, "gpu": spec.gpu})
     _init_ray()
@@ -220,6 +244,9 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best_value, best_run = (None, None)
     if scored:
         best_value, best_run = (max if spec.mode == "max" else min)(scored, key=lambda s: s[0])
+    trials = tracking.trials_of(uri, parent)
+    tracking.set_description(uri, parent, _note(spec, results_markdown(
+        uri, trials, spec.metric, spec.mode, spec.name)))
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results), "scored": len(scored),
