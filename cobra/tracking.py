@@ -602,8 +602,15 @@ def log_torch_model(uri: str, run_id: str, model, artifact_path: str, registered
     client = _client(uri)
     with tempfile.TemporaryDirectory(prefix="cobra-model-") as tmp:
         model_dir = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
-        mlflow.pytorch.save_model(model, str(model_dir), serialization_format="pickle",
-                                  pip_requirements=pip_requirements)
+        # pickle: the models hold data-dependent control flow that a pt2 trace would freeze;
+        # mlflow warns about pickle on every save, which says nothing new here
+        quiet = logging.getLogger("mlflow.pytorch")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            mlflow.pytorch.save_model(model, str(model_dir), serialization_format="pickle",
+                                      pip_requirements=pip_requirements)
+        finally:
+            quiet.setLevel(level)
         client.log_artifacts(run_id, str(model_dir), artifact_path=artifact_path)
     try:
         try:

@@ -97,7 +97,7 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
         assert not any(k.startswith("seed_iou/") for k in run.data.metrics)
         table = client.load_table(run.info.experiment_id, "seeds/per_class_iou.json",
                                   run_ids=[run.info.run_id])
-        assert table["class"].iloc[0] == "background" and len(table) == 10  # 9 classes + bg
+        assert table["class"].iloc[0] == "background" and len(table) == 9  # 8 classes + bg
         assert run.data.metrics["seed_num_images"] == 4  # seeds.max_images of TINY_OVERRIDES
         assert (run.data.metrics["seed_miou_ci_lo"] <= run.data.metrics["seed_miou"]
                 <= run.data.metrics["seed_miou_ci_hi"])
@@ -208,6 +208,9 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
         "no such config key": ({"loss.k_cap_poss": [1]}, {}, "loss.k_cap_pos"),
         "empty space": ({}, {}, "empty search space"),
         "k beyond the grid": ({"loss.k_cap_pos": [1, 99]}, {}, "only 16 patches"),
+        "no repeats": ({"loss.k_cap_pos": [1]}, {"repeats": 0}, "'repeats' must be >= 1"),
+        "bogus stage": ({"loss.k_cap_pos": [1]}, {"stages": ["bogus"]},
+                        "unknown stage 'bogus'; choose from seeds"),
     }
     for name, (space, extra, needle) in cases.items():
         path = write_sweep(sweep_env, name.replace(" ", "_"), space, **extra)
@@ -254,3 +257,47 @@ def test_a_trials_run_directory_is_in_local_storage_and_in_its_working_dir_for_a
     remote = trial_run_dir(ctx("s3://bucket/ray_results/demo"), ray_trial_dir)
     assert remote == tmp_path / "run"
 
+
+
+def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_noise(sweep_env,
+                                                                                     capsys):
+    path = write_sweep(sweep_env, "replicated", {"loss.k_cap_pos": [1, 3]}, repeats=2,
+                       stages=["seeds", "masks"], metric="mask_miou")
+    code, result, err = run_cli(["sweep", str(path)], capsys)
+    assert code == 0, err
+    assert result["trials"] == 4 and result["errored"] == 0
+    client = MlflowClient(sweep_env["uri"])
+    runs = children(client, result["parent_run_id"])
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["k_cap_pos=1,seed=0", "k_cap_pos=1,seed=1", "k_cap_pos=3,seed=0",
+                     "k_cap_pos=3,seed=1"]
+    for run in runs:  # every trial ran the masks stage and logged its score and noise
+        m = run.data.metrics
+        assert {"mask_miou", "mask_miou_ci_lo", "mask_miou_ci_hi", "ir_label_precision",
+                "seed_miou"} <= set(m), sorted(m)
+        assert m["mask_num_images"] == 4 and m["mask_miou_ci_lo"] <= m["mask_miou"]
+    best = max(runs, key=lambda r: r.data.metrics["mask_miou"])
+    assert result["best_mask_miou"] == best.data.metrics["mask_miou"]
+
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.params["metric"] == "mask_miou"
+    assert parent.data.params["repeats"] == "2" and parent.data.params["num_trials"] == "4"
+    assert parent.data.params["space.loss.k_cap_pos"] == "[1, 3]"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "## Results" in note and "mask_miou (mean ± std)" in note
+    for run in runs:  # the results table links every trial
+        assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in note
+
+    code, report, err = run_cli(["report", "--sweep", "replicated", "--experiment", "tests",
+                                 "--out", str(sweep_env["dir"] / "report")], capsys)
+    assert code == 0, err
+    by_k = {c["point"]["loss.k_cap_pos"]: c for c in report["cells"]}
+    for k in (1, 3):  # each cell: the two seeds' mean and sample std, n = 2
+        values = [r.data.metrics["mask_miou"] for r in runs
+                  if r.data.params["loss.k_cap_pos"] == str(k)]
+        assert by_k[k]["n"] == 2
+        assert by_k[k]["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert by_k[k]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    assert sorted(c["verdict"].split(" (")[0] for c in report["cells"])[0] in {
+        "best", "beyond noise", "within noise"}
+    assert "± " in err and "vs best" in err

@@ -59,6 +59,15 @@ def _sweep_file(tmp_path: Path, extra: str) -> Path:
     ("name: a/b", "sweep key 'name' must be letters"),
     ("name: ..", "sweep key 'name' must be letters"),
     ("storage: 12", "'storage' must be a string"),
+    ("repeats: 0", "sweep key 'repeats' must be >= 1, got 0"),
+    ("repeats: two", "sweep key 'repeats' must be an integer"),
+    ("repeats: 3\nsearch: {algorithm: tpe}", "'repeats: 3' needs search.algorithm=grid"),
+    ("stages: [bogus]", "unknown stage 'bogus'; choose from seeds, ir_labels, irn, masks"),
+    ("stages: [seeds, mask]", "unknown stage 'mask'; choose from seeds, ir_labels, irn, masks, "
+                              "segment; did you mean 'masks'?"),
+    ("stages: seeds, masks", "unknown stage 'seeds, masks'"),
+    ("metric: mask_miou", "'mask_miou', which the 'masks' stage reports; add it to the "
+                          "trials' stages: `stages: [seeds, masks]`"),
 ])
 def test_bad_sweep_values_are_refused_with_the_key_named(tmp_path, extra, message):
     from cobra.config import ConfigError
@@ -72,6 +81,23 @@ def test_good_sweep_values_still_load(tmp_path):
                                   "metric: seed_miou_aobj\nsearch: {seed: 3, num_trials: 2}\n"
                                   "resources: {cpu: 0.5, gpu: 0}\n"))
     assert (spec.name, spec.max_failures, spec.seed, spec.num_trials) == ("k.abl-1_b", 0, 3, 2)
+
+
+def test_repeats_add_the_training_seed_to_the_grid_and_stages_their_prerequisites(tmp_path):
+    spec = load_sweep(_sweep_file(tmp_path, "search: {algorithm: grid}\nrepeats: 3\n"
+                                  "stages: [seeds, masks]\nmetric: mask_miou\n"))
+    assert spec.grid() == {"loss.tau": [0.05, 0.1], "train.seed": [0, 1, 2]}
+    assert spec.num_trials == 6 and list(spec.space) == ["loss.tau"]
+    assert spec.stages == ("seeds", "ir_labels", "irn", "masks")
+    assert spec.metric == "mask_miou"
+    plain = load_sweep(_sweep_file(tmp_path, "search: {algorithm: grid}\n"))
+    assert (plain.repeats, plain.stages, plain.num_trials) == (1, ("seeds",), 2)
+    both = tmp_path / "both.yaml"
+    both.write_text("space: {train.seed: [0, 1]}\nsearch: {algorithm: grid}\nrepeats: 2\n")
+    from cobra.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'repeats' and 'train.seed' in space both set"):
+        load_sweep(both)
 
 
 def test_every_metric_a_trial_reports_can_be_ranked():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +260,75 @@ def test_report_grid(store: Store, tmp_path: Path) -> None:
     assert f"{expected[(5, 0.1)]:.4f}" in md
     logged = MlflowClient(store.uri).list_artifacts(parent, "report")
     assert sorted(Path(a.path).name for a in logged) == ["report.csv", "report.md", "report.png"]
+
+
+def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Store) -> None:
+    from cobra.tracking import log_dataset_inputs
+
+    client = MlflowClient(store.uri)
+    parent = client.get_run(store.parent)
+    assert parent.data.tags["mlflow.user"]
+    assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
+    child = client.get_run(store.children["t0"])
+    assert child.data.tags["mlflow.source.git.commit"] == parent.data.tags[
+        "mlflow.source.git.commit"]
+    log_dataset_inputs(store.uri, store.children["t0"], [
+        {"name": "voc/train_aug", "context": "training", "source": "/data/VOC", "digest": "ab12",
+         "num_images": 10582},
+        {"name": "voc/train[:60]", "context": "scored (seeds, masks)", "source": "/data/VOC",
+         "digest": "cd34", "num_images": 60}])
+    inputs = client.get_run(store.children["t0"]).inputs.dataset_inputs
+    assert {(i.dataset.name, i.tags[0].value) for i in inputs} == {
+        ("voc/train_aug", "training"), ("voc/train[:60]", "scored (seeds, masks)")}
+    assert '"num_images": 60' in next(i.dataset.profile for i in inputs
+                                      if i.dataset.digest == "cd34")
+
+
+def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Store, tmp_path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    run_id = start_trial_run(store.uri, EXP, store.parent, "sysmetrics", {"ray_trial_id": "sm"})
+    rep = MlflowReporter(store.uri, run_id, system_metrics=True)
+    rep.log_summary({"seed_miou": 56.712348912})
+    rep.log_table({"class": ["background", "kite"], "iou": [80.1, None]},
+                  "seeds/per_class_iou.json")
+    time.sleep(1.5)
+    rep.close("FINISHED")
+    client = MlflowClient(store.uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics["seed_miou"] == 56.7123
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
+    assert "seeds/per_class_iou.json" in run.data.tags["mlflow.loggedArtifacts"]  # a table
+    table = json.loads(Path(client.download_artifacts(run_id, "seeds/per_class_iou.json",
+                                                      str(tmp_path))).read_text())
+    assert table["columns"] == ["class", "iou"] and table["data"][0] == ["background", 80.1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "file"])
+def test_a_model_is_logged_and_registered(tmp_path: Path, monkeypatch, backend: str) -> None:
+    import torch
+
+    from cobra.tracking import _client, get_or_create_experiment, log_torch_model
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses file stores else
+    uri = (f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite"
+           else (tmp_path / "mlruns").as_uri())
+    run_id = _client(uri).create_run(get_or_create_experiment(uri, EXP)).info.run_id
+    model = torch.nn.Linear(3, 2)
+    outcome = log_torch_model(uri, run_id, model, "models/lin", "cobra-test-lin", ["torch"])
+    client = MlflowClient(uri)
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "models/lin")}
+    assert "MLmodel" in names
+    if outcome.startswith("registered"):  # mlflow 3's file store has a registry too
+        [version] = client.search_model_versions("name = 'cobra-test-lin'")
+        assert version.run_id == run_id and outcome == "registered cobra-test-lin v1"
+    else:
+        assert backend == "file" and "no model registry" in outcome
+
+
+def test_final_overrides_turn_progress_bars_on_unless_the_user_says_otherwise() -> None:
+    from cobra.final import final_overrides
+
+    assert final_overrides([]) == ["seeds.max_images=null", "train.progress=true"]
+    assert final_overrides(["train.progress=false"]) == ["seeds.max_images=null",
+                                                         "train.progress=false"]
