@@ -60,7 +60,7 @@ def _optuna_search(spec: SweepSpec):
 
 
 def _readable_name(trial) -> str:
-    """`ksap-=5_kcap+=20_a1b2c3d4`: the console and the results directory say what was tried."""
+    """`k_sap_neg=5,k_cap_pos=20_a1b2c3d4`: the console and the results directory say what was tried."""
     return f"{trial_name(trial.config)}_{trial.trial_id}"
 
 
