@@ -28,6 +28,8 @@ from cobra.tracking import (
 # Params that differ between trials without being an ablation axis: seeds are replicates (their
 # cells are averaged), run names and directories are bookkeeping.
 _BOOKKEEPING = {"run.dir", "run.name"}
+# Cells listed in a sweep's parent-run description (best first; the rest in `report`).
+MAX_NOTE_CELLS = 16
 
 
 def _is_replicate(key: str) -> bool:
@@ -259,13 +261,16 @@ def results_markdown(uri: str, trials: list[TrialRecord], metric: str, mode: str
     link = lambda c: ", ".join(run_link(uri, r, n) for r, n in zip(  # noqa: E731
         c.run_ids, c.run_names, strict=True))
     paper = paper_table(sweep)
+    shown = cells[:MAX_NOTE_CELLS]  # a run description holds 8,000 characters
+    more = (f"{len(cells) - len(shown)} more cells: `launch.py report`."
+            if len(cells) > len(shown) else "")
     notes = [f"Best first by `{metric}` ({mode}); n = runs per cell (training seeds), "
              f"images = images each score covers. *Within noise*: the gap to the best is under "
              f"two standard errors of the replicates' means, or (one run per cell) the 95% "
              f"bootstrap intervals over images overlap.",
              threshold_note(metric),
-             f"*paper*: the published value ({paper})." if paper else ""]
-    return cells_markdown(cells, axes, metric, link) + "\n\n" + "\n".join(
+             f"*paper*: the published value ({paper})." if paper else "", more]
+    return cells_markdown(shown, axes, metric, link) + "\n\n" + "\n".join(
         n for n in notes if n)
 
 

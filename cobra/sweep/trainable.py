@@ -25,7 +25,6 @@ from cobra.config import from_dict, with_overrides
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
-from cobra.provenance import dataset_splits
 from cobra.reporting import FileReporter, MultiReporter, Reporter
 from cobra.sweep.spec import trial_name
 
@@ -46,6 +45,9 @@ class TrialContext:
     experiment_dir: str  # the sweep's directory in Ray's storage: a local path or a URI
     stages: tuple[str, ...] = ("seeds",)  # what the trial runs after training
     cpus: float = 1.0  # the trial's CPU share (Ray's resources): its masks stage's processes
+    # the dataset splits every trial reads, described once by the driver (listing COCO's
+    # annotations in every trial would cost seconds each)
+    datasets: tuple[dict[str, Any], ...] = ()
 
 
 class RayReporter(Reporter):
@@ -177,8 +179,8 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
     mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed,
                                               system_metrics=True)
-    if not resumed:
-        tracking.log_dataset_inputs(ctx.tracking_uri, run_id, dataset_splits(cfg))
+    if not resumed and ctx.datasets:
+        tracking.log_dataset_inputs(ctx.tracking_uri, run_id, ctx.datasets)
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
     # the worker's pid lets an operator (or a fault drill) find the process of a trial

@@ -164,6 +164,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     uri = _preflight(spec, resume)
+    datasets = tuple(dataset_splits(spec.base))
     parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
     if parent is None:
         parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
@@ -171,13 +172,13 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         parent_reporter = tracking.MlflowReporter(uri, parent)
         parent_reporter.log_params(sweep_params(spec))
         tracking.set_description(uri, parent, _note(spec))
-        tracking.log_dataset_inputs(uri, parent, dataset_splits(spec.base))
+        tracking.log_dataset_inputs(uri, parent, datasets)
     else:
         tracking.reopen_run(uri, parent)
     ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
-                       cpus=spec.cpu)
+                       cpus=spec.cpu, datasets=datasets)
     trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
                                     {"cpu": spec.cpu, "gpu": spec.gpu})
     _init_ray()
