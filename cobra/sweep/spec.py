@@ -380,7 +380,7 @@ def trial_name(params: dict[str, Any]) -> str:
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every point of a grid sweep, in a stable order (for tests and reports)."""
-    keys = list(spec.space)
-    return [dict(zip(keys, combo, strict=True))
-            for combo in itertools.product(*(spec.space[k].values for k in keys))]
+    """Every point of a grid sweep (replicate seeds included), in a stable order."""
+    space = spec.search_space()
+    return [dict(zip(space, combo, strict=True))
+            for combo in itertools.product(*(d.values for d in space.values()))]
