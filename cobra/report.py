@@ -270,8 +270,21 @@ def results_markdown(uri: str, trials: list[TrialRecord], metric: str, mode: str
              f"bootstrap intervals over images overlap.",
              threshold_note(metric),
              f"*paper*: the published value ({paper})." if paper else "", more]
-    return cells_markdown(shown, axes, metric, link) + "\n\n" + "\n".join(
-        n for n in notes if n)
+    return (headline(cells, axes, metric) + "\n\n" + cells_markdown(shown, axes, metric, link)
+            + "\n\n" + "\n".join(n for n in notes if n))
+
+
+def headline(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
+    """One line a collapsed description still shows: the best cell, and each other cell's
+    value and verdict (up to three)."""
+    def name(cell: cells_mod.Cell) -> str:
+        return ",".join(f"{a.rsplit('.', 1)[-1]}={cell.point[a]}" for a in axes) or "all"
+
+    best = cells[0]
+    others = "; ".join(f"{name(c)} {cells_mod.format_value(c)} ({c.verdict.split(' (')[0]})"
+                       for c in cells[1:4])
+    return (f"**Best `{metric}`: {name(best)} = {cells_mod.format_value(best)} "
+            f"(n={best.n}).** {others}")
 
 
 def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path,

@@ -60,6 +60,7 @@ RUN_NAME_TAG = "mlflow.runName"
 TRIAL_ID_TAG = "ray_trial_id"
 SOURCE_TAG = "source_run_id"
 NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 SYSTEM_METRICS_ENV = "COBRA_SYSTEM_METRICS"
 SYSTEM_METRICS_INTERVAL_S = 10
 
@@ -221,7 +222,9 @@ def get_or_create_experiment(uri: str, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        # "model training", not GenAI: the MLflow UI then opens on the runs, not on traces
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except MlflowException:
         # Another process (a parallel trial) created it between our lookup and create.
         exp = client.get_experiment_by_name(name)

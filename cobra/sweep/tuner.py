@@ -107,8 +107,8 @@ def _note(spec: SweepSpec, results: str | None = None) -> str:
             f"{' → '.join(('train', *spec.stages))}.\n\nSearched:\n{space}\n\nEvery config "
             f"key is a param of each trial: in Compare, switch on *Show diff only* to see just "
             f"these.")
-    if results:
-        note += f"\n\n## Results\n\n{results}"
+    if results:  # first: a collapsed description shows only its first lines
+        note = f"{results}\n\n---\n\n{note}"
     return note
 
 
