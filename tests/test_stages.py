@@ -114,3 +114,30 @@ def test_stage_bad_inputs_exit_2(trained_run, tiny_data_root, tmp_path, capsys):
     code, _, err = run_cli(["stage", "seeds", "--run-dir", run, "--force",
                         "--set", f"data.root={other}"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def _square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_parallel_map_streams_through_one_pool_in_order():
+    from cobra.stages.common import POOL_AHEAD_PER_WORKER, parallel_map
+
+    consumed: list[int] = []
+
+    def items():
+        for i in range(20):
+            consumed.append(i)
+            yield i
+
+    results = parallel_map(_square_with_pid, items(), 2, "test", False, total=20)
+    first = next(results)
+    # items are read lazily: only a bounded window ahead of the first result
+    assert len(consumed) == 2 * POOL_AHEAD_PER_WORKER
+    rest = list(results)
+    assert [r[0] for r in [first, *rest]] == [i * i for i in range(20)]
+    pids = {pid for _, pid in [first, *rest]}
+    assert os.getpid() not in pids and len(pids) <= 2  # one pool, started once
+    # in this process, the same results
+    assert [r[0] for r in parallel_map(_square_with_pid, range(20), 1, "test", False)] == \
+        [i * i for i in range(20)]

@@ -7,8 +7,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from tqdm import tqdm
 from cobra.config import Config
 from cobra.errors import StageInputError
 from cobra.layout import atomic_write_text
+
+# jobs queued per pool worker beyond the one it runs: enough that no worker waits for the next
+POOL_AHEAD_PER_WORKER = 4
 
 
 def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
@@ -67,23 +71,45 @@ def file_signature(path: Path) -> list[int]:
 
 def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, desc: str,
                  progress: bool, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = ()) -> Iterator[Any]:
-    """fn over items on `workers` processes (0 = all cores; 1 = in this process), in order."""
-    items = list(items)
+                 initargs: tuple = (), total: int | None = None) -> Iterator[Any]:
+    """fn over items on `workers` processes (0 = all cores; 1 = in this process), in order.
+
+    One pool serves the whole call, and `items` is read lazily, a few per worker ahead of the
+    results: a producer in this process (the boundary network on the GPU) keeps working while
+    the pool does, memory stays bounded, and workers start once, not once per batch of images.
+    """
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
-    if workers == 1 or len(items) <= 1:
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    if workers == 1 or (total is not None and total <= 1):
         if initializer:
             initializer(*initargs)
         for item in items:
             yield fn(item)
             bar.update()
     else:
-        # spawn: the parent holds OpenMP threads (torch), which a forked child must not inherit
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
-                                 initargs=initargs) as pool:
-            for result in pool.map(fn, items, chunksize=4):
-                yield result
-                bar.update()
+        yield from _pool_map(fn, items, workers, bar, initializer, initargs)
     bar.close()
+
+
+def _pool_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, bar: tqdm,
+              initializer: Callable[..., None] | None, initargs: tuple) -> Iterator[Any]:
+    # spawn: the parent holds OpenMP threads (torch), which a forked child must not inherit
+    context = multiprocessing.get_context("spawn")
+    ahead = POOL_AHEAD_PER_WORKER * workers
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
+                               initargs=initargs)
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+                bar.update()
+        while pending:
+            yield pending.popleft().result()
+            bar.update()
+    finally:
+        # a failed job or a consumer that stopped early: queued jobs are dropped, running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
