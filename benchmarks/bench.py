@@ -127,7 +127,27 @@ def train_step_row(name: str, cfg: Config, device: torch.device, batch: int, ste
             parts[key] += b_ - a
         done += images.shape[0]
     total = sum(parts.values())
-    img_s = done / total
+    # The breakdown above waits for the device at every phase; the trainer does not (it reads
+    # its losses every LossMeter.CHECK_EVERY steps), so img/s comes from the same steps again,
+    # timed end to end with one wait at the end.
+    sync(device)
+    start, done = time.perf_counter(), 0
+    for _ in range(steps):
+        b = next(batches, None)
+        if b is None:
+            batches = iter(loader)
+            b = next(batches)
+        images = accel.to_device(b["image"], device, nhwc)
+        with accel.autocast(device, amp):
+            out = model(images)
+            terms = compute_losses(out, b["label"].to(device), cfg.loss, 0,
+                                   tuple(images.shape[-2:]))
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        done += images.shape[0]
+    sync(device)
+    img_s = done / (time.perf_counter() - start)
     loader_img_s = _loader_rate(train_set, batch, cfg.data.num_workers, min(steps, 4))
     extra = {"breakdown": {k: round(v / total, 3) for k, v in parts.items()},
              "batch": batch, "steps": steps, "amp": amp, "device": str(device),

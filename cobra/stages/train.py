@@ -29,13 +29,15 @@ from cobra.checkpoint import (
 )
 from cobra.config import Config, flatten, load_config, parse_override, save_config, switch
 from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
-from cobra.errors import ConfigError, NonFiniteLossError, StageInputError
+from cobra.errors import ConfigError, StageInputError
 from cobra.layout import RunLayout
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.objective import check_k_values, compute_losses
 from cobra.reporting import Reporter
-from cobra.runtime import resolve_device
+from cobra.runtime import LossMeter, resolve_device
+
+NONFINITE_HINT = "lower train.lr or check the data"
 
 
 def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
@@ -110,13 +112,6 @@ def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.devi
     return result
 
 
-def _check_finite(terms, epoch: int, step: int) -> None:
-    if not torch.isfinite(terms.total):
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step} ({parts}); "
-                                 f"lower train.lr or check the data")
-
-
 def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
@@ -166,7 +161,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         model.train()
         loader = _loader(train_set, cfg.train.batch_size, workers,
                          cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
-        sums: dict[str, float] = {}
+        meter = LossMeter(device)
         bar = tqdm(loader, total=steps_per_epoch, disable=not cfg.train.progress, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         for step, batch in enumerate(bar):
@@ -181,16 +176,18 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
             with accel.autocast(device, cfg.train.amp):
                 out = model(images)
                 terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
-            _check_finite(terms, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
-            for key, value in terms.as_floats().items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{terms.total.item():.3f}")
+            meter.add(step, terms.named(), terms.total)
+            if meter.due(step):  # not every step: reading a loss stalls the device's queue
+                meter.check("loss", epoch, NONFINITE_HINT)
+                bar.set_postfix(loss=f"{terms.total.item():.3f}")
         bar.close()
+        # before the checkpoint: a diverged epoch is never saved
+        meter.check("loss", epoch, NONFINITE_HINT)
         steps_done = max(1, min(steps_per_epoch, len(loader)))
-        result = {key: value / steps_done for key, value in sums.items()}
+        result = meter.means(steps_done)
         result.update(evaluate_classification(model, val_loader, device))
         result["lr"] = optimizer.param_groups[0]["lr"]
         # After the last epoch nothing resumes training, so the optimizer state (as large as
