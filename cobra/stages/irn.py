@@ -25,7 +25,14 @@ from cobra.masks.random_walk import neighbour_offsets
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
-from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.common import (
+    Stamp,
+    fingerprint,
+    mask_settings,
+    require_files,
+    stage_ids,
+    stamp_of,
+)
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.train import poly_lr
 
@@ -49,6 +56,11 @@ class IRLabelDataset(Dataset):
         # labels at the network's stride-4 positions (IRN samples, it does not average labels)
         half = OUTPUT_STRIDE // 2
         return {"image": image, "ir": label[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
+
+
+# the masks.* settings the boundary network depends on (with the IR labels and train.seed)
+SETTINGS = ("irn_backbone", "irn_freeze_backbone", "irn_layout", "irn_crop", "irn_batch_size",
+            "irn_epochs", "irn_lr", "irn_pair_radius")
 
 
 def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
@@ -85,8 +97,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.ir_label_file(i) for i in ids}, "IR labels", "ir_labels")
     m = cfg.masks
     stamp = Stamp(layout.irn, fingerprint(
-        ir=file_signature(layout.ir_labels / "fingerprint.txt"), seed=cfg.train.seed,
-        irn={k: v for k, v in vars(m).items() if k.startswith("irn")}))
+        ir=stamp_of(layout.ir_labels), seed=cfg.train.seed, irn=mask_settings(cfg, SETTINGS)))
     if stamp.current() and layout.irn_checkpoint.exists() and not force:
         return {}
     stamp.clear()

@@ -31,17 +31,23 @@ from cobra.runtime import resolve_device
 from cobra.seeds import cams_to_label
 from cobra.stages.common import (
     Stamp,
-    file_signature,
     fingerprint,
+    mask_settings,
     parallel_map,
     require_files,
     stage_ids,
+    stamp_of,
 )
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
 from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
 
 MASK_RULES = ("irn", "relative")
+# the masks.* settings the walk, the mask rules and the second denseCRF depend on
+SETTINGS = ("rw_radius", "rw_beta", "rw_exp_times", "rw_boundary_damp", "rw_scale", "rw_source",
+            "bg_rule", "sem_seg_bg", "relative_theta", "mask_crf", "mask_crf_gt_prob",
+            "crf_iters", "mask_crf_gauss_sxy", "mask_crf_gauss_compat", "mask_crf_bilateral_sxy",
+            "mask_crf_bilateral_srgb", "mask_crf_bilateral_compat")
 _WORKER: dict[str, Any] = {}
 
 
@@ -125,14 +131,9 @@ def rule_masks(cfg: Config, rule: str, image: np.ndarray, rw_up: np.ndarray, key
 
 
 def _stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
-    m = cfg.masks
     return Stamp(layout.masks, fingerprint(
-        irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
-        seeds=file_signature(layout.seeds / "fingerprint.txt"),
-        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp, m.rw_scale,
-            switch(cfg, "masks.rw_source")],
-        rules=[switch(cfg, "masks.bg_rule"), m.sem_seg_bg, m.relative_theta],
-        crf=[m.mask_crf, m.mask_crf_gt_prob, mask_crf_args(cfg)], ids=ids))
+        irn=stamp_of(layout.irn), fusion=cfg.seeds.fusion, seeds=stamp_of(layout.seeds),
+        masks=mask_settings(cfg, SETTINGS), ids=ids))
 
 
 def _metrics(cfg: Config, conf: dict[tuple[str, bool], np.ndarray]) -> dict[str, float]:
