@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cobra.config import Config, switch
 from cobra.data import build_source
+from cobra.data.source import LabelFileError, read_label_png
+from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
 from cobra.pictures import save_label_png
@@ -97,4 +98,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
 
 def read_ir_label(layout: RunLayout, image_id: str) -> np.ndarray:
     """(H, W) uint8 IR label (palette indices; 255 unknown)."""
-    return np.array(Image.open(layout.ir_label_file(image_id)))
+    path = layout.ir_label_file(image_id)
+    try:
+        return read_label_png(path)
+    except LabelFileError as exc:
+        raise StageInputError(f"IR label {exc}; run stage 'ir_labels' again") from None
