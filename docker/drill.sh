@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The compose drill: the whole stack of docker/compose.yaml, for real, on one Docker host.
 #
-#   docker/drill.sh          build the images, start PostgreSQL + MLflow (basic auth) + a Ray head
-#                            + two CPU workers (token auth), run a short demo sweep from the head,
-#                            read every trial back through the MLflow client with a login, tear down
+#   docker/drill.sh          build cobra:cpu (and the PostgreSQL image if none can be pulled), start
+#                            PostgreSQL + MLflow (basic auth) + a Ray head + two CPU workers (token
+#                            auth), run a short demo sweep from the head, read every trial back
+#                            through the MLflow client with a login, tear down
 #   KEEP=1 docker/drill.sh   leave the stack up afterwards (remove it with: docker/drill.sh down)
 #   docker/drill.sh down     remove the drill's containers, network and volumes
 #
@@ -22,6 +23,10 @@
 #   EXTRA_CA_CERTS_FILE  PEM file of extra CAs the builds must trust (a TLS-inspecting proxy);
 #                    default: the local CAs in /usr/local/share/ca-certificates/*.crt, if any.
 #   SKIP_BUILD=1     use the images an earlier run built (no docker build).
+#   BUILD_GPU=1      also build cobra:gpu (docker/Dockerfile.gpu: about 7 GB more, a long build)
+#                    and run the two workers on it (its PyTorch runs on a CPU). Off by default:
+#                    the CPU workers of this drill run cobra:cpu (compose.cpu-workers.yaml), so a
+#                    host without GPUs never builds an image only GPU workers need.
 #   STATE            where the env file and the log go (default /tmp/cobra-drill).
 #   PYTHON           a Python with mlflow for the host-side read-back (default .venv/bin/python;
 #                    without one the read-back runs inside the head container).
@@ -34,6 +39,11 @@ BASE=${BASE:-python:3.11-slim-bookworm}
 POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:16-bookworm}
 PYTHON=${PYTHON:-.venv/bin/python}
 LOG=$STATE/drill.log
+case "${BUILD_GPU:-0}" in
+  0) WORKER_IMAGE=cobra:cpu ;;
+  1) WORKER_IMAGE=cobra:gpu ;;
+  *) echo "error: BUILD_GPU=${BUILD_GPU} is neither 0 nor 1: unset it, or BUILD_GPU=1 for GPU-image workers" >&2; exit 2 ;;
+esac
 
 say() { echo "drill: $*"; }
 die() { echo "error: $*" >&2; exit 2; }
@@ -95,23 +105,28 @@ build_args() {
 build() {
   if [ "${SKIP_BUILD:-0}" = 1 ]; then  # images from an earlier run: cobra:cpu, cobra:gpu, postgres
     have_image "$POSTGRES_IMAGE" || POSTGRES_IMAGE=cobra-postgres:local
-    say "SKIP_BUILD=1: using the existing cobra:cpu, cobra:gpu and $POSTGRES_IMAGE"
+    say "SKIP_BUILD=1: using the existing cobra:cpu (mlflow, head), $WORKER_IMAGE (workers), $POSTGRES_IMAGE"
     return
   fi
   ensure_base
   build_args
-  say "building cobra:cpu and cobra:gpu on $BASE (log: $LOG)"
+  local t0=$SECONDS
+  say "building cobra:cpu on $BASE (log: $LOG)"
   docker build -f docker/Dockerfile.cpu "${BUILD_ARGS[@]}" \
     --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" -t cobra:cpu . >>"$LOG" 2>&1 \
     || die "building cobra:cpu failed: see $LOG"
-  docker build -f docker/Dockerfile.gpu "${BUILD_ARGS[@]}" -t cobra:gpu . >>"$LOG" 2>&1 \
-    || die "building cobra:gpu failed: see $LOG"
+  if [ "$WORKER_IMAGE" = cobra:gpu ]; then
+    say "BUILD_GPU=1: building cobra:gpu on $BASE"
+    docker build -f docker/Dockerfile.gpu "${BUILD_ARGS[@]}" -t cobra:gpu . >>"$LOG" 2>&1 \
+      || die "building cobra:gpu failed: see $LOG"
+  fi
   if ! have_image "$POSTGRES_IMAGE"; then
     say "cannot pull $POSTGRES_IMAGE: building cobra-postgres:local (docker/Dockerfile.postgres)"
     POSTGRES_IMAGE=cobra-postgres:local
     docker build -f docker/Dockerfile.postgres --build-arg "BASE=$BASE" -t "$POSTGRES_IMAGE" . \
       >>"$LOG" 2>&1 || die "building $POSTGRES_IMAGE failed: see $LOG"
   fi
+  say "images built in $((SECONDS - t0)) s"
 }
 
 # The stack's ulimits, capped at what this host allows (a container cannot exceed the engine's).
@@ -131,6 +146,7 @@ RAY_AUTH_TOKEN=$(secret)
 POSTGRES_IMAGE=$POSTGRES_IMAGE
 COBRA_IMAGE_CPU=cobra:cpu
 COBRA_IMAGE_GPU=cobra:gpu
+COBRA_IMAGE_WORKER=$WORKER_IMAGE
 MLFLOW_HOST_PORT=$(free_port)
 MLFLOW_WORKERS=1
 RAY_HEAD_NUM_CPUS=0
@@ -187,6 +203,11 @@ overrides:
   train.progress: false
   seeds.scales: [1.0]
   seeds.max_images: 8
+  pretrain.image_size: 32
+  pretrain.num_images: 64
+  pretrain.num_val: 16
+  pretrain.epochs: 1
+  pretrain.batch_size: 32
 space:
   loss.k_cap_pos: [2, 6]
 search: {algorithm: grid, seed: 0}
