@@ -76,11 +76,16 @@ have_image() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" 
 
 ensure_base() {
   have_image "$BASE" && return
+  if docker image inspect cobra-base:bookworm >/dev/null 2>&1; then
+    say "cannot pull $BASE: using the local cobra-base:bookworm (docker/base-image.sh)"
+    BASE=cobra-base:bookworm
+    return
+  fi
   command -v debootstrap >/dev/null \
     || die "cannot pull $BASE and debootstrap is missing: apt-get install debootstrap, or set BASE to a local Debian 12 + Python 3.11 image"
   say "cannot pull $BASE: building cobra-base:bookworm from Debian packages (docker/base-image.sh)"
   BASE=cobra-base:bookworm
-  docker image inspect "$BASE" >/dev/null 2>&1 || bash docker/base-image.sh "$BASE" >>"$LOG" 2>&1
+  bash docker/base-image.sh "$BASE" >>"$LOG" 2>&1 || die "docker/base-image.sh failed: see $LOG"
 }
 
 build_args() {
