@@ -190,6 +190,7 @@ EOF
 
 # A shortened demo sweep: two trials, one CPU each, so each worker (1 CPU) runs one of them.
 sweep() {
+  local t0=$SECONDS
   say "running the sweep from ray-head"
   compose exec -T ray-head sh -c 'cat > /tmp/drill.yaml && python /opt/cobra/launch.py sweep /tmp/drill.yaml' \
     > "$STATE/sweep.out" 2>>"$LOG" <<'EOF' || { tail -40 "$STATE/sweep.out" >>"$LOG"; die "the sweep failed: see $LOG"; }
@@ -225,13 +226,14 @@ storage: /shared/ray_results
 mlflow: {experiment: drill}
 EOF
   grep '^{"sweep"' "$STATE/sweep.out" | tail -1 | sed 's/^/drill: sweep result /'
+  say "sweep took $((SECONDS - t0)) s"
 }
 
 # Read every trial back through MLflow's client, logged in; and show that no login means 401.
 read_back() {
   local code
   code=$(cat <<'EOF'
-import json, os, urllib.error, urllib.request
+import json, os, sys, urllib.error, urllib.request
 from mlflow.tracking import MlflowClient
 
 uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -248,10 +250,13 @@ for r in runs:
           "seed_miou %.4f" % r.data.metrics.get("seed_miou", float("nan")),
           "epochs", len(client.get_metric_history(r.info.run_id, "loss_cls")))
 nodes = sorted({r.data.tags.get("ray_node_id") for r in runs})
-print("drill: read-back", json.dumps({
-    "user": os.environ["MLFLOW_TRACKING_USERNAME"], "trials": len(runs),
-    "finished": sum(r.info.status == "FINISHED" for r in runs), "nodes": len(nodes),
-    "anonymous_http_status": anonymous}))
+summary = {"user": os.environ["MLFLOW_TRACKING_USERNAME"], "trials": len(runs),
+           "finished": sum(r.info.status == "FINISHED" for r in runs), "nodes": len(nodes),
+           "anonymous_http_status": anonymous}
+print("drill: read-back", json.dumps(summary))
+want = {**summary, "trials": 2, "finished": 2, "nodes": 2, "anonymous_http_status": 401}
+if summary != want:
+    sys.exit(f"drill: FAILED: read back {summary}, expected {want}")
 EOF
 )
   if [ -x "$PYTHON" ] && "$PYTHON" -c "import mlflow" 2>/dev/null; then
@@ -280,6 +285,7 @@ main() {
   up
   sweep
   read_back
+  say "passed in $SECONDS s"
 }
 
 main "$@"; exit $?  # on one line: an edit of this file while it runs cannot run more of it
