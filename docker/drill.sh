@@ -186,6 +186,15 @@ for n in ray.nodes():
           "CPU=%g" % n["Resources"].get("CPU", 0))
 EOF
 )" 2>>"$LOG"
+  # Token auth is on: a driver with another token (a fresh random one, not the cluster's) is refused.
+  local intruder
+  intruder=$(compose exec -T -e "RAY_AUTH_TOKEN=$(secret)" ray-head timeout 120 \
+    python -c 'import ray; ray.init(logging_level="ERROR"); print("drill: JOINED")' 2>&1 || true)
+  echo "$intruder" >>"$LOG"
+  if grep -q "drill: JOINED" <<<"$intruder" || ! grep -q InvalidAuthToken <<<"$intruder"; then
+    die "a Ray driver with a wrong token was not refused with InvalidAuthToken: see $LOG"
+  fi
+  say "ray: a driver with a wrong token is refused (InvalidAuthToken)"
 }
 
 # A shortened demo sweep: two trials, one CPU each, so each worker (1 CPU) runs one of them.
