@@ -93,6 +93,8 @@ class PolySchedule:
     @classmethod
     def of(cls, optimizer: torch.optim.Optimizer, total: int, power: float, warmup: int = 0
            ) -> PolySchedule:
+        """From the optimizer's lrs as they are now: call it before loading a saved optimizer
+        state, which brings back the lrs of the step it was saved at."""
         return cls(tuple(g["lr"] for g in optimizer.param_groups), total, power, warmup)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:

@@ -121,6 +121,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         check_k_values(cfg.loss, grid[0] * grid[1])
 
     optimizer = build_optimizer(model, cfg)
+    # before a resumed optimizer state replaces them with the lrs of the step it was saved at
+    base_lrs = tuple(g["lr"] for g in optimizer.param_groups)
 
     start_epoch = 0
     if resume_from is not None:
@@ -140,9 +142,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     steps_per_epoch = math.floor(len(train_set) / cfg.train.batch_size) or 1
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    schedule = PolySchedule.of(optimizer, steps_per_epoch * cfg.train.epochs,
-                               cfg.train.poly_power,
-                               round(cfg.train.warmup_epochs * steps_per_epoch))
+    schedule = PolySchedule(base_lrs, steps_per_epoch * cfg.train.epochs, cfg.train.poly_power,
+                            round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
     pin = accel.loader_options(device)["pin_memory"]
     val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
