@@ -287,7 +287,10 @@ class SegmentConfig:
     resize_long: list[int] = _f([320, 640])
     batch_size: int = _f(16, ge=1)
     epochs: int = _f(30, ge=1)
-    lr: float = _f(0.01, gt=0.0)
+    lr: float = _f(0.01, gt=0.0, help="encoder lr; the decoder and head get lr × head_lr_mult")
+    head_lr_mult: float = _f(10.0, gt=0.0)
+    momentum: float = _f(0.9, ge=0.0, le=1.0)
+    poly_power: float = _f(0.9, ge=0.0)
     weight_decay: float = _f(1e-4, ge=0.0)
     eval_split: str = _f("val")
     test_split: str | None = _f(None, help="also write VOC-server PNGs for this split")
@@ -391,13 +394,14 @@ def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(key: str, candidates: Iterable[str]) -> str:
+def suggest(key: str, candidates: Iterable[str]) -> str:
+    """"; did you mean 'X'?" for the closest candidate, or "" when none is close."""
     match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def unknown_key_error(key: str, where: str = "config") -> ConfigError:
-    return ConfigError(f"unknown {where} key '{key}'{_suggest(key, dotted_keys())}")
+    return ConfigError(f"unknown {where} key '{key}'{suggest(key, dotted_keys())}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +477,7 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"'{key}' must be one of {', '.join(map(str, choices))}; got {value!r}"
-                          f"{_suggest(str(value), map(str, choices))}")
+                          f"{suggest(str(value), map(str, choices))}")
     for bound, ok, text in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                             ("le", lambda v, b: v <= b, "<=")):
         b = meta.get(bound)

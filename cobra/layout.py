@@ -120,9 +120,6 @@ class RunLayout:
     def segment_checkpoint(self) -> Path:
         return self.segment / "model.pt"
 
-    def segment_pred_file(self, image_id: str) -> Path:
-        return self.segment / "pred" / f"{image_id}.png"
-
     # --- helpers
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text()) if self.summary.exists() else {}

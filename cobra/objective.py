@@ -26,10 +26,12 @@ class LossTerms:
     cap: torch.Tensor
     sap: torch.Tensor
 
+    def named(self) -> dict[str, torch.Tensor]:
+        return {"loss": self.total, "loss_cls": self.cls, "loss_cam": self.cam,
+                "loss_cap": self.cap, "loss_sap": self.sap}
+
     def as_floats(self) -> dict[str, float]:
-        return {"loss": self.total.item(), "loss_cls": self.cls.item(),
-                "loss_cam": self.cam.item(), "loss_cap": self.cap.item(),
-                "loss_sap": self.sap.item()}
+        return {name: value.item() for name, value in self.named().items()}
 
 
 def projection_weights(cfg: LossConfig) -> tuple[float, float]:

@@ -8,19 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The standard VOC colour map (bit-interleaved), (n, 3) uint8; index 255 is ignore."""
-    palette = np.zeros((n, 3), dtype=np.uint8)
-    for index in range(n):
-        c, r, g, b = index, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[index] = (r, g, b)
-    return palette
+from cobra.data.voc import voc_palette
 
 
 def save_label_png(path: Path, label: np.ndarray) -> None:

@@ -1,10 +1,16 @@
-"""Where training runs: the device named by `train.device`, checked before any work."""
+"""What every trainer shares (CoBra, the boundary network, the segmentation network): the
+device named by `train.device`, checked before any work; the warm-up + poly schedule; and one
+epoch of training that reads its losses without stalling the device."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from cobra.errors import ConfigError
+import torch
+from tqdm import tqdm
+
+from cobra.errors import ConfigError, NonFiniteLossError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,3 +24,120 @@ def resolve_device(name: str) -> torch.device:
                           f"device(s) are visible; use cuda:0..cuda:"
                           f"{torch.cuda.device_count() - 1} or auto")
     return device
+
+
+class LossMeter:
+    """Sums of an epoch's loss terms kept on the device, and the first step whose loss was not
+    finite. Reading a loss (`.item()`, or `if not torch.isfinite(...)`) waits for the device to
+    finish the step, so a loop that does it every step cannot queue the next step's work; this
+    meter is read every `CHECK_EVERY` steps and at the epoch's end instead. The sums are float64,
+    added in step order: the same numbers as summing each step's `.item()` in Python."""
+
+    CHECK_EVERY = 20
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.steps = 0  # steps added (a trainer may skip a batch with nothing to learn)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, step: int, terms: Mapping[str, torch.Tensor], total: torch.Tensor) -> None:
+        values = torch.stack([t.detach().float() for t in terms.values()]).double()
+        if self.sums is None:
+            self.names = list(terms)
+            self.sums = torch.zeros_like(values)
+        self.sums += values
+        self.steps += 1
+        bad = torch.logical_not(torch.isfinite(total.detach())) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, step, self.first_bad_step)
+
+    def due(self, step: int) -> bool:
+        return (step + 1) % self.CHECK_EVERY == 0
+
+    def check(self, what: str, epoch: int, hint: str) -> None:
+        """Raise NonFiniteLossError if any step so far had a NaN/inf loss (one device sync)."""
+        step = int(self.first_bad_step)
+        if step >= 0:
+            sums = self.sums.tolist() if self.sums is not None else []
+            parts = ", ".join(n for n, v in zip(self.names, sums, strict=True)
+                              if not torch.isfinite(torch.tensor(v)))
+            raise NonFiniteLossError(f"non-finite {what} at epoch {epoch} step {step}"
+                                     f"{f' ({parts})' if parts else ''}; {hint}")
+
+    def means(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        return {name: total / self.steps
+                for name, total in zip(self.names, self.sums.tolist(), strict=True)}
+
+
+def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """Linear warm-up over `warmup` steps, then poly decay to zero at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+@dataclass(frozen=True)
+class PolySchedule:
+    """poly_lr for every parameter group from its own base lr, set before each step. (Written
+    out, not torch's PolynomialLR: that one multiplies the previous lr by a ratio every step,
+    which drifts from the closed form in the last bits, and has no warm-up.)"""
+
+    base_lrs: tuple[float, ...]
+    total: int
+    power: float
+    warmup: int = 0
+
+    @classmethod
+    def of(cls, optimizer: torch.optim.Optimizer, total: int, power: float, warmup: int = 0
+           ) -> PolySchedule:
+        """From the optimizer's lrs as they are now: call it before loading a saved optimizer
+        state, which brings back the lrs of the step it was saved at."""
+        return cls(tuple(g["lr"] for g in optimizer.param_groups), total, power, warmup)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        for group, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = poly_lr(base, step, self.total, self.power, self.warmup)
+
+
+# (total loss to backpropagate, the named terms to average) for a batch, or None to skip it
+LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]] | None]
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """Where an epoch sits: its index, the global step it starts at, and what its messages say."""
+
+    epoch: int
+    first_step: int
+    what: str  # "loss", "IRN loss", ...: named in the non-finite error
+    hint: str  # what to change when the loss is not finite
+    desc: str  # the progress bar's label
+
+
+def train_one_epoch(batches: Iterable[dict], loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                    schedule: PolySchedule, device: torch.device, info: EpochInfo,
+                    progress: bool = False, total: int | None = None) -> dict[str, float]:
+    """One pass over `batches` (the model already in train mode): schedule, loss, backward, step.
+    Returns each named term's mean over the steps trained; raises NonFiniteLossError before the
+    caller can save a diverged epoch. Losses stay on the device (LossMeter)."""
+    meter = LossMeter(device)
+    bar = tqdm(batches, total=total, disable=not progress, leave=False, desc=info.desc)
+    for step, batch in enumerate(bar):
+        schedule.apply(optimizer, info.first_step + step)
+        losses = loss_fn(batch)
+        if losses is None:
+            continue
+        loss, terms = losses
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        meter.add(step, terms, loss)
+        if meter.due(step):  # not every step: reading a loss stalls the device's queue
+            meter.check(info.what, info.epoch, info.hint)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    meter.check(info.what, info.epoch, info.hint)
+    return meter.means()

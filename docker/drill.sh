@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The compose drill: the whole stack of docker/compose.yaml, for real, on one Docker host.
 #
-#   docker/drill.sh          build the images, start PostgreSQL + MLflow (basic auth) + a Ray head
-#                            + two CPU workers (token auth), run a short demo sweep from the head,
-#                            read every trial back through the MLflow client with a login, tear down
+#   docker/drill.sh          build cobra:cpu (and the PostgreSQL image if none can be pulled), start
+#                            PostgreSQL + MLflow (basic auth) + a Ray head + two CPU workers (token
+#                            auth), run a short demo sweep from the head, read every trial back
+#                            through the MLflow client with a login, tear down
 #   KEEP=1 docker/drill.sh   leave the stack up afterwards (remove it with: docker/drill.sh down)
 #   docker/drill.sh down     remove the drill's containers, network and volumes
 #
@@ -22,6 +23,10 @@
 #   EXTRA_CA_CERTS_FILE  PEM file of extra CAs the builds must trust (a TLS-inspecting proxy);
 #                    default: the local CAs in /usr/local/share/ca-certificates/*.crt, if any.
 #   SKIP_BUILD=1     use the images an earlier run built (no docker build).
+#   BUILD_GPU=1      also build cobra:gpu (docker/Dockerfile.gpu: about 7 GB more, a long build)
+#                    and run the two workers on it (its PyTorch runs on a CPU). Off by default:
+#                    the CPU workers of this drill run cobra:cpu (compose.cpu-workers.yaml), so a
+#                    host without GPUs never builds an image only GPU workers need.
 #   STATE            where the env file and the log go (default /tmp/cobra-drill).
 #   PYTHON           a Python with mlflow for the host-side read-back (default .venv/bin/python;
 #                    without one the read-back runs inside the head container).
@@ -34,6 +39,11 @@ BASE=${BASE:-python:3.11-slim-bookworm}
 POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:16-bookworm}
 PYTHON=${PYTHON:-.venv/bin/python}
 LOG=$STATE/drill.log
+case "${BUILD_GPU:-0}" in
+  0) WORKER_IMAGE=cobra:cpu ;;
+  1) WORKER_IMAGE=cobra:gpu ;;
+  *) echo "error: BUILD_GPU=${BUILD_GPU} is neither 0 nor 1: unset it, or BUILD_GPU=1 for GPU-image workers" >&2; exit 2 ;;
+esac
 
 say() { echo "drill: $*"; }
 die() { echo "error: $*" >&2; exit 2; }
@@ -66,11 +76,16 @@ have_image() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" 
 
 ensure_base() {
   have_image "$BASE" && return
+  if docker image inspect cobra-base:bookworm >/dev/null 2>&1; then
+    say "cannot pull $BASE: using the local cobra-base:bookworm (docker/base-image.sh)"
+    BASE=cobra-base:bookworm
+    return
+  fi
   command -v debootstrap >/dev/null \
     || die "cannot pull $BASE and debootstrap is missing: apt-get install debootstrap, or set BASE to a local Debian 12 + Python 3.11 image"
   say "cannot pull $BASE: building cobra-base:bookworm from Debian packages (docker/base-image.sh)"
   BASE=cobra-base:bookworm
-  docker image inspect "$BASE" >/dev/null 2>&1 || bash docker/base-image.sh "$BASE" >>"$LOG" 2>&1
+  bash docker/base-image.sh "$BASE" >>"$LOG" 2>&1 || die "docker/base-image.sh failed: see $LOG"
 }
 
 build_args() {
@@ -95,23 +110,36 @@ build_args() {
 build() {
   if [ "${SKIP_BUILD:-0}" = 1 ]; then  # images from an earlier run: cobra:cpu, cobra:gpu, postgres
     have_image "$POSTGRES_IMAGE" || POSTGRES_IMAGE=cobra-postgres:local
-    say "SKIP_BUILD=1: using the existing cobra:cpu, cobra:gpu and $POSTGRES_IMAGE"
+    say "SKIP_BUILD=1: using the existing cobra:cpu (mlflow, head), $WORKER_IMAGE (workers), $POSTGRES_IMAGE"
     return
   fi
   ensure_base
   build_args
-  say "building cobra:cpu and cobra:gpu on $BASE (log: $LOG)"
+  local t0=$SECONDS
+  say "building cobra:cpu on $BASE (log: $LOG)"
+  # The build stage (the multi-GB venv) is tagged cobra-build:cpu first, so `docker image prune`
+  # keeps it as the layer cache: after an edit of cobra/ the next build takes seconds, not a
+  # quarter of an hour. `docker rmi cobra-build:cpu cobra-build:gpu` gives that disk back.
+  docker build -f docker/Dockerfile.cpu --target build "${BUILD_ARGS[@]}" \
+    --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" -t cobra-build:cpu . >>"$LOG" 2>&1 \
+    || die "building cobra:cpu's build stage failed: see $LOG"
   docker build -f docker/Dockerfile.cpu "${BUILD_ARGS[@]}" \
     --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" -t cobra:cpu . >>"$LOG" 2>&1 \
     || die "building cobra:cpu failed: see $LOG"
-  docker build -f docker/Dockerfile.gpu "${BUILD_ARGS[@]}" -t cobra:gpu . >>"$LOG" 2>&1 \
-    || die "building cobra:gpu failed: see $LOG"
+  if [ "$WORKER_IMAGE" = cobra:gpu ]; then
+    say "BUILD_GPU=1: building cobra:gpu on $BASE"
+    docker build -f docker/Dockerfile.gpu --target build "${BUILD_ARGS[@]}" -t cobra-build:gpu . \
+      >>"$LOG" 2>&1 || die "building cobra:gpu's build stage failed: see $LOG"
+    docker build -f docker/Dockerfile.gpu "${BUILD_ARGS[@]}" -t cobra:gpu . >>"$LOG" 2>&1 \
+      || die "building cobra:gpu failed: see $LOG"
+  fi
   if ! have_image "$POSTGRES_IMAGE"; then
     say "cannot pull $POSTGRES_IMAGE: building cobra-postgres:local (docker/Dockerfile.postgres)"
     POSTGRES_IMAGE=cobra-postgres:local
     docker build -f docker/Dockerfile.postgres --build-arg "BASE=$BASE" -t "$POSTGRES_IMAGE" . \
       >>"$LOG" 2>&1 || die "building $POSTGRES_IMAGE failed: see $LOG"
   fi
+  say "images built in $((SECONDS - t0)) s"
 }
 
 # The stack's ulimits, capped at what this host allows (a container cannot exceed the engine's).
@@ -131,6 +159,7 @@ RAY_AUTH_TOKEN=$(secret)
 POSTGRES_IMAGE=$POSTGRES_IMAGE
 COBRA_IMAGE_CPU=cobra:cpu
 COBRA_IMAGE_GPU=cobra:gpu
+COBRA_IMAGE_WORKER=$WORKER_IMAGE
 MLFLOW_HOST_PORT=$(free_port)
 MLFLOW_WORKERS=1
 RAY_HEAD_NUM_CPUS=0
@@ -165,10 +194,20 @@ for n in ray.nodes():
           "CPU=%g" % n["Resources"].get("CPU", 0))
 EOF
 )" 2>>"$LOG"
+  # Token auth is on: a driver with another token (a fresh random one, not the cluster's) is refused.
+  local intruder
+  intruder=$(compose exec -T -e "RAY_AUTH_TOKEN=$(secret)" ray-head timeout 120 \
+    python -c 'import ray; ray.init(logging_level="ERROR"); print("drill: JOINED")' 2>&1 || true)
+  echo "$intruder" >>"$LOG"
+  if grep -q "drill: JOINED" <<<"$intruder" || ! grep -q InvalidAuthToken <<<"$intruder"; then
+    die "a Ray driver with a wrong token was not refused with InvalidAuthToken: see $LOG"
+  fi
+  say "ray: a driver with a wrong token is refused (InvalidAuthToken)"
 }
 
 # A shortened demo sweep: two trials, one CPU each, so each worker (1 CPU) runs one of them.
 sweep() {
+  local t0=$SECONDS
   say "running the sweep from ray-head"
   compose exec -T ray-head sh -c 'cat > /tmp/drill.yaml && python /opt/cobra/launch.py sweep /tmp/drill.yaml' \
     > "$STATE/sweep.out" 2>>"$LOG" <<'EOF' || { tail -40 "$STATE/sweep.out" >>"$LOG"; die "the sweep failed: see $LOG"; }
@@ -187,6 +226,11 @@ overrides:
   train.progress: false
   seeds.scales: [1.0]
   seeds.max_images: 8
+  pretrain.image_size: 32
+  pretrain.num_images: 64
+  pretrain.num_val: 16
+  pretrain.epochs: 1
+  pretrain.batch_size: 32
 space:
   loss.k_cap_pos: [2, 6]
 search: {algorithm: grid, seed: 0}
@@ -199,13 +243,14 @@ storage: /shared/ray_results
 mlflow: {experiment: drill}
 EOF
   grep '^{"sweep"' "$STATE/sweep.out" | tail -1 | sed 's/^/drill: sweep result /'
+  say "sweep took $((SECONDS - t0)) s"
 }
 
 # Read every trial back through MLflow's client, logged in; and show that no login means 401.
 read_back() {
   local code
   code=$(cat <<'EOF'
-import json, os, urllib.error, urllib.request
+import json, os, sys, urllib.error, urllib.request
 from mlflow.tracking import MlflowClient
 
 uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -222,10 +267,13 @@ for r in runs:
           "seed_miou %.4f" % r.data.metrics.get("seed_miou", float("nan")),
           "epochs", len(client.get_metric_history(r.info.run_id, "loss_cls")))
 nodes = sorted({r.data.tags.get("ray_node_id") for r in runs})
-print("drill: read-back", json.dumps({
-    "user": os.environ["MLFLOW_TRACKING_USERNAME"], "trials": len(runs),
-    "finished": sum(r.info.status == "FINISHED" for r in runs), "nodes": len(nodes),
-    "anonymous_http_status": anonymous}))
+summary = {"user": os.environ["MLFLOW_TRACKING_USERNAME"], "trials": len(runs),
+           "finished": sum(r.info.status == "FINISHED" for r in runs), "nodes": len(nodes),
+           "anonymous_http_status": anonymous}
+print("drill: read-back", json.dumps(summary))
+want = {**summary, "trials": 2, "finished": 2, "nodes": 2, "anonymous_http_status": 401}
+if summary != want:
+    sys.exit(f"drill: FAILED: read back {summary}, expected {want}")
 EOF
 )
   if [ -x "$PYTHON" ] && "$PYTHON" -c "import mlflow" 2>/dev/null; then
@@ -254,6 +302,7 @@ main() {
   up
   sweep
   read_back
+  say "passed in $SECONDS s"
 }
 
 main "$@"; exit $?  # on one line: an edit of this file while it runs cannot run more of it

@@ -1,8 +1,8 @@
 """The compose drill (issue 11), with real images, containers, PostgreSQL, MLflow and Ray.
 
-docker/drill.sh builds cobra:cpu and cobra:gpu, starts docker/compose.yaml (PostgreSQL-backed
-MLflow with basic auth, a Ray head and two CPU workers with token auth), and runs a two-trial sweep
-from the head. This test then reads every trial back from the host through MLflow's client,
+docker/drill.sh builds cobra:cpu (not cobra:gpu: the CPU workers run the CPU image), starts
+docker/compose.yaml with compose.cpu-workers.yaml (PostgreSQL-backed MLflow with basic auth, a Ray
+head and two CPU workers with token auth), and runs a two-trial sweep from the head. This test then reads every trial back from the host through MLflow's client,
 logged in, and checks that the runs spread over both workers, that a request without a login is
 refused, and that the drill's output never shows a secret. Needs a Docker engine with the Compose
 v2 plugin; it skips only when those are missing. The first run builds the images (tens of
@@ -79,6 +79,7 @@ def test_the_compose_stack_runs_a_sweep_on_both_workers_with_auth_on(tmp_path, m
         workers = {ln.split()[3] for ln in out.splitlines()
                    if ln.startswith("drill: ray node ") and ln.split()[4] == "worker"}
         assert len(workers) == 2
+        assert "drill: ray: a driver with a wrong token is refused (InvalidAuthToken)" in out
 
         sweep = _json_after(out, "drill: sweep result ")
         assert sweep["trials"] == 2 and sweep["errored"] == 0, sweep

@@ -389,8 +389,8 @@ def test_rw_scale_enlarges_the_boundary_grid():
     assert rw.shape == (1, 20, 28)
 
 
-def test_only_the_stages_first_images_are_kept_for_pictures_across_chunks():
-    from cobra.stages.masks import MASK_CHUNK, _boundary_jobs
+def test_only_the_stages_first_images_are_kept_for_pictures():
+    from cobra.stages.masks import _boundary_jobs
     from cobra.stages.seeds import NUM_PICTURES
 
     class Images:  # a source of blank 8x8 images: only the ids matter here
@@ -400,8 +400,7 @@ def test_only_the_stages_first_images_are_kept_for_pictures_across_chunks():
     def net(x):  # a stride-4 "boundary network"
         return torch.zeros(x.shape[0], x.shape[-2] // 4, x.shape[-1] // 4)
 
-    ids = [f"{i:05d}" for i in range(2 * MASK_CHUNK)]
-    kept = [image_id for start in range(0, len(ids), MASK_CHUNK)
-            for image_id, _, keep in _boundary_jobs(net, Images(), ids[start:start + MASK_CHUNK],
-                                                    torch.device("cpu"), 1.0, start) if keep]
+    ids = [f"{i:05d}" for i in range(100)]
+    kept = [image_id for image_id, _, keep in
+            _boundary_jobs(net, Images(), ids, torch.device("cpu"), 1.0) if keep]
     assert kept == ids[:NUM_PICTURES]

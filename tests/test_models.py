@@ -245,7 +245,8 @@ def test_conv_stem_vit_is_a_plain_timm_vit_on_a_patch_8_grid():
 
 
 def test_adamw_and_warm_up_schedule():
-    from cobra.stages.train import build_optimizer, poly_lr
+    from cobra.runtime import poly_lr
+    from cobra.stages.train import build_optimizer
 
     cfg, model = tiny_model("train.optimizer=adamw", "train.lr=0.001", "train.head_lr_mult=5")
     optimizer = build_optimizer(model, cfg)

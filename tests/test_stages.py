@@ -60,6 +60,32 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
         k: v for k, v in result.items() if k.startswith("mask_")}
     assert pngs == {p.name: p.read_bytes() for p in (trained_run / "masks" / "png").glob("*.png")}
 
+    # A setting that cannot change an output redoes nothing; the same IR labels made again
+    # (--force) do not retrain the boundary network (stages key on their input's fingerprint,
+    # not its files' times); a walk setting redoes the masks alone.
+    def times(folder: str, pattern: str) -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in (trained_run / folder).glob(pattern)}
+
+    ir_times, mask_times = times("ir_labels", "*.png"), times("masks/png", "*.png")
+    code, _, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
+                            "--set", "masks.workers=2"], capsys)
+    assert code == 0, err
+    assert times("ir_labels", "*.png") == ir_times and times("masks/png", "*.png") == mask_times
+    code, _, err = run_cli(["stage", "ir_labels", "--run-dir", run, "--force"], capsys)
+    assert code == 0, err
+    assert times("ir_labels", "*.png") != ir_times  # made again, the same settings
+    code, _, err = run_cli(["stage", "irn", "masks", "--run-dir", run], capsys)
+    assert code == 0, err
+    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
+    assert times("masks/png", "*.png") == mask_times
+    ir_times = times("ir_labels", "*.png")
+    code, walked, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
+                                 "--set", "masks.rw_beta=5"], capsys)
+    assert code == 0, err
+    assert times("ir_labels", "*.png") == ir_times
+    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
+    assert all(t != mask_times[name] for name, t in times("masks/png", "*.png").items())
+
     # the other mask rule on the same walk: written and headlined, both scores unchanged, and
     # neither the IR labels nor the boundary network are redone for a mask-rule setting
     code, relative, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
@@ -114,3 +140,46 @@ def test_stage_bad_inputs_exit_2(trained_run, tiny_data_root, tmp_path, capsys):
     code, _, err = run_cli(["stage", "seeds", "--run-dir", run, "--force",
                         "--set", f"data.root={other}"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def _square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_parallel_map_streams_through_one_pool_in_order():
+    from cobra.stages.common import POOL_AHEAD_PER_WORKER, parallel_map
+
+    consumed: list[int] = []
+
+    def items():
+        for i in range(20):
+            consumed.append(i)
+            yield i
+
+    results = parallel_map(_square_with_pid, items(), 2, "test", False, total=20)
+    first = next(results)
+    # items are read lazily: only a bounded window ahead of the first result
+    assert len(consumed) == 2 * POOL_AHEAD_PER_WORKER
+    rest = list(results)
+    assert [r[0] for r in [first, *rest]] == [i * i for i in range(20)]
+    pids = {pid for _, pid in [first, *rest]}
+    assert os.getpid() not in pids and len(pids) <= 2  # one pool, started once
+    # in this process, the same results
+    assert [r[0] for r in parallel_map(_square_with_pid, range(20), 1, "test", False)] == \
+        [i * i for i in range(20)]
+
+
+def test_every_mask_setting_belongs_to_the_stages_it_changes():
+    """Each masks.* key is in the fingerprint of the stage(s) whose output it can change, so
+    changing it redoes those and nothing upstream; only keys that change no output are in none."""
+    import dataclasses
+
+    from cobra.config import MasksConfig
+    from cobra.stages import ir_labels, irn, masks
+
+    keyed = [set(ir_labels.SETTINGS), set(irn.SETTINGS), set(masks.SETTINGS)]
+    no_output = {"workers", "max_images"}  # max_images: the image list is in every stamp
+    assert set().union(*keyed) | no_output == {f.name for f in dataclasses.fields(MasksConfig)}
+    # crf_iters: both denseCRFs run that many iterations (the authors' shared setting)
+    assert keyed[0] & keyed[2] == {"crf_iters"}
+    assert not keyed[0] & keyed[1] and not keyed[1] & keyed[2]

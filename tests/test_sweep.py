@@ -70,7 +70,8 @@ def checkpoint_bytes_per_trial(storage: Path, client: MlflowClient, runs) -> lis
 
 
 def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, capsys):
-    path = write_sweep(sweep_env, "grid", {"loss.k_cap_pos": [1, 3]})
+    # one trial at a time, so the second runs in the first one's worker process
+    path = write_sweep(sweep_env, "grid", {"loss.k_cap_pos": [1, 3]}, max_concurrent=1)
     code, result, err = run_cli(["sweep", str(path)], capsys)
     assert code == 0, err
     assert result["trials"] == 2 and result["errored"] == 0
@@ -113,6 +114,9 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
                                                        str(sweep_env["dir"])), weights_only=True)
         assert tracked["optimizer"] is None  # MLflow keeps the weights alone
     assert max(checkpoint_bytes_per_trial(storage, client, runs)) <= 3.0
+    # a finished trial's worker took the next trial (reuse_actors): torch, timm and MLflow are
+    # imported once per worker, not once per trial
+    assert len({r.data.tags["ray_worker_pid"] for r in runs}) == 1
 
     # the best trial by a direct MLflow query is the one the sweep and `final --best` pick
     best = max(runs, key=lambda r: r.data.metrics["seed_miou"])

@@ -91,6 +91,27 @@ def read_size(path: Path) -> tuple[int, int]:
                         f"or set data.on_bad_file=skip") from None
 
 
+class LabelFileError(Exception):
+    """A label PNG that is missing, unreadable or not class indices: the problem; the caller
+    raises its own error with the fix that fits (restore the dataset, rerun a stage)."""
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) uint8 class indices from a palette or greyscale PNG; 255 = ignore. Never converted
+    to RGB: its pixel values *are* the class indices."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise LabelFileError(f"'{path}' is a {img.mode} image, not a palette or greyscale "
+                                     f"PNG of class indices")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise LabelFileError(f"'{path}' does not exist") from None
+    except _PIL_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LabelFileError(f"'{path}' cannot be read ({reason})") from None
+
+
 def image_is_readable(path: Path) -> bool:
     """True if PIL can open and verify the file (cheap: no full decode for most formats)."""
     try:

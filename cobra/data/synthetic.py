@@ -340,7 +340,7 @@ def _write_all(out: Path, cfg: SyntheticConfig, params: dict[str, Any]) -> None:
     (out / "JPEGImages").mkdir(parents=True)
     (out / "SegmentationClass").mkdir()
     (out / "ImageSets" / "Segmentation").mkdir(parents=True)
-    palette = voc_palette()
+    palette = voc_palette().reshape(-1).tolist()
     for split_index, (split, count) in enumerate((("train", cfg.num_train), ("val", cfg.num_val))):
         ids = [f"{split}_{i:05d}" for i in range(count)]
         for i, image_id in enumerate(ids):

@@ -14,9 +14,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from cobra.data.source import _PIL_ERRORS, Source, check_ids_nonempty, multi_hot, read_size
+from cobra.data.source import (
+    LabelFileError,
+    Source,
+    check_ids_nonempty,
+    multi_hot,
+    read_label_png,
+    read_size,
+)
 from cobra.errors import DataError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -28,18 +34,18 @@ VOC_CLASSES: tuple[str, ...] = (
 IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-def voc_palette() -> list[int]:
-    """The VOC colour map as a flat 768-long list for `Image.putpalette` (255 -> cream)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
+def voc_palette() -> np.ndarray:
+    """The standard VOC colour map (bit-interleaved), (256, 3) uint8; index 255 (ignore) is
+    cream. Flatten it (`.reshape(-1).tolist()`) for `Image.putpalette`."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        c, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
             c >>= 3
-        palette += [r, g, b]
+        palette[index] = (r, g, b)
     return palette
 
 
@@ -152,13 +158,10 @@ class VOCSource(Source):
         """(H, W) uint8 class indices 0..C, 255 = ignore (palette indices, never RGB colours)."""
         path = self.mask_path(image_id)
         try:
-            with Image.open(path) as img:
-                if img.mode not in ("P", "L"):
-                    raise DataError(f"mask '{path}' is {img.mode}, not a palette or greyscale "
-                                    f"PNG of class indices; re-save it with indices as pixels")
-                mask = np.asarray(img, dtype=np.uint8).copy()
-        except _PIL_ERRORS as exc:
-            raise DataError(f"mask '{path}' cannot be read ({exc}); replace or remove it") from None
+            mask = read_label_png(path)
+        except LabelFileError as exc:
+            raise DataError(f"mask {exc}; replace it (indices as pixels) or remove "
+                            f"'{image_id}' from split '{self.split}'") from None
         self._check_mask_size(image_id, path, mask.shape)
         bad = (mask > self.num_classes) & (mask != 255)
         if bad.any():

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
-from cobra.data.source import Source
+from cobra.data.source import LabelFileError, Source, read_label_png
 from cobra.data.transforms import joint_train_transform
 from cobra.errors import StageInputError
 
@@ -17,19 +16,13 @@ IGNORE = 255
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """(H, W) uint8 class indices from a palette (or greyscale) PNG; 255 = ignore."""
+    """(H, W) uint8 class indices of a pseudo mask the masks stage wrote; 255 = ignore."""
     try:
-        with Image.open(path) as img:
-            # Never convert a palette image to RGB: its pixel values *are* the class indices.
-            if img.mode not in ("P", "L"):
-                raise StageInputError(f"mask '{path}' is a {img.mode} image, not a palette PNG of "
-                                      f"class indices; run stage 'masks' again")
-            return np.asarray(img, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise StageInputError(f"mask '{path}' does not exist; run stage 'masks' first") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise StageInputError(f"mask '{path}' cannot be read ({exc}); run stage 'masks' "
-                              f"again") from None
+        return read_label_png(path)
+    except LabelFileError as exc:
+        missing = not path.exists()
+        raise StageInputError(f"mask {exc}; run stage 'masks' {'first' if missing else 'again'}"
+                              ) from None
 
 
 class MaskDataset(Dataset):

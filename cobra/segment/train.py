@@ -9,22 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cobra.config import SegmentConfig
-from cobra.errors import NonFiniteLossError, StageInputError
-
-HEAD_LR_MULT = 10.0  # new decoder/head layers learn 10x faster than the (pretrained) encoder
-POLY_POWER = 0.9
+from cobra.errors import StageInputError
+from cobra.runtime import EpochInfo, PolySchedule, train_one_epoch
 
 
-def param_groups(model: nn.Module, lr: float) -> list[dict]:
-    """Encoder parameters at `lr`, everything else (decoder, head) at HEAD_LR_MULT x lr."""
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
+    """Encoder parameters at `lr`, everything else (decoder, head) at head_lr_mult x lr."""
     encoder = getattr(model, "encoder", None)
     enc_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
     enc = [p for p in model.parameters() if p.requires_grad and id(p) in enc_ids]
     head = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
-    groups = [{"params": enc, "lr": lr}, {"params": head, "lr": lr * HEAD_LR_MULT}]
+    groups = [{"params": enc, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
     return [g for g in groups if g["params"]]
 
 
@@ -55,52 +52,35 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.SGD(param_groups(model, cfg.lr), lr=cfg.lr, momentum=0.9,
-                                weight_decay=cfg.weight_decay)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer = torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = PolySchedule.of(optimizer, len(loader) * cfg.epochs, cfg.poly_power)
     single = batch_size == 1
     if single:
         # BatchNorm cannot train on one image (DeepLabV3+'s pooled ASPP branch is 1x1 and fails).
         print("warning: segment batch of 1 image: BatchNorm layers are frozen", file=sys.stderr)
 
+    def losses(batch: dict):
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        if bool((masks == 255).all()):
+            # Nothing to learn (crops of fully ignored masks); the mean over 0 pixels is NaN.
+            return None
+        loss = F.cross_entropy(model(images), masks, ignore_index=255)
+        return loss, {"seg_loss": loss}
+
     result: dict[str, float] = {}
-    step = 0
     for epoch in range(cfg.epochs):
         model.train()
         if single:
             _freeze_batchnorm(model)
-        total, count = 0.0, 0
-        bar = tqdm(loader, total=steps_per_epoch, disable=not progress, leave=False,
-                   desc=f"segment {epoch + 1}/{cfg.epochs}")
-        for batch in bar:
-            factor = (1.0 - min(step, total_steps) / max(total_steps, 1)) ** POLY_POWER
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            step += 1
-            if bool((masks == 255).all()):
-                # Nothing to learn (crops of fully ignored masks); the mean over 0 pixels is NaN.
-                continue
-            logits = model(images)
-            loss = F.cross_entropy(logits, masks, ignore_index=255)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite segmentation loss at epoch {epoch} step "
-                                         f"{step - 1} ({loss.item()}); lower segment.lr or "
-                                         f"check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            count += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        if count == 0:
+        info = EpochInfo(epoch, epoch * len(loader), "segmentation loss",
+                         "lower segment.lr or check the data", f"segment {epoch + 1}/{cfg.epochs}")
+        result = train_one_epoch(loader, losses, optimizer, schedule, device, info, progress,
+                                 len(loader))
+        if not result:
             raise StageInputError("every training crop of the segmentation set is 255 (ignore); "
                                   "check the masks, or run stage 'masks' again")
-        result = {"seg_loss": total / count}
         if on_epoch is not None:
             on_epoch(epoch, {**result, "lr": optimizer.param_groups[0]["lr"]})
     return result

@@ -7,16 +7,20 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from cobra.config import Config
+from cobra.config import FIDELITY_SWITCHES, Config, switch
 from cobra.errors import StageInputError
 from cobra.layout import atomic_write_text
+
+# jobs queued per pool worker beyond the one it runs: enough that no worker waits for the next
+POOL_AHEAD_PER_WORKER = 4
 
 
 def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
@@ -60,6 +64,21 @@ class Stamp:
         atomic_write_text(self.path, self.value)
 
 
+def mask_settings(cfg: Config, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named `masks.*` settings as a stage's fingerprint sees them: a paper/code switch
+    left unset counts as the behaviour it selects."""
+    return {name: switch(cfg, f"masks.{name}") if f"masks.{name}" in FIDELITY_SWITCHES
+            else getattr(cfg.masks, name) for name in names}
+
+
+def stamp_of(directory: Path) -> str | None:
+    """The fingerprint a stage's complete outputs carry (None while they are incomplete): what a
+    later stage keys on, so a redone stage with the same inputs and settings, whose files are
+    new, redoes nothing after it."""
+    path = directory / "fingerprint.txt"
+    return path.read_text() if path.exists() else None
+
+
 def file_signature(path: Path) -> list[int]:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
@@ -67,23 +86,45 @@ def file_signature(path: Path) -> list[int]:
 
 def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, desc: str,
                  progress: bool, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = ()) -> Iterator[Any]:
-    """fn over items on `workers` processes (0 = all cores; 1 = in this process), in order."""
-    items = list(items)
+                 initargs: tuple = (), total: int | None = None) -> Iterator[Any]:
+    """fn over items on `workers` processes (0 = all cores; 1 = in this process), in order.
+
+    One pool serves the whole call, and `items` is read lazily, a few per worker ahead of the
+    results: a producer in this process (the boundary network on the GPU) keeps working while
+    the pool does, memory stays bounded, and workers start once, not once per batch of images.
+    """
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
-    if workers == 1 or len(items) <= 1:
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    if workers == 1 or (total is not None and total <= 1):
         if initializer:
             initializer(*initargs)
         for item in items:
             yield fn(item)
             bar.update()
     else:
-        # spawn: the parent holds OpenMP threads (torch), which a forked child must not inherit
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
-                                 initargs=initargs) as pool:
-            for result in pool.map(fn, items, chunksize=4):
-                yield result
-                bar.update()
+        yield from _pool_map(fn, items, workers, bar, initializer, initargs)
     bar.close()
+
+
+def _pool_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, bar: tqdm,
+              initializer: Callable[..., None] | None, initargs: tuple) -> Iterator[Any]:
+    # spawn: the parent holds OpenMP threads (torch), which a forked child must not inherit
+    context = multiprocessing.get_context("spawn")
+    ahead = POOL_AHEAD_PER_WORKER * workers
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
+                               initargs=initargs)
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+                bar.update()
+        while pending:
+            yield pending.popleft().result()
+            bar.update()
+    finally:
+        # a failed job or a consumer that stopped early: queued jobs are dropped, running ones end
+        pool.shutdown(wait=True, cancel_futures=True)

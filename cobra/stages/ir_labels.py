@@ -11,24 +11,31 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cobra.config import Config, switch
 from cobra.data import build_source
+from cobra.data.source import LabelFileError, read_label_png
+from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
 from cobra.pictures import save_label_png
 from cobra.reporting import Reporter
 from cobra.stages.common import (
     Stamp,
-    file_signature,
     fingerprint,
+    mask_settings,
     parallel_map,
     require_files,
     stage_ids,
+    stamp_of,
 )
 from cobra.stages.seeds import load_seed
 
+# the masks.* settings IR labels depend on: the confidence thresholds and the first denseCRF
+# (a walk or mask-rule setting must not remake them, nor retrain the boundary network)
+SETTINGS = ("threshold_source", "conf_fg", "conf_bg", "aobj_percentile", "aobj_round",
+            "aobj_gap", "crf_iters", "crf_gt_prob", "crf_gauss_sxy", "crf_gauss_compat",
+            "crf_bilateral_sxy", "crf_bilateral_srgb", "crf_bilateral_compat")
 _WORKER: dict[str, Any] = {}
 
 
@@ -69,12 +76,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     stamp = Stamp(layout.ir_labels, fingerprint(
-        seeds=file_signature(layout.seeds / "fingerprint.txt"), fusion=cfg.seeds.fusion,
-        # only what IR labels depend on: a mask-rule setting must not retrain the boundary net
-        masks={k: v for k, v in vars(cfg.masks).items()
-               if k.startswith(("conf_", "aobj_", "crf_"))},
-        threshold_source=switch(cfg, "masks.threshold_source"),
-        ids=ids))
+        seeds=stamp_of(layout.seeds), fusion=cfg.seeds.fusion,
+        masks=mask_settings(cfg, SETTINGS), ids=ids))
     if stamp.current() and not force:
         return {k: v for k, v in layout.read_summary().items() if k.startswith("ir_label")}
     stamp.clear()
@@ -95,4 +98,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
 
 def read_ir_label(layout: RunLayout, image_id: str) -> np.ndarray:
     """(H, W) uint8 IR label (palette indices; 255 unknown)."""
-    return np.array(Image.open(layout.ir_label_file(image_id)))
+    path = layout.ir_label_file(image_id)
+    try:
+        return read_label_png(path)
+    except LabelFileError as exc:
+        raise StageInputError(f"IR label {exc}; run stage 'ir_labels' again") from None

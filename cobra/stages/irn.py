@@ -7,27 +7,30 @@ different-class pairs to 0. Unknown (255) pixels supervise nothing.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cobra import pretrain
 from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
 from cobra.data.transforms import joint_train_transform
-from cobra.errors import NonFiniteLossError, StageInputError
+from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.masks.affinity_labels import affinity_loss
 from cobra.masks.random_walk import neighbour_offsets
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.reporting import Reporter
-from cobra.runtime import resolve_device
-from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
+from cobra.stages.common import (
+    Stamp,
+    fingerprint,
+    mask_settings,
+    require_files,
+    stage_ids,
+    stamp_of,
+)
 from cobra.stages.ir_labels import read_ir_label
-from cobra.stages.train import poly_lr
 
 
 class IRLabelDataset(Dataset):
@@ -49,6 +52,11 @@ class IRLabelDataset(Dataset):
         # labels at the network's stride-4 positions (IRN samples, it does not average labels)
         half = OUTPUT_STRIDE // 2
         return {"image": image, "ir": label[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
+
+
+# the masks.* settings the boundary network depends on (with the IR labels and train.seed)
+SETTINGS = ("irn_backbone", "irn_freeze_backbone", "irn_layout", "irn_crop", "irn_batch_size",
+            "irn_epochs", "irn_lr", "irn_pair_radius")
 
 
 def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
@@ -85,8 +93,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.ir_label_file(i) for i in ids}, "IR labels", "ir_labels")
     m = cfg.masks
     stamp = Stamp(layout.irn, fingerprint(
-        ir=file_signature(layout.ir_labels / "fingerprint.txt"), seed=cfg.train.seed,
-        irn={k: v for k, v in vars(m).items() if k.startswith("irn")}))
+        ir=stamp_of(layout.ir_labels), seed=cfg.train.seed, irn=mask_settings(cfg, SETTINGS)))
     if stamp.current() and layout.irn_checkpoint.exists() and not force:
         return {}
     stamp.clear()
@@ -102,25 +109,22 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
                         num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     offsets = neighbour_offsets(m.irn_pair_radius)
-    total = max(1, len(loader) * m.irn_epochs)
-    step = 0
+    schedule = PolySchedule.of(optimizer, max(1, len(loader) * m.irn_epochs),
+                               cfg.train.poly_power)
+
+    def losses(batch: dict):
+        boundary = net(batch["image"].to(device))
+        loss = affinity_loss(boundary, batch["ir"].to(device), offsets)
+        return loss, {"irn_loss": loss}
+
     net.train()
+    result: dict[str, float] = {}
     for epoch in range(m.irn_epochs):
-        loss_sum, batches = 0.0, 0
-        for batch in tqdm(loader, desc=f"irn {epoch + 1}/{m.irn_epochs}", leave=False,
-                          disable=not cfg.train.progress):
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(m.irn_lr, step, total, cfg.train.poly_power)
-            boundary = net(batch["image"].to(device))
-            loss = affinity_loss(boundary, batch["ir"].to(device), offsets)
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLossError(f"non-finite IRN loss at epoch {epoch} step {step}; "
-                                         f"lower masks.irn_lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, batches, step = loss_sum + loss.item(), batches + 1, step + 1
-        reporter.log_metrics({"irn_loss": loss_sum / max(batches, 1)}, step=epoch)
+        info = EpochInfo(epoch, epoch * len(loader), "IRN loss", "lower masks.irn_lr",
+                         f"irn {epoch + 1}/{m.irn_epochs}")
+        result = train_one_epoch(loader, losses, optimizer, schedule, device, info,
+                                 cfg.train.progress, len(loader))
+        reporter.log_metrics(result, step=epoch)
     save_checkpoint(layout.irn_checkpoint, model=net, cfg=cfg, epoch=m.irn_epochs - 1)
     stamp.write()
-    return {"irn_loss": round(loss_sum / max(batches, 1), 5)}
+    return {k: round(v, 5) for k, v in result.items()}

@@ -31,19 +31,23 @@ from cobra.runtime import resolve_device
 from cobra.seeds import cams_to_label
 from cobra.stages.common import (
     Stamp,
-    file_signature,
     fingerprint,
+    mask_settings,
     parallel_map,
     require_files,
     stage_ids,
+    stamp_of,
 )
 from cobra.stages.ir_labels import read_ir_label
 from cobra.stages.irn import load_boundary_net
 from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
 
 MASK_RULES = ("irn", "relative")
-# images whose boundary maps are made before their walks and CRFs are handed to the workers
-MASK_CHUNK = 64
+# the masks.* settings the walk, the mask rules and the second denseCRF depend on
+SETTINGS = ("rw_radius", "rw_beta", "rw_exp_times", "rw_boundary_damp", "rw_scale", "rw_source",
+            "bg_rule", "sem_seg_bg", "relative_theta", "mask_crf", "mask_crf_gt_prob",
+            "crf_iters", "mask_crf_gauss_sxy", "mask_crf_gauss_compat", "mask_crf_bilateral_sxy",
+            "mask_crf_bilateral_srgb", "mask_crf_bilateral_compat")
 _WORKER: dict[str, Any] = {}
 
 
@@ -127,14 +131,9 @@ def rule_masks(cfg: Config, rule: str, image: np.ndarray, rw_up: np.ndarray, key
 
 
 def _stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
-    m = cfg.masks
     return Stamp(layout.masks, fingerprint(
-        irn=file_signature(layout.irn_checkpoint), fusion=cfg.seeds.fusion,
-        seeds=file_signature(layout.seeds / "fingerprint.txt"),
-        rw=[m.rw_radius, m.rw_beta, m.rw_exp_times, m.rw_boundary_damp, m.rw_scale,
-            switch(cfg, "masks.rw_source")],
-        rules=[switch(cfg, "masks.bg_rule"), m.sem_seg_bg, m.relative_theta],
-        crf=[m.mask_crf, m.mask_crf_gt_prob, mask_crf_args(cfg)], ids=ids))
+        irn=stamp_of(layout.irn), fusion=cfg.seeds.fusion, seeds=stamp_of(layout.seeds),
+        masks=mask_settings(cfg, SETTINGS), ids=ids))
 
 
 def _metrics(cfg: Config, conf: dict[tuple[str, bool], np.ndarray]) -> dict[str, float]:
@@ -157,7 +156,8 @@ def _init_worker(cfg: Config, layout: RunLayout) -> None:
 def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     """One image in a worker: walk its seed over the boundary map, write the walk and the chosen
     rule's mask, score every rule. job: (image id, (h4, w4) boundary, keep the mask for a
-    picture). Returns confusions keyed (rule, crf) and the chosen mask when asked."""
+    picture). Returns the image id, confusions keyed (rule, crf) and the chosen mask when
+    asked."""
     image_id, boundary, keep = job
     cfg, layout, source = _WORKER["cfg"], _WORKER["layout"], _WORKER["source"]
     chosen = switch(cfg, "masks.bg_rule")
@@ -169,7 +169,7 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     np.savez_compressed(layout.rw_file(image_id), keys=seed["keys"], rw=rw.astype(np.float16))
     rw_up = to_image_size(rw, image.shape[:2])
     gt = source.load_mask(image_id) if source.has_masks else None
-    result: dict = {"confusions": {}, "mask": None}
+    result: dict = {"image_id": image_id, "confusions": {}, "mask": None}
     # only the chosen rule's mask is written; the other is scored when there is ground truth
     for rule in MASK_RULES if gt is not None else (chosen,):
         plain, mask = rule_masks(cfg, rule, image, rw_up, seed["keys"])
@@ -182,11 +182,11 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     return result
 
 
-def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float,
-                   first: int) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """Boundary maps on the stage's device (GPU when present), one job per image; `first` is
-    the position of `ids[0]` in the stage's list (only its first NUM_PICTURES get pictures)."""
-    for n, image_id in enumerate(ids, start=first):
+def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float
+                   ) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Boundary maps on the stage's device (GPU when present), one job per image, made as the
+    pool asks for them; the first NUM_PICTURES images keep their masks for pictures."""
+    for n, image_id in enumerate(ids):
         boundary = boundary_map(net, source.load_image(image_id), device, scale)
         yield image_id, boundary.float().cpu().numpy(), n < NUM_PICTURES
 
@@ -209,21 +209,19 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
             for crf in (False, True)}
     image_counts = []  # the written masks' per-image counts: a bootstrap interval over images
     # The walk and the CRFs (most of the time) run on `masks.workers` processes; the boundary
-    # network stays here, on the device, and feeds them in chunks so memory stays bounded.
-    for start in range(0, len(ids), MASK_CHUNK):
-        chunk = ids[start:start + MASK_CHUNK]
-        jobs = list(_boundary_jobs(net, source, chunk, device, cfg.masks.rw_scale, start))
-        results = parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
-                               _init_worker, (cfg, layout))
-        for (image_id, _, keep), result in zip(jobs, results, strict=True):
-            for key, counts in result["confusions"].items():
-                conf[key] += counts
-            if (chosen, True) in result["confusions"]:
-                image_counts.append(iou_counts(result["confusions"][chosen, True]))
-            if keep and source.has_masks:
-                _picture(layout, reporter, image_id, source.load_image(image_id),
-                         load_walk_seed(cfg, layout, image_id), result["mask"],
-                         source.load_mask(image_id))
+    # network stays here, on the device, and makes each image's map as the pool takes it in.
+    jobs = _boundary_jobs(net, source, ids, device, cfg.masks.rw_scale)
+    for result in parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
+                               _init_worker, (cfg, layout), total=len(ids)):
+        for key, counts in result["confusions"].items():
+            conf[key] += counts
+        if (chosen, True) in result["confusions"]:
+            image_counts.append(iou_counts(result["confusions"][chosen, True]))
+        if result["mask"] is not None and source.has_masks:
+            image_id = result["image_id"]
+            _picture(layout, reporter, image_id, source.load_image(image_id),
+                     load_walk_seed(cfg, layout, image_id), result["mask"],
+                     source.load_mask(image_id))
     stamp.write()
     if not source.has_masks:
         return {}

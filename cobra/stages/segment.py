@@ -16,7 +16,7 @@ from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
 from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
 from cobra.segment.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
-from cobra.stages.common import Stamp, file_signature, fingerprint, require_files, stage_ids
+from cobra.stages.common import Stamp, fingerprint, require_files, stage_ids, stamp_of
 from cobra.stages.masks import mask_crf_args
 
 
@@ -35,7 +35,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = stage_ids(cfg, train_source, cfg.masks.max_images)
     require_files({i: layout.mask_file(i) for i in ids}, "masks", "masks")
     stamp = Stamp(layout.segment, fingerprint(
-        masks=file_signature(layout.masks / "fingerprint.txt"), seed=cfg.train.seed,
+        masks=stamp_of(layout.masks), seed=cfg.train.seed,
         segment=vars(s)))
     if stamp.current() and not force:
         return {k: v for k, v in layout.read_summary().items() if k.startswith("seg_")}

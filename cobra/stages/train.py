@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cobra import accel, metrics, pretrain
 from cobra.checkpoint import (
@@ -29,13 +29,15 @@ from cobra.checkpoint import (
 )
 from cobra.config import Config, flatten, load_config, parse_override, save_config, switch
 from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
-from cobra.errors import ConfigError, NonFiniteLossError, StageInputError
+from cobra.errors import ConfigError, StageInputError
 from cobra.layout import RunLayout
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.objective import check_k_values, compute_losses
 from cobra.reporting import Reporter
-from cobra.runtime import resolve_device
+from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
+
+NONFINITE_HINT = "lower train.lr or check the data"
 
 
 def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
@@ -72,13 +74,6 @@ def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool,
                       persistent_workers=persistent and workers > 0, pin_memory=pin_memory)
 
 
-def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
-    """Linear warm-up over `warmup` steps, then poly decay to zero at `total`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (1.0 - min(step, total) / max(total, 1)) ** power
-
-
 def build_optimizer(model: CoBra, cfg: Config) -> torch.optim.Optimizer:
     """SGD (the paper's) or AdamW over the model's backbone / head groups."""
     groups = model.param_groups(cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay,
@@ -110,13 +105,6 @@ def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.devi
     return result
 
 
-def _check_finite(terms, epoch: int, step: int) -> None:
-    if not torch.isfinite(terms.total):
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step} ({parts}); "
-                                 f"lower train.lr or check the data")
-
-
 def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
@@ -133,7 +121,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         check_k_values(cfg.loss, grid[0] * grid[1])
 
     optimizer = build_optimizer(model, cfg)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    # before a resumed optimizer state replaces them with the lrs of the step it was saved at
+    base_lrs = tuple(g["lr"] for g in optimizer.param_groups)
 
     start_epoch = 0
     if resume_from is not None:
@@ -153,12 +142,20 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     steps_per_epoch = math.floor(len(train_set) / cfg.train.batch_size) or 1
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    schedule = PolySchedule(base_lrs, steps_per_epoch * cfg.train.epochs, cfg.train.poly_power,
+                            round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
     pin = accel.loader_options(device)["pin_memory"]
     val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
                          pin_memory=pin, persistent=True)
+
+    def losses(batch: dict, epoch: int):
+        images = accel.to_device(batch["image"], device, nhwc)
+        with accel.autocast(device, cfg.train.amp):
+            out = model(images)
+            terms = compute_losses(out, batch["label"].to(device), cfg.loss, epoch,
+                                   tuple(images.shape[-2:]))
+        return terms.total, terms.named()
 
     result: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -166,31 +163,11 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         model.train()
         loader = _loader(train_set, cfg.train.batch_size, workers,
                          cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, total=steps_per_epoch, disable=not cfg.train.progress, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
-        for step, batch in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            global_step = epoch * steps_per_epoch + step
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = poly_lr(base, global_step, total_steps, cfg.train.poly_power,
-                                      warmup_steps)
-            images = accel.to_device(batch["image"], device, nhwc)
-            labels = batch["label"].to(device)
-            with accel.autocast(device, cfg.train.amp):
-                out = model(images)
-                terms = compute_losses(out, labels, cfg.loss, epoch, tuple(images.shape[-2:]))
-            _check_finite(terms, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            for key, value in terms.as_floats().items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{terms.total.item():.3f}")
-        bar.close()
-        steps_done = max(1, min(steps_per_epoch, len(loader)))
-        result = {key: value / steps_done for key, value in sums.items()}
+        info = EpochInfo(epoch, epoch * steps_per_epoch, "loss", NONFINITE_HINT,
+                         f"epoch {epoch + 1}/{cfg.train.epochs}")
+        result = train_one_epoch(islice(loader, steps_per_epoch),
+                                 lambda batch, e=epoch: losses(batch, e), optimizer, schedule,
+                                 device, info, cfg.train.progress, steps_per_epoch)
         result.update(evaluate_classification(model, val_loader, device))
         result["lr"] = optimizer.param_groups[0]["lr"]
         # After the last epoch nothing resumes training, so the optimizer state (as large as

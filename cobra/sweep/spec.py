@@ -26,7 +26,6 @@ Every mistake is a ConfigError naming the key, with a close match when there is 
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra import config as config_mod
+from cobra.config import suggest
 from cobra.errors import ConfigError
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
@@ -133,15 +133,10 @@ class SweepSpec:
         return {key: list(d.values) for key, d in self.search_space().items()}
 
 
-def _close(key: str, options: tuple[str, ...] | list[str]) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
-
-
 def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"unknown sweep key '{where}{key}'{_close(key, allowed)}")
+            raise ConfigError(f"unknown sweep key '{where}{key}'{suggest(key, allowed)}")
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -186,7 +181,7 @@ def _metric(value: Any, stages: tuple[str, ...]) -> str:
             raise ConfigError(f"sweep key 'metric' is {value!r}, which the '{stage}' stage "
                               f"reports; add it to the trials' stages: `stages: [seeds, "
                               f"{stage}]`")
-    hint = _close(str(value), reported) or _close(str(value).lower(), reported)
+    hint = suggest(str(value), reported) or suggest(str(value).lower(), reported)
     raise ConfigError(f"sweep key 'metric' must be a metric trials report "
                       f"({', '.join(reported)}), got {value!r}{hint}")
 
@@ -204,7 +199,7 @@ def _stages(value: Any) -> tuple[str, ...]:
     for stage in value:
         if stage not in TRIAL_STAGES:
             raise ConfigError(f"sweep key 'stages' has unknown stage {stage!r}; choose from "
-                              f"{', '.join(TRIAL_STAGES)}{_close(str(stage), TRIAL_STAGES)}")
+                              f"{', '.join(TRIAL_STAGES)}{suggest(str(stage), TRIAL_STAGES)}")
     last = max(TRIAL_STAGES.index(stage) for stage in value)
     return TRIAL_STAGES[:last + 1]
 
@@ -232,7 +227,7 @@ def _domain(key: str, raw: Any) -> Domain:
                           f"{{choice|int|uniform|loguniform: ...}}, got {raw!r}")
     kind, arg = next(iter(raw.items()))
     if kind not in DOMAIN_KINDS:
-        raise ConfigError(f"unknown domain '{kind}' for '{where}'{_close(kind, DOMAIN_KINDS)}")
+        raise ConfigError(f"unknown domain '{kind}' for '{where}'{suggest(kind, DOMAIN_KINDS)}")
     if kind == "choice":
         return _domain(key, arg)
     if not isinstance(arg, list) or len(arg) != 2:
@@ -283,7 +278,7 @@ def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
     keys = config_mod.dotted_keys()
     for key, domain in space.items():
         if key not in keys:
-            raise ConfigError(f"search space key '{key}' is not a config key{_close(key, keys)} "
+            raise ConfigError(f"search space key '{key}' is not a config key{suggest(key, keys)} "
                               f"(see `launch.py config --list`)")
         for value in _probe_values(domain):
             config_mod.with_overrides(base, {key: value})
@@ -359,7 +354,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
     if value not in options:
         raise ConfigError(f"sweep key '{where}' must be one of {', '.join(options)}, "
-                          f"got {value!r}{_close(str(value), options)}")
+                          f"got {value!r}{suggest(str(value), options)}")
     return value
 
 

@@ -192,7 +192,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 tune_config=tune.TuneConfig(
                     search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
                     num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
-                    trial_name_creator=_readable_name, trial_dirname_creator=_readable_name),
+                    trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
+                    # a finished trial's worker takes the next trial: torch, timm and MLflow are
+                    # imported once per worker, not once per trial (~10 s each on 2 cores)
+                    reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=spec.storage,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
