@@ -29,6 +29,8 @@ from cobra.sweep.trainable import (
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
+SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
 def _optuna_search(spec: SweepSpec):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -201,6 +203,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=1))
+        # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
+        # every trial-epoch, and warn about it each time. The snapshot is Ray's small state
+        # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
+        # warning, printed some 30 times by the demo sweep, is silenced unless the user set it.
+        os.environ.setdefault(SNAPSHOT_WARNING_ENV, "0")
         results = tuner.fit()
         _remove_staging_leftovers(spec)
     except BaseException as exc:
