@@ -126,6 +126,15 @@ def _restore(layout: RunLayout) -> Path | None:
     return layout.last_checkpoint
 
 
+def _finished_run(ctx: TrialContext, trial_id: str) -> tracking.TrialRecord | None:
+    """This trial's MLflow run if an earlier attempt finished it."""
+    existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
+    if existing is None:
+        return None
+    record = tracking.get_trial(ctx.tracking_uri, existing)
+    return record if record.status == "FINISHED" else None
+
+
 def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> tuple[str, bool]:
     """The trial's child run (and whether it is a restart's): reused when Ray restarts the trial,
     so retries stay one run."""
@@ -176,6 +185,13 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
     if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
         cfg = with_overrides(cfg, {"masks.workers": max(1, int(ctx.cpus))})
+    finished = _finished_run(ctx, trial_id)
+    if finished is not None:
+        # Ray restarted a trial that had ended: its driver died before the next snapshot of the
+        # experiment's state recorded the ending. MLflow holds the trial's result; hand that to
+        # Ray again and leave the run (and the compute) alone.
+        tune.report({**finished.metrics, "mlflow_run_id": finished.run_id})
+        return
     run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
     mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed,
                                               system_metrics=True)
