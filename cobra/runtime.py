@@ -4,6 +4,7 @@ epoch of training that reads its losses without stalling the device."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -61,7 +62,7 @@ class LossMeter:
         if step >= 0:
             sums = self.sums.tolist() if self.sums is not None else []
             parts = ", ".join(n for n, v in zip(self.names, sums, strict=True)
-                              if not torch.isfinite(torch.tensor(v)))
+                              if not math.isfinite(v))
             raise NonFiniteLossError(f"non-finite {what} at epoch {epoch} step {step}"
                                      f"{f' ({parts})' if parts else ''}; {hint}")
 
