@@ -8,9 +8,7 @@ their own columns, never beside the trials' as if the final run had won the swee
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,6 @@ FINAL_PREFIX = "final/"
 # Registered model names: a new version per `final` run.
 SEGMENTATION_MODEL = "cobra-segmentation"
 IRN_MODEL = "cobra-irn"
-
-
-def available_stages() -> tuple[list[str], list[str]]:
-    """(stages that exist, in order up to the first missing one; the missing ones)."""
-    ready: list[str] = []
-    for i, name in enumerate(POST_TRAIN_STAGES):
-        if importlib.util.find_spec(f"cobra.stages.{name}") is None:
-            return ready, list(POST_TRAIN_STAGES[i:])
-        ready.append(name)
-    return ready, []
 
 
 def final_overrides(overrides: list[str]) -> list[str]:
@@ -106,9 +94,8 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     # backbone, initialisation and CRF settings of every stage travel with its results
     reporter.log_params(flatten(cfg))
     tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg))
-    stages, missing = available_stages()
     try:
-        metrics = run_stages(cfg, layout, reporter, stages=stages, force=True)
+        metrics = run_stages(cfg, layout, reporter, stages=POST_TRAIN_STAGES, force=True)
         mlflow_reporter.log_artifact(layout.config, None)
         models = log_models(uri, final_id, cfg, layout)
     except BaseException:
@@ -116,11 +103,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
         raise
     tracking.set_description(uri, final_id, describe(uri, source, metrics))
     mlflow_reporter.set_tags({f"cobra.model.{name}": what for name, what in models.items()})
-    if missing:
-        print(f"note: stage '{missing[0]}' is not part of this build yet; stopped after "
-              f"'{stages[-1]}' (missing: {', '.join(missing)})", file=sys.stderr)
-        mlflow_reporter.set_tags({"cobra.missing_stages": ",".join(missing)})
     reporter.close("FINISHED")
     return {**metrics, "source_run_id": source.run_id, "source_run_name": source.run_name,
             "final_run_id": final_id, "run_dir": str(layout.root),
-            "missing_stages": missing, "models": models}
+            "models": models}

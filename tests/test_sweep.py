@@ -136,7 +136,6 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     assert "seed_miou" in final
     final_run = client.get_run(final["final_run_id"])
     assert final_run.data.tags["source_run_id"] == best.info.run_id
-    assert final["missing_stages"] == []
     # the final run's scores carry their own names: never in the trials' seed_miou column
     for key in ("seed_miou", "ir_label_precision", "mask_miou", "mask_miou_nocrf", "seg_miou"):
         assert key in final and f"final/{key}" in final_run.data.metrics, key
