@@ -70,7 +70,8 @@ def _point(trial: TrialRecord, axes: Sequence[str]) -> tuple:
     return tuple(trial.params.get(a, "None") for a in axes)
 
 
-def _parse(value: str) -> Any:
+def parse_param(value: str) -> Any:
+    """MLflow stores params as strings; give numbers back their order (2 < 10)."""
     for cast in (int, float):
         try:
             return cast(value)
@@ -90,7 +91,7 @@ def group_cells(trials: Sequence[TrialRecord], metric: str, axes: Sequence[str],
         if trial.status != "FINISHED" or not _finite(value):
             continue
         point = _point(trial, axes)
-        cell = cells.setdefault(point, Cell({a: _parse(v) for a, v in zip(axes, point,
+        cell = cells.setdefault(point, Cell({a: parse_param(v) for a, v in zip(axes, point,
                                                                            strict=True)}))
         cell.values.append(float(value))
         cell.run_ids.append(trial.run_id)

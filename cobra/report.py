@@ -36,16 +36,6 @@ def _is_replicate(key: str) -> bool:
     return key.rsplit(".", 1)[-1] == "seed"
 
 
-def _parse(value: str) -> Any:
-    """MLflow stores params as strings; give numbers back their order (2 < 10)."""
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except (TypeError, ValueError):
-            pass
-    return value
-
-
 def _sort_key(value: Any) -> tuple[int, Any]:
     # Numbers before strings, each in natural order, so mixed columns still sort.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -90,7 +80,7 @@ def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = No
     done = _finished(trials, metric)
     axes = table_axes(done, rows, cols)
 
-    frame = pd.DataFrame([{**{a: _parse(t.params.get(a, "None")) for a in axes},
+    frame = pd.DataFrame([{**{a: cells_mod.parse_param(t.params.get(a, "None")) for a in axes},
                            metric: t.metrics[key]} for t in done])
     if not axes:  # nothing varies: one cell, the mean over all trials
         table = pd.DataFrame({metric: [frame[metric].mean()]}, index=pd.Index(["all"]))
