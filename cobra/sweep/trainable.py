@@ -126,27 +126,24 @@ def _restore(layout: RunLayout) -> Path | None:
     return layout.last_checkpoint
 
 
-def _finished_run(ctx: TrialContext, trial_id: str) -> tracking.TrialRecord | None:
-    """This trial's MLflow run if an earlier attempt finished it."""
+def _earlier_attempt(ctx: TrialContext, trial_id: str) -> tracking.TrialRecord | None:
+    """The MLflow run an earlier attempt of this Ray trial made, if any."""
     existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
-    if existing is None:
-        return None
-    record = tracking.get_trial(ctx.tracking_uri, existing)
-    return record if record.status == "FINISHED" else None
+    return tracking.get_trial(ctx.tracking_uri, existing) if existing else None
 
 
-def _mlflow_run(ctx: TrialContext, trial_id: str, name: str) -> tuple[str, bool]:
-    """The trial's child run (and whether it is a restart's): reused when Ray restarts the trial,
-    so retries stay one run."""
+def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
+                earlier: tracking.TrialRecord | None) -> tuple[str, bool]:
+    """The trial's child run (and whether it is a restart's): an earlier attempt's run is
+    reused when Ray restarts the trial, so retries stay one run."""
     node = ray.get_runtime_context().get_node_id()
-    existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
-    if existing:
-        tracking.reopen_run(ctx.tracking_uri, existing)
+    if earlier is not None:
+        tracking.reopen_run(ctx.tracking_uri, earlier.run_id)
         # a restarted trial may land on another node: keep where every attempt ran
-        history = tracking.get_trial(ctx.tracking_uri, existing).tags.get("ray_node_history", "")
-        tracking.MlflowReporter(ctx.tracking_uri, existing).set_tags(
+        history = earlier.tags.get("ray_node_history", "")
+        tracking.MlflowReporter(ctx.tracking_uri, earlier.run_id).set_tags(
             {"ray_node_id": node, "ray_node_history": f"{history},{node}".strip(",")})
-        return existing, True
+        return earlier.run_id, True
     run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
                                       tags={"ray_trial_id": trial_id, "ray_node_id": node,
                                             "ray_node_history": node})
@@ -185,14 +182,14 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
     if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
         cfg = with_overrides(cfg, {"masks.workers": max(1, int(ctx.cpus))})
-    finished = _finished_run(ctx, trial_id)
-    if finished is not None:
+    earlier = _earlier_attempt(ctx, trial_id)
+    if earlier is not None and earlier.status == "FINISHED":
         # Ray restarted a trial that had ended: its driver died before the next snapshot of the
         # experiment's state recorded the ending. MLflow holds the trial's result; hand that to
         # Ray again and leave the run (and the compute) alone.
-        tune.report({**finished.metrics, "mlflow_run_id": finished.run_id})
+        tune.report({**earlier.metrics, "mlflow_run_id": earlier.run_id})
         return
-    run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params))
+    run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params), earlier)
     mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed,
                                               system_metrics=True)
     if not resumed and ctx.datasets:
