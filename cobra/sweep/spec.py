@@ -36,6 +36,7 @@ from typing import Any
 from cobra import config as config_mod
 from cobra.config import suggest
 from cobra.errors import ConfigError
+from cobra.stages import POST_TRAIN_STAGES
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
             "repeats", "stages", "resources", "max_concurrent", "max_failures", "storage",
@@ -55,9 +56,9 @@ EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_ma
 TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou_default_bg",
                  "seed_miou_aobj", "seed_percentile", "seed_miou_ci_lo", "seed_miou_ci_hi",
                  "seed_miou_heldout", "seed_num_images")
-# Stages a trial may run after training, in pipeline order (cobra.stages.POST_TRAIN_STAGES),
-# and the headline metrics each adds to a trial's report.
-TRIAL_STAGES = ("seeds", "ir_labels", "irn", "masks", "segment")
+# Stages a trial may run after training, in pipeline order, and the headline metrics each
+# adds to a trial's report.
+TRIAL_STAGES = POST_TRAIN_STAGES
 STAGE_METRICS = {
     "ir_labels": ("ir_label_precision", "ir_label_coverage"),
     "irn": (),
