@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -222,7 +223,8 @@ def get_or_create_experiment(uri: str, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        # "model training", not GenAI: the MLflow UI then opens on the runs, not on traces
+        # the experiment's kind is model development, not GenAI (MLflow 3.17's UI still opens
+        # in its GenAI workspace until a user picks "Model training": see the README)
         return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
                                         tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except MlflowException:
@@ -543,8 +545,11 @@ def _start_system_metrics(uri: str, run_id: str, resumed: bool):
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
-    """Who ran it and from which commit: the tags MLflow's UI shows as User and Source."""
+    """Who ran it and from which commit: the tags MLflow's UI shows as User and Source. Read
+    once per process (two git calls): a reused Ray worker starts many trials. Not mutated by
+    callers, which unpack it."""
     import getpass
     import subprocess
 
