@@ -15,8 +15,11 @@ from cobra.stages.seeds import _scale_weight, _to_image_size
 
 @torch.no_grad()
 def loop_multiscale_cams(model, image: np.ndarray, keys: np.ndarray, scales: list[float],
-                         flip: bool, aobj_weighting: str = "normalized") -> dict[str, np.ndarray]:
-    """`multiscale_cams` with one forward pass per scale and per flip (batch of one)."""
+                         flip: bool, aobj_weighting: str = "normalized",
+                         affinity: bool = True) -> dict[str, np.ndarray]:
+    """`multiscale_cams` with one forward pass per scale and per flip (batch of one), each the
+    training forward (every layer's T × T attention, as the authors' seed pass keeps it) unless
+    `affinity=False` asks for the seed pass's class-row forward."""
     device = next(model.parameters()).device
     h, w = image.shape[:2]
     base = normalize_image(image).to(device)[None]
@@ -27,7 +30,7 @@ def loop_multiscale_cams(model, image: np.ndarray, keys: np.ndarray, scales: lis
         nh, nw = model.patch_grid(*size)
         padded = (nh * model.patch_size, nw * model.patch_size)
         for flipped in (False, True) if flip else (False,):
-            out = model(x.flip(-1) if flipped else x)
+            out = model(x.flip(-1) if flipped else x, affinity=affinity)
             maps = {}
             if out.cam_cnn is not None:
                 maps["cam_cnn"] = F.relu(out.cam_cnn[:, keys])

@@ -41,10 +41,6 @@ PAPER_MODEL = ["model.cnn=resnet152", "model.vit=deit_small_patch16_224", "model
                "data.num_workers=0", "train.progress=false"]
 VOC_SIZE = (375, 500)  # (H, W) of most PASCAL VOC images
 VOC_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-# The demo's ViT has 8 px patches: at 2.0 a VOC-size image is ~11,750 tokens, and the seed pass
-# keeps every layer's token-by-token attention (~2 GB per image and flip), which exhausted 24 GiB
-# with two images batched. The CPU row stops at 1.25.
-DEMO_CPU_SCALES = [0.5, 0.75, 1.0, 1.25]
 
 
 def sync(device: torch.device) -> None:
@@ -255,8 +251,10 @@ def bf16_ratio_row(fp32: dict, bf16: dict) -> dict:
 
 def seeds_row(cfg: Config, device: torch.device, images: int, scales: list[float],
               repeats: int = 1) -> dict:
-    """Multi-scale + flip CAMs at VOC size: the stage's batched path vs one pass per scale and
-    flip (baselines.loop_multiscale_cams)."""
+    """Multi-scale + flip CAMs at VOC size: the stage's path (scales' flips batched, the ViT's
+    fused attention with the class row alone) vs one training forward per scale and per flip
+    (baselines.loop_multiscale_cams). `batching_alone` is the ratio to the same loop with the
+    class-row forward, so the row says how much each change brings."""
     from cobra.models import build_model
     from cobra.stages.seeds import multiscale_cams_batch
 
@@ -266,16 +264,21 @@ def seeds_row(cfg: Config, device: torch.device, images: int, scales: list[float
     pics = [rng.integers(0, 256, (*VOC_SIZE, 3), dtype=np.uint8) for _ in range(images)]
     keys = [np.array([1 + i % 20, 1 + (i + 7) % 20]) for i in range(images)]
     multiscale_cams_batch(model, pics[:1], keys[:1], scales[:2], True)  # warm-up
+
+    def loop(affinity: bool) -> None:
+        for p, k in zip(pics, keys, strict=True):
+            baselines.loop_multiscale_cams(model, p, k, scales, True, affinity=affinity)
+
     # on CUDA each method runs twice and keeps its faster time: cuDNN autotunes every new shape
     fast = min(timed(lambda: multiscale_cams_batch(model, pics, keys, scales, True), device)
                for _ in range(repeats))
-    slow = min(timed(lambda: [baselines.loop_multiscale_cams(model, p, k, scales, True)
-                              for p, k in zip(pics, keys, strict=True)], device)
-               for _ in range(repeats))
+    slow = min(timed(lambda: loop(True), device) for _ in range(repeats))
+    unbatched = min(timed(lambda: loop(False), device) for _ in range(repeats))
     return row(f"seeds {cfg.model.cnn}+{cfg.model.vit} ({device.type}, {images} img, "
                f"{len(scales)} scales+flip)", round(images / fast, 3), "img/s",
                baseline=round(images / slow, 3), ratio=round(slow / fast, 2),
-               target="batched >= 3x loop", met=slow / fast >= 3.0)
+               target=f"stage >= 3x loop (batching alone: {unbatched / fast:.2f}x)",
+               met=slow / fast >= 3.0, batching_alone=round(unbatched / fast, 2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             add(lambda: loader_row("demo", demo, demo_step, 16, 8))
             add(lambda: train_step_row("paper", paper, cpu, 2, 2, "none"))
         if "seeds" in wanted:
-            add(lambda: seeds_row(demo, cpu, 2, DEMO_CPU_SCALES))
+            add(lambda: seeds_row(demo, cpu, 1, VOC_SCALES))
         if "masks" in wanted:
             add(lambda: masks_row(16, 2))
         if "miou" in wanted:

@@ -181,8 +181,8 @@ class SeedsConfig:
     flip: bool = _f(True, help="add each scale's horizontal flip")
     batch_images: int = _f(
         4, ge=1, help="images of one size whose scales and flips go through the network as one "
-        "batch (memory grows with it: the ViT's attention at scale 2.0 of a VOC image is ~0.4 GB "
-        "per image and flip)")
+        "batch (memory grows with it; the seed pass keeps only the class token's attention row, so "
+        "a VOC image at scale 2.0 costs activations, not T × T attention maps)")
     aobj_weighting: str | None = _f(
         None, choices=("normalized", "raw"),
         help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "

@@ -47,6 +47,26 @@ def test_output_shapes_follow_the_input(size, mode):
     torch.testing.assert_close(out.logits_cnn, out.cam_cnn[:, 1:].mean((2, 3)))
 
 
+@pytest.mark.parametrize("vit", ["deit_tiny_patch16_224", "cobra_vit_c8_micro"])
+def test_class_row_forward_matches_the_full_attention_forward(vit):
+    """The seed pass's forward (fused attention, the class token's row rebuilt from q and k)
+    gives what the full forward gives, and a full forward after it is full again."""
+    _, model = tiny_model(f"model.vit={vit}")
+    model.eval()
+    x = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        full = model(x)
+        rows = model(x, affinity=False)
+        again = model(x)
+    layers, tokens = full.attention.shape[1], full.attention.shape[-1]
+    assert rows.attention.shape == (2, layers, 1, tokens) and rows.affinity is None
+    torch.testing.assert_close(rows.attention, full.attention[:, :, :1], rtol=1e-5, atol=1e-6)
+    for name in ("a_obj", "cam_cnn", "cam_vit", "proj_vit", "logits_vit"):
+        torch.testing.assert_close(getattr(rows, name), getattr(full, name), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again.attention, full.attention, rtol=0, atol=0)
+    torch.testing.assert_close(again.affinity, full.affinity, rtol=0, atol=0)
+
+
 def test_non_multiple_of_patch_input_is_padded():
     _, model = tiny_model()
     model.eval()

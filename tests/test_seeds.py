@@ -26,7 +26,7 @@ class HalvesViT(torch.nn.Module):
     def patch_grid(self, h: int, w: int) -> tuple[int, int]:
         return -(-h // self.patch_size), -(-w // self.patch_size)
 
-    def forward(self, x: torch.Tensor) -> CoBraOutput:
+    def forward(self, x: torch.Tensor, affinity: bool = True) -> CoBraOutput:
         b, (nh, nw) = x.shape[0], self.patch_grid(*x.shape[-2:])
         cam = torch.zeros(b, 2, nh, nw)
         if x.shape[-1] <= 64:

@@ -42,10 +42,12 @@ class CoBra(nn.Module):
         p = self.patch_size
         return -(-h // p), -(-w // p)
 
-    def forward(self, x: torch.Tensor) -> CoBraOutput:
-        """x: (B, 3, H, W) normalised images."""
+    def forward(self, x: torch.Tensor, affinity: bool = True) -> CoBraOutput:
+        """x: (B, 3, H, W) normalised images. `affinity=False` (the seed pass) skips the patch
+        affinity and keeps only the class token's attention row per layer, enough for A_obj:
+        `attention` is then (B, L, 1, T) and `affinity` None."""
         grid = self.patch_grid(*x.shape[-2:])
-        cam_cnn = proj_cnn = cam_vit = proj_vit = attention = affinity = a_obj = None
+        cam_cnn = proj_cnn = cam_vit = proj_vit = attention = patch_affinity = a_obj = None
         if self.cnn is not None:
             cam_cnn, proj_cnn = self.cnn(x)
             if cam_cnn.shape[-2:] != grid:  # a CNN whose padding rounds differently
@@ -54,16 +56,16 @@ class CoBra(nn.Module):
                                                      align_corners=False), dim=1)
             proj_cnn = _tokens(proj_cnn)
         if self.vit is not None:
-            cam_vit, proj_vit, attention = self.vit(x)
+            cam_vit, proj_vit, attention = self.vit(x, full_attention=affinity)
             proj_vit = _tokens(proj_vit)
             prefix = self.vit.num_prefix
-            affinity = attention[:, :, prefix:, prefix:].sum(dim=1)  # (B, M, M)
+            patch_affinity = attention[:, :, prefix:, prefix:].sum(dim=1) if affinity else None
             a_obj = attention[:, :, 0, prefix:].sum(dim=1).reshape(-1, *grid)  # (B, N_h, N_w)
         return CoBraOutput(
             logits_cnn=_gap_logits(cam_cnn) if cam_cnn is not None else None,
             logits_vit=_gap_logits(cam_vit) if cam_vit is not None else None,
             cam_cnn=cam_cnn, cam_vit=cam_vit, proj_cnn=proj_cnn, proj_vit=proj_vit,
-            attention=attention, affinity=affinity, a_obj=a_obj)
+            attention=attention, affinity=patch_affinity, a_obj=a_obj)
 
     def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float,
                      groups: str = "paper") -> list[dict]:

@@ -22,5 +22,6 @@ class CoBraOutput:
     proj_cnn: torch.Tensor | None  # (B, M, D) CAP vectors v^c, L2-normalised
     proj_vit: torch.Tensor | None  # (B, M, D) SAP vectors v^s, L2-normalised
     attention: torch.Tensor | None  # (B, L, T, T) head-averaged attention of every layer
+    # (or (B, L, 1, T), the class token's row alone, from a forward without affinity)
     affinity: torch.Tensor | None  # (B, M, M) patch affinity P = Σ_layers A[:, 1:, 1:]
     a_obj: torch.Tensor | None  # (B, N_h, N_w) class-token attention Σ_layers A[:, 0, 1:]

@@ -95,7 +95,7 @@ def multiscale_cams_batch(model: CoBra, images: list[np.ndarray], keys: list[np.
         x = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
         if flip:  # (N·2, 3, h, w): each image followed by its flip
             x = torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)
-        out = model(x)
+        out = model(x, affinity=False)  # A_obj needs only the class token's attention row
         nh, nw = model.patch_grid(*size)
         padded = (nh * model.patch_size, nw * model.patch_size)
         weight = _scale_weight(out.a_obj, aobj_weighting) if out.cam_vit is not None else None
