@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cobra import seeds as seed_math
 from cobra.data import normalize_image
+from cobra.ops.cams import max_normalize, normalize_attention
 from cobra.stages.seeds import _scale_weight, _to_image_size
 
 
@@ -47,8 +47,8 @@ def loop_multiscale_cams(model, image: np.ndarray, keys: np.ndarray, scales: lis
     result = {}
     for name, total in sums.items():
         arr = total.float().cpu().numpy()
-        result[name] = (seed_math.normalize_attention(arr[0]) if name == "a_obj"
-                        else seed_math.max_normalize(arr)).astype(np.float32)
+        result[name] = (normalize_attention(arr[0]) if name == "a_obj"
+                        else max_normalize(arr)).astype(np.float32)
     return result
 
 

@@ -232,7 +232,7 @@ def _lr(cfg: PretrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
+def score_pretrainer(net: _Pretrainer, split: dict[str, np.ndarray], batch: int = 128
              ) -> dict[str, float]:
     """top-1 (% of images whose highest score is a present category) and mAP (%)."""
     net.eval()
@@ -279,7 +279,7 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    scores = evaluate(net, data["val"])
+    scores = score_pretrainer(net, data["val"])
     scores.update(role=role, seconds=round(time.time() - start, 1), steps=step)
     atomic_write_text(folder / f"{name}.json", json.dumps(scores, indent=2))
     # The weights file is renamed into place last: its presence means "complete".

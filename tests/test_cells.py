@@ -17,8 +17,8 @@ from cobra.metrics import (
     iou_counts,
     mean_iou,
 )
+from cobra.ops.cams import ThresholdSweep
 from cobra.paper import paper_value
-from cobra.seeds import ThresholdSweep
 from cobra.tracking import TrialRecord
 
 

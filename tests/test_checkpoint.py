@@ -79,9 +79,9 @@ def test_fp16_export_is_half_the_bytes_and_seeds_from_it_match(tiny_overrides, t
         for key in ("cam_cnn", "cam_tran", "a_obj"):
             np.testing.assert_allclose(b[key], a[key], atol=1e-2)
         t = metrics32["seed_threshold"]
-        la = seeds_stage.seed_math.cams_to_label(seeds_stage.fuse_seed(a, "fuse")["cam"],
+        la = seeds_stage.cams.cams_to_label(seeds_stage.fuse_seed(a, "fuse")["cam"],
                                                  a["keys"], t)
-        lb = seeds_stage.seed_math.cams_to_label(seeds_stage.fuse_seed(b, "fuse")["cam"],
+        lb = seeds_stage.cams.cams_to_label(seeds_stage.fuse_seed(b, "fuse")["cam"],
                                                  b["keys"], t)
         agree.append((la == lb).mean())
     assert min(agree) >= 0.999

@@ -1,4 +1,4 @@
-"""Tests for cobra.masks: CRF, IR labels, pair labels / affinity loss, random walk, mask rules."""
+"""Tests for cobra.ops: CRF, IR labels, pair labels / affinity loss, random walk, mask rules."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from cobra.masks.affinity_labels import affinity_loss, pair_labels
-from cobra.masks.crf import crf_label, crf_probs
-from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
-from cobra.masks.random_walk import (
+from cobra.ops.affinity import affinity_loss, pair_labels
+from cobra.ops.confidence import aobj_thresholds, ir_label, ir_label_quality
+from cobra.ops.crf import crf_label, crf_probs
+from cobra.ops.random_walk import (
     affinity,
     masks_from_rw,
     neighbour_offsets,

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from cobra import metrics
-from cobra import seeds as seed_math
+from cobra.ops.cams import (
+    ThresholdSweep,
+    cams_to_label,
+    fuse,
+    max_normalize,
+    normalize_attention,
+    percentile_background,
+)
 
 
 def test_confusion_matrix_rows_are_ground_truth_and_ignore_is_skipped():
@@ -65,8 +72,8 @@ def test_fusion_modes_by_formula(mode):
     a, b = rng.random((3, 5, 5)), rng.random((3, 5, 5))
     expected = {"cnn": a, "tran": b, "avg": (a + b) / 2, "max": np.maximum(a, b),
                 "fuse": np.maximum((a + b) / 2, b), "fuse_code": np.maximum((a + b) / 2, b)}
-    np.testing.assert_allclose(seed_math.fuse(a, b, mode), expected[mode], rtol=1e-12)
-    as_torch = seed_math.fuse(torch.from_numpy(a), torch.from_numpy(b), mode)
+    np.testing.assert_allclose(fuse(a, b, mode), expected[mode], rtol=1e-12)
+    as_torch = fuse(torch.from_numpy(a), torch.from_numpy(b), mode)
     np.testing.assert_allclose(as_torch.numpy(), expected[mode], rtol=1e-12)
 
 
@@ -74,23 +81,23 @@ def test_the_authors_fusion_formula_is_the_papers_in_both_orders():
     # a >= b: max((a+b)/2, b) = (a+b)/2 = (max(a,b)+b)/2 ; a < b: both give b
     a = np.array([0.9, 0.2, 0.5])
     b = np.array([0.1, 0.7, 0.5])
-    np.testing.assert_allclose(seed_math.fuse(a, b, "fuse"), [0.5, 0.7, 0.5])
-    np.testing.assert_allclose(seed_math.fuse(a, b, "fuse_code"), [0.5, 0.7, 0.5])
+    np.testing.assert_allclose(fuse(a, b, "fuse"), [0.5, 0.7, 0.5])
+    np.testing.assert_allclose(fuse(a, b, "fuse_code"), [0.5, 0.7, 0.5])
 
 
 def test_cams_to_label_thresholds_and_maps_keys():
     cam = np.array([[[0.9, 0.1], [0.3, 0.2]],
                     [[0.5, 0.6], [0.3, 0.1]]])
     keys = np.array([4, 7])
-    label = seed_math.cams_to_label(cam, keys, bg_score=0.25)
+    label = cams_to_label(cam, keys, bg_score=0.25)
     np.testing.assert_array_equal(label, [[4, 7], [4, 0]])  # tie 0.3/0.3 → first key
-    assert (seed_math.cams_to_label(cam[:0], keys[:0], 0.1) == 0).all()
+    assert (cams_to_label(cam[:0], keys[:0], 0.1) == 0).all()
 
 
 def test_threshold_sweep_picks_the_threshold_with_the_best_miou():
     cam = np.array([[[0.9, 0.6, 0.3, 0.1]]])  # one class, one row of four pixels
     gt = np.array([[1, 1, 0, 0]])
-    sweep = seed_math.ThresholdSweep(2, [0.2, 0.5, 0.7])
+    sweep = ThresholdSweep(2, [0.2, 0.5, 0.7])
     sweep.add(cam, np.array([1]), gt, [0.2, 0.5, 0.7])
     threshold, miou, per_class = sweep.best()
     assert threshold == 0.5 and miou == pytest.approx(100.0)
@@ -100,8 +107,8 @@ def test_threshold_sweep_picks_the_threshold_with_the_best_miou():
 
 def test_attention_percentile_is_taken_on_the_normalised_map():
     a = np.array([[10.0, 20.0], [30.0, 50.0]])
-    norm = seed_math.normalize_attention(a)
+    norm = normalize_attention(a)
     assert norm.min() == 0.0 and norm.max() == 1.0
-    assert seed_math.percentile_background(norm, 50) == pytest.approx(np.median(norm))
-    np.testing.assert_allclose(seed_math.max_normalize(np.stack([a, 2 * a])).max(axis=(1, 2)),
+    assert percentile_background(norm, 50) == pytest.approx(np.median(norm))
+    np.testing.assert_allclose(max_normalize(np.stack([a, 2 * a])).max(axis=(1, 2)),
                                [1.0, 1.0], rtol=1e-5)

@@ -14,7 +14,13 @@ from cobra.data import build_source
 from cobra.data.synthetic import write_synthetic
 from cobra.errors import ConfigError, NonFiniteLossError, StageInputError
 from cobra.pictures import save_label_png
-from cobra.segment import MaskDataset, build_segmenter, evaluate, predict, train_segmenter
+from cobra.segmenter import (
+    MaskDataset,
+    build_segmenter,
+    predict,
+    predict_and_score,
+    train_segmenter,
+)
 
 SYNTH = ["data.synthetic.num_train=6", "data.synthetic.num_val=4",
          "data.synthetic.image_size=64"]
@@ -133,7 +139,7 @@ def test_train_predict_evaluate(data, tmp_path):
         calls.append(1)
         return p
 
-    result = evaluate(model, val, val.ids, cfg, tmp_path / "pred", crf_fn=crf, progress=False)
+    result = predict_and_score(model, val, val.ids, cfg, tmp_path / "pred", crf_fn=crf, progress=False)
     assert result["num_images"] == len(val.ids) == len(calls)
     assert 0.0 <= result["seg_miou"] <= 100.0
     assert list(result["per_class"]) == val.class_names
@@ -162,7 +168,7 @@ def test_train_non_finite_loss(data):
 def test_builtin_encoder_weights_are_copied_into_a_timm_encoder(tmp_path):
     from safetensors.torch import save_file
 
-    from cobra.segment.model import builtin_encoder_name, load_builtin_encoder
+    from cobra.segmenter.model import builtin_encoder_name, load_builtin_encoder
 
     torch.manual_seed(0)
     source = timm.create_model("test_resnet", num_classes=0)

@@ -17,7 +17,7 @@ from cobra.data import build_source
 from cobra.data.source import LabelFileError, read_label_png
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout
-from cobra.masks.ir_labels import aobj_thresholds, ir_label, ir_label_quality
+from cobra.ops.confidence import aobj_thresholds, ir_label, ir_label_quality
 from cobra.pictures import save_label_png
 from cobra.reporting import Reporter
 from cobra.stages.common import (

@@ -17,9 +17,9 @@ from cobra.data import build_source
 from cobra.data.transforms import joint_train_transform
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout
-from cobra.masks.affinity_labels import affinity_loss
-from cobra.masks.random_walk import neighbour_offsets
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
+from cobra.ops.affinity import affinity_loss
+from cobra.ops.random_walk import neighbour_offsets
 from cobra.reporting import Reporter
 from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
 from cobra.stages.common import (

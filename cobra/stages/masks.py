@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.layout import RunLayout
-from cobra.masks.crf import crf_label, crf_probs
-from cobra.masks.random_walk import masks_from_rw, random_walk, relative_labels
 from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
+from cobra.ops.cams import cams_to_label
+from cobra.ops.crf import crf_label, crf_probs
+from cobra.ops.random_walk import masks_from_rw, random_walk, relative_labels
 from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
-from cobra.seeds import cams_to_label
 from cobra.stages.common import (
     Stamp,
     fingerprint,

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cobra import seeds as seed_math
 from cobra.checkpoint import check_model_matches, checkpoint_config, load_checkpoint
 from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
@@ -27,6 +26,14 @@ from cobra.layout import RunLayout, atomic_write_text
 from cobra.metrics import bootstrap_miou_ci
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
+from cobra.ops.cams import (
+    ThresholdSweep,
+    cams_to_label,
+    fuse,
+    max_normalize,
+    normalize_attention,
+    percentile_background,
+)
 from cobra.pictures import colorize, heatmap, save_strip
 from cobra.reporting import Reporter, jsonable
 from cobra.runtime import resolve_device
@@ -133,9 +140,9 @@ def _normalised(sums: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     for name, total in sums.items():
         arr = total.float().cpu().numpy()
         if name == "a_obj":
-            result[name] = seed_math.normalize_attention(arr[0]).astype(np.float32)
+            result[name] = normalize_attention(arr[0]).astype(np.float32)
         else:
-            result[name] = seed_math.max_normalize(arr).astype(np.float32)
+            result[name] = max_normalize(arr).astype(np.float32)
     return result
 
 
@@ -160,7 +167,7 @@ def fuse_seed(arrays: dict[str, np.ndarray], fusion: str) -> dict[str, np.ndarra
     arrays. A run with one branch has only that branch's CAM, used whatever `fusion` says."""
     cnn, tran = arrays.get("cam_cnn"), arrays.get("cam_tran")
     if cnn is not None and tran is not None:
-        cam = seed_math.fuse(cnn, tran, fusion)
+        cam = fuse(cnn, tran, fusion)
     else:
         cam = cnn if cnn is not None else tran
     return {"keys": arrays["keys"], "cam": cam, "a_obj": arrays.get("a_obj")}
@@ -251,7 +258,7 @@ def _per_class(names: list[str], iou: np.ndarray) -> dict[str, float | None]:
             for name, v in zip(names, iou, strict=True)}
 
 
-def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
+def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
     """Seed mIoU under both background protocols, over one confusion matrix per threshold.
 
     fixed: IRN's fixed background score, swept over `seeds.threshold_grid` (plus `fixed_bg`);
@@ -262,8 +269,8 @@ def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
     """
     num_classes = source.num_classes + 1
     thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
-    fixed = seed_math.ThresholdSweep(num_classes, thresholds)
-    aobj = seed_math.ThresholdSweep(num_classes, cfg.seeds.percentile_grid)
+    fixed = ThresholdSweep(num_classes, thresholds)
+    aobj = ThresholdSweep(num_classes, cfg.seeds.percentile_grid)
     has_aobj = True
     for image_id in ids:
         seed = load_seed(layout.seed_file(image_id), cfg.seeds.fusion)
@@ -272,7 +279,7 @@ def evaluate(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
         if seed["a_obj"] is None:
             has_aobj = False
             continue
-        bgs = [seed_math.percentile_background(seed["a_obj"], t) for t in aobj.thresholds]
+        bgs = [percentile_background(seed["a_obj"], t) for t in aobj.thresholds]
         aobj.add(seed["cam"], seed["keys"], gt, bgs)
 
     names = list(source.class_names)
@@ -326,7 +333,7 @@ def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], thresh
         if seed["cam"].shape[0]:
             panels.append(heatmap(seed["cam"].max(0), image))
             titles.append(f"fused ({cfg.seeds.fusion})")
-        label = seed_math.cams_to_label(seed["cam"], seed["keys"], threshold)
+        label = cams_to_label(seed["cam"], seed["keys"], threshold)
         panels += [colorize(label), colorize(source.load_mask(image_id))]
         titles += [f"seed (bg {threshold:.2f})", "ground truth"]
         path = layout.pictures / f"seeds_{image_id}.png"
@@ -369,7 +376,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = make(cfg, layout, source, force=force)
     if not source.has_masks:
         return {}
-    evaluation = evaluate(cfg, layout, source, ids)
+    evaluation = score_seeds(cfg, layout, source, ids)
     atomic_write_text(layout.seeds_eval, json.dumps(jsonable(evaluation), indent=2))
     save_pictures(cfg, layout, source, ids, evaluation["fixed"]["threshold"], reporter)
     metrics = headline(evaluation)

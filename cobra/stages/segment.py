@@ -11,11 +11,11 @@ from cobra.checkpoint import load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
 from cobra.layout import RunLayout
-from cobra.masks.crf import crf_probs
+from cobra.ops.crf import crf_probs
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
-from cobra.segment import MaskDataset, build_segmenter, evaluate, train_segmenter
-from cobra.segment.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
+from cobra.segmenter import MaskDataset, build_segmenter, predict_and_score, train_segmenter
+from cobra.segmenter.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
 from cobra.stages.common import Stamp, fingerprint, require_files, stage_ids, stamp_of
 from cobra.stages.masks import mask_crf_args
 
@@ -59,12 +59,12 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     model.eval()
     eval_source = build_source(cfg, s.eval_split)
     eval_ids = list(eval_source.ids)[: s.max_images] if s.max_images else list(eval_source.ids)
-    result = evaluate(model, eval_source, eval_ids, s, layout.segment / "pred", _crf_fn(cfg),
+    result = predict_and_score(model, eval_source, eval_ids, s, layout.segment / "pred", _crf_fn(cfg),
                       progress=cfg.train.progress)
     metrics = {"seg_miou": round(float(result["seg_miou"]), 4)} if eval_source.has_masks else {}
     if s.test_split:
         test_source = build_source(cfg, s.test_split)
-        evaluate(model, test_source, list(test_source.ids), s,
+        predict_and_score(model, test_source, list(test_source.ids), s,
                  layout.segment / f"{s.test_split}_png", _crf_fn(cfg),
                  progress=cfg.train.progress)
     stamp.write()

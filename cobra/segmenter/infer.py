@@ -47,9 +47,10 @@ def predict(model: nn.Module, image: np.ndarray, scales: list[float] | tuple[flo
     return (total / len(scales)).cpu().numpy().astype(np.float32)
 
 
-def evaluate(model: nn.Module, source: Source, ids: list[str], cfg: SegmentConfig,
-             out_dir: Path | None, crf_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
-             | None = None, progress: bool = True) -> dict:
+def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: SegmentConfig,
+                      out_dir: Path | None,
+                      crf_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                      progress: bool = True) -> dict:
     """Predict every id (cfg.scales, cfg.flip, then `crf_fn(image, probs)` when given), argmax.
 
     Writes `out_dir/<id>.png` palette PNGs when out_dir is set; scores one confusion matrix over

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cobra.masks.crf import crf_label
+from cobra.ops.crf import crf_label
 
 UNKNOWN = 255
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from cobra.masks.random_walk import Offset, path_max
+from cobra.ops.random_walk import Offset, path_max
 
 UNKNOWN = 255
 
