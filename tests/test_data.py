@@ -323,8 +323,8 @@ def _write_coco(root: Path) -> None:
 
 def test_coco_reader(tmp_path):
     _write_coco(tmp_path / "coco")
-    cfg = load_config(None, ["data.dataset=coco", f"data.root={tmp_path / 'coco'}",
-                             "data.image_size=32"])
+    overrides = ["data.dataset=coco", f"data.root={tmp_path / 'coco'}", "data.image_size=32"]
+    cfg = load_config(None, overrides)
     src = build_source(cfg, "val")
     assert src.class_names == ["background", "person", "car", "dog"] and src.num_classes == 3
     assert src.ids == ["COCO_val2014_000000000001", "COCO_val2014_000000000002"]  # 3: no labels
@@ -343,6 +343,12 @@ def test_coco_reader(tmp_path):
     assert ds[1]["image"].shape == (3, 32, 32) and ds.num_classes == 3
     with pytest.raises(DataError, match="instances_train2014.json"):
         build_source(cfg, "train")
+    # a listed image that is gone: one line naming it, or skipped when the config says so
+    next((tmp_path / "coco" / "val2014").glob("*000000000002*")).unlink()
+    with pytest.raises(DataError, match=r"000000000002\.jpg' listed in .* does not exist"):
+        build_source(cfg, "val")
+    skipping = load_config(None, [*overrides, "data.on_bad_file=skip"])
+    assert build_source(skipping, "val").ids == ["COCO_val2014_000000000001"]
 
 
 @pytest.mark.parametrize("race_at", ["rmdir", "rename"])

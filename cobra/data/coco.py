@@ -25,6 +25,20 @@ from cobra.errors import DataError
 _SPLITS = {"train": "train2014", "val": "val2014", "train2014": "train2014", "val2014": "val2014"}
 
 
+def _read_annotations(ann_file: Path) -> Any:
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:
+        raise DataError("data.dataset=coco needs pycocotools; install it with "
+                        "`pip install pycocotools`") from None
+    try:  # COCO() prints progress lines; keep stdout for the caller's own output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(ann_file))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"annotation file '{ann_file}' cannot be read ({exc}); "
+                        f"re-download it") from None
+
+
 class COCOSource(Source):
     """A COCO 2014 split ("train" or "val"); labels come from the non-crowd annotations."""
 
@@ -43,24 +57,20 @@ class COCOSource(Source):
             raise DataError(f"annotation file '{ann_file}' does not exist; put the COCO 2014 "
                             f"instances_{name}.json under '{self.root / 'annotations'}'")
         self.image_dir = self.root / name
-        try:
-            from pycocotools.coco import COCO
-        except ImportError:
-            raise DataError("data.dataset=coco needs pycocotools; install it with "
-                            "`pip install pycocotools`") from None
-        try:  # COCO() prints progress lines; keep stdout for the caller's own output.
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.coco: Any = COCO(str(ann_file))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"annotation file '{ann_file}' cannot be read ({exc}); "
-                            f"re-download it") from None
-
+        self.coco: Any = _read_annotations(ann_file)
         cat_ids = sorted(self.coco.getCatIds())
         self.cat_to_class = {cat: i + 1 for i, cat in enumerate(cat_ids)}
         cats = self.coco.loadCats(cat_ids)
         self.class_names = ["background", *(c["name"] for c in cats)]
         self.has_masks = True
+        self._index_labelled_images()
+        ids = list(self._image_ids)
+        check_ids_nonempty(ids, str(ann_file), split)
+        self.ids = self._present(ids, ann_file, skip_missing)
+        check_ids_nonempty(self.ids, str(self.root), split)
 
+    def _index_labelled_images(self) -> None:
+        """File names and multi-hot labels of the images with a non-crowd annotation."""
         self._image_ids: dict[str, int] = {}
         self._files: dict[str, str] = {}
         self._labels: dict[str, np.ndarray] = {}
@@ -74,12 +84,12 @@ class COCOSource(Source):
             self._image_ids[key] = img_id
             self._files[key] = info["file_name"]
             self._labels[key] = multi_hot(classes, self.num_classes)
-        ids = list(self._image_ids)
-        check_ids_nonempty(ids, str(ann_file), split)
 
+    def _present(self, ids: list[str], ann_file: Path, skip_missing: bool) -> list[str]:
+        """`ids` whose image file exists; a missing one is an error unless `skip_missing`."""
         if not self.image_dir.is_dir():
             raise DataError(f"image directory '{self.image_dir}' does not exist; put the COCO "
-                            f"{name} images there")
+                            f"{self.image_dir.name} images there")
         present = {p.name for p in self.image_dir.iterdir()}
         missing = [i for i in ids if Path(self._files[i]).name not in present]
         if missing and not skip_missing:
@@ -87,11 +97,10 @@ class COCOSource(Source):
                             f"does not exist ({len(missing)} missing in all); restore the images "
                             f"or set data.on_bad_file=skip")
         if missing:
-            print(f"warning: skipped {len(missing)} missing image(s) of split '{split}' in "
+            print(f"warning: skipped {len(missing)} missing image(s) of split '{self.split}' in "
                   f"'{self.root}' (first: '{missing[0]}')", file=sys.stderr)
         dropped = set(missing)
-        self.ids = [i for i in ids if i not in dropped]
-        check_ids_nonempty(self.ids, str(self.root), split)
+        return [i for i in ids if i not in dropped]
 
     def image_path(self, image_id: str) -> Path:
         try:

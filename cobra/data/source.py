@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,32 +64,32 @@ class Source:
         return len(bad)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an image file, or a one-line DataError naming it."""
+@contextmanager
+def _open_image(path: Path, missing_fix: str) -> Iterator[Image.Image]:
+    """The opened image file; a missing or unreadable one raises a one-line DataError naming it
+    and its fix (decoding errors inside the block count as unreadable too)."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            yield img
     except FileNotFoundError:
-        raise DataError(f"image '{path}' does not exist; restore it or remove its id from the "
-                        f"split list, or set data.on_bad_file=skip") from None
+        raise DataError(f"image '{path}' does not exist; {missing_fix}") from None
     except _PIL_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"image '{path}' cannot be read ({reason}); replace or remove it, "
                         f"or set data.on_bad_file=skip") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file, or a one-line DataError naming it."""
+    fix = "restore it or remove its id from the split list, or set data.on_bad_file=skip"
+    with _open_image(path, fix) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def read_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file from its header, or a one-line DataError naming it."""
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except FileNotFoundError:
-        raise DataError(f"image '{path}' does not exist; restore it or remove its id from the "
-                        f"split list") from None
-    except _PIL_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"image '{path}' cannot be read ({reason}); replace or remove it, "
-                        f"or set data.on_bad_file=skip") from None
+    with _open_image(path, "restore it or remove its id from the split list") as img:
+        return img.height, img.width
 
 
 class LabelFileError(Exception):
