@@ -13,6 +13,7 @@ import torch
 from cobra.checkpoint import _half, export_weights, load_checkpoint
 from cobra.config import load_config
 from cobra.layout import RunLayout
+from cobra.ops.cams import cams_to_label
 from cobra.reporting import Reporter
 from cobra.stages import seeds as seeds_stage
 from tests.conftest import run_cli, set_args
@@ -79,9 +80,7 @@ def test_fp16_export_is_half_the_bytes_and_seeds_from_it_match(tiny_overrides, t
         for key in ("cam_cnn", "cam_tran", "a_obj"):
             np.testing.assert_allclose(b[key], a[key], atol=1e-2)
         t = metrics32["seed_threshold"]
-        la = seeds_stage.cams.cams_to_label(seeds_stage.fuse_seed(a, "fuse")["cam"],
-                                                 a["keys"], t)
-        lb = seeds_stage.cams.cams_to_label(seeds_stage.fuse_seed(b, "fuse")["cam"],
-                                                 b["keys"], t)
+        la = cams_to_label(seeds_stage.fuse_seed(a, "fuse")["cam"], a["keys"], t)
+        lb = cams_to_label(seeds_stage.fuse_seed(b, "fuse")["cam"], b["keys"], t)
         agree.append((la == lb).mean())
     assert min(agree) >= 0.999

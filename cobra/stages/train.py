@@ -105,6 +105,37 @@ def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.devi
     return result
 
 
+def _build_model(cfg: Config, num_classes: int, device: torch.device) -> tuple[CoBra, bool]:
+    """CoBra on `device` with its pretrained weights; whether its inputs go channels-last."""
+    weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
+    model = build_model(replace(cfg.model, pretrained=weights), num_classes).to(device)
+    nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
+    grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
+    if cfg.model.branches == "both":
+        check_k_values(cfg.loss, grid[0] * grid[1])
+    return model, nhwc
+
+
+def _resume(checkpoint: Path, model: CoBra, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> int:
+    """Load a checkpoint's weights and optimizer state; the epoch to continue from."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+        if state["optimizer"] is not None:  # None: a finished run (see run's save)
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError):
+        raise StageInputError(f"checkpoint '{checkpoint}' does not fit the model of this "
+                              f"run's config; resume with the config it was trained with "
+                              f"or start a new run") from None
+    return state["epoch"] + 1
+
+
+def _steps_per_epoch(cfg: Config, num_images: int) -> int:
+    steps = math.floor(num_images / cfg.train.batch_size) or 1
+    return min(steps, cfg.train.max_steps_per_epoch or steps)
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
@@ -113,35 +144,14 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     seed_everything(cfg.train.seed)
     train_set = build_train_dataset(cfg, resolve_train_split(cfg))
     val_set = build_eval_dataset(cfg, cfg.data.val_split)
-    weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
-    model = build_model(replace(cfg.model, pretrained=weights), train_set.num_classes).to(device)
-    nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
-    grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
-    if cfg.model.branches == "both":
-        check_k_values(cfg.loss, grid[0] * grid[1])
-
+    model, nhwc = _build_model(cfg, train_set.num_classes, device)
     optimizer = build_optimizer(model, cfg)
     # before a resumed optimizer state replaces them with the lrs of the step it was saved at
     base_lrs = tuple(g["lr"] for g in optimizer.param_groups)
-
-    start_epoch = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            if state["optimizer"] is not None:  # None: a finished run (see save below)
-                optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError):
-            raise StageInputError(f"checkpoint '{resume_from}' does not fit the model of this "
-                                  f"run's config; resume with the config it was trained with "
-                                  f"or start a new run") from None
-        start_epoch = state["epoch"] + 1
-
+    start_epoch = 0 if resume_from is None else _resume(resume_from, model, optimizer, device)
     save_config(cfg, layout.config)
     reporter.log_params(flatten(cfg))
-    steps_per_epoch = math.floor(len(train_set) / cfg.train.batch_size) or 1
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    steps_per_epoch = _steps_per_epoch(cfg, len(train_set))
     schedule = PolySchedule(base_lrs, steps_per_epoch * cfg.train.epochs, cfg.train.poly_power,
                             round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
