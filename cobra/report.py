@@ -24,6 +24,7 @@ from cobra.tracking import (
     run_link,
     sanitize_key,
 )
+from cobra.tracking import tags as tag
 
 # Params that differ between trials without being an ablation axis: seeds are replicates (their
 # cells are averaged), run names and directories are bookkeeping.
@@ -283,12 +284,12 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
     log them to the sweep."""
     parent_id, trials = list_trials(uri, experiment, sweep_name)
     parent = get_trial(uri, parent_id)
-    name = parent.tags.get("cobra.sweep", parent.run_name)
-    metric = parent.tags.get("cobra.metric")
+    name = parent.tags.get(tag.SWEEP, parent.run_name)
+    metric = parent.tags.get(tag.METRIC)
     if not metric:
-        raise TrackingError(f"sweep run {parent_id} records no metric (tag cobra.metric); "
+        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); "
                             f"it was not started by `launch.py sweep`")
-    mode = parent.tags.get("cobra.mode", "max")
+    mode = parent.tags.get(tag.MODE, "max")
     table = ablation_table(trials, metric, rows, cols, mode=mode)
     cells, axes = sweep_cells(trials, metric, mode, name, rows, cols)
     out_dir = Path(out_dir)

@@ -27,6 +27,7 @@ from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
 from cobra.reporting import FileReporter, MultiReporter, Reporter
 from cobra.sweep.spec import trial_name
+from cobra.tracking import tags as tag
 
 # Fault injection for the fault-tolerance tests and drills: crash a trial's first attempt right
 # after the checkpoint of this epoch (1-based) has been reported.
@@ -140,13 +141,13 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
     if earlier is not None:
         tracking.reopen_run(ctx.tracking_uri, earlier.run_id)
         # a restarted trial may land on another node: keep where every attempt ran
-        history = earlier.tags.get("ray_node_history", "")
+        history = earlier.tags.get(tag.RAY_NODE_HISTORY, "")
         tracking.MlflowReporter(ctx.tracking_uri, earlier.run_id).set_tags(
-            {"ray_node_id": node, "ray_node_history": f"{history},{node}".strip(",")})
+            {tag.RAY_NODE_ID: node, tag.RAY_NODE_HISTORY: f"{history},{node}".strip(",")})
         return earlier.run_id, True
     run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
-                                      tags={"ray_trial_id": trial_id, "ray_node_id": node,
-                                            "ray_node_history": node})
+                                      tags={tag.RAY_TRIAL_ID: trial_id, tag.RAY_NODE_ID: node,
+                                            tag.RAY_NODE_HISTORY: node})
     return run_id, False
 
 
@@ -197,19 +198,19 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
     # the worker's pid lets an operator (or a fault drill) find the process of a trial
-    mlflow_reporter.set_tags({"cobra.searched": ",".join(params), "ray_worker_pid": os.getpid()})
+    mlflow_reporter.set_tags({tag.SEARCHED: ",".join(params), tag.RAY_WORKER_PID: os.getpid()})
     try:
         run_trial(cfg, layout, reporter, resume_from=_restore(layout), stages=ctx.stages)
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would diverge again. End this trial as
         # failed with its reason and let the sweep go on.
-        mlflow_reporter.set_tags({"cobra.failure": str(exc)})
+        mlflow_reporter.set_tags({tag.FAILURE: str(exc)})
         mlflow_reporter.log_text(str(exc), "failure.txt")
         mlflow_reporter.close("FAILED")
         return
     except BaseException as exc:
         # Ray may retry this attempt from its checkpoint: record the crash, not a verdict
-        mlflow_reporter.set_tags({"cobra.last_crash": f"{type(exc).__name__}: {exc}"[:500]})
+        mlflow_reporter.set_tags({tag.LAST_CRASH: f"{type(exc).__name__}: {exc}"[:500]})
         mlflow_reporter.close("FAILED")
         raise
     mlflow_reporter.log_artifact(layout.config, None)
