@@ -3,7 +3,6 @@ trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -247,19 +246,18 @@ def _interrupted(spec: SweepSpec, results) -> bool:
 
 
 def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any]:
-    scored = []
-    for result in results:
-        value = (result.metrics or {}).get(spec.metric)
-        if result.error is None and isinstance(value, (int, float)) and math.isfinite(value):
-            scored.append((value, result.metrics.get("mlflow_run_id")))
-    best_value, best_run = (None, None)
-    if scored:
-        best_value, best_run = (max if spec.mode == "max" else min)(scored, key=lambda s: s[0])
+    """End the parent run with the sweep's results and best trial. The best is MLflow's pick
+    (`tracking.pick_best`), the very one `launch.py final --best` continues, not a second
+    ranking of Ray's results."""
     trials = tracking.trials_of(uri, parent)
+    best = tracking.pick_best(trials, spec.metric, spec.mode)
+    best_run = best.run_id if best else None
+    best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
     tracking.set_description(uri, parent, _note(spec, results_markdown(
         uri, trials, spec.metric, spec.mode, spec.name)))
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
-            "errored": sum(r.error is not None for r in results), "scored": len(scored),
+            "errored": sum(r.error is not None for r in results),
+            "scored": len(tracking.scored_trials(trials, spec.metric)),
             "best_run_id": best_run, f"best_{spec.metric}": best_value,
             "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}
