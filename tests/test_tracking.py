@@ -1,4 +1,4 @@
-"""cobra.tracking and cobra.report against a real MLflow sqlite store (no mocks)."""
+"""cobra.tracking and cobra.results against a real MLflow sqlite store (no mocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cobra.errors import TrackingError
-from cobra.report import ablation_table, make_report
+from cobra.results import ablation_table, make_report
 from cobra.tracking import (
     MlflowReporter,
     best_trial,

@@ -14,7 +14,7 @@ from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
-from cobra.report import results_markdown
+from cobra.results import results_markdown
 from cobra.sweep.spec import SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,

@@ -98,11 +98,13 @@ def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
     parent = get_trial(uri, parent_id)
     metric = metric or parent.tags.get(tag.METRIC)
     mode = mode or parent.tags.get(tag.MODE, "max")
+    # `launch.py final` has no --metric or --mode: a sweep without them is picked from by --run
     if not metric:
-        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); "
-                            f"pass --metric")
+        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); it "
+                            f"was not started by `launch.py sweep` - pick a trial with --run")
     if mode not in ("max", "min"):
-        raise TrackingError(f"mode '{mode}' is not 'max' or 'min'; pass --mode max|min")
+        raise TrackingError(f"mode '{mode}' (tag {tag.MODE} of sweep run {parent_id}) is not "
+                            f"'max' or 'min'; pick a trial with --run")
     best = pick_best(trials, metric, mode)
     if best is None:
         raise TrackingError(

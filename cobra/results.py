@@ -1,4 +1,5 @@
-"""Ablation tables of a finished sweep: a metric pivoted by one or two swept config keys.
+"""The results of a sweep for `launch.py report` and the sweep's parent run: ablation tables
+(a metric pivoted by one or two swept config keys) and the cells with their noise.
 
 MLflow is reached only through `cobra.tracking`, which keeps this module importable (and
 testable) with plain TrialRecords.
@@ -23,6 +24,7 @@ from cobra.tracking import (
     log_files,
     run_link,
     sanitize_key,
+    scored_trials,
 )
 from cobra.tracking import tags as tag
 
@@ -51,11 +53,12 @@ def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
 
 
 def _finished(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
-    key = sanitize_key(metric)
-    done = [t for t in trials if t.status == "FINISHED" and _finite(t.metrics.get(key))]
+    """The trials that count (the ones the best trial is picked from); TrackingError if none."""
+    done = scored_trials(trials, metric)
     if not done:
+        # the metric is the sweep's own (its parent run's tag): `report` has no --metric
         raise TrackingError(f"no FINISHED trial has metric '{metric}' ({len(trials)} trials); "
-                            f"wait for trials to finish or pass another --metric")
+                            f"wait for trials to finish")
     return done
 
 
@@ -103,10 +106,6 @@ def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = No
         kind = "flat"
     table.attrs.update(kind=kind, metric=metric, axes=axes)
     return table
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _fmt(value: Any) -> str:
