@@ -26,6 +26,7 @@ Every mistake is a ConfigError naming the key, with a close match when there is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -268,9 +269,9 @@ def _base_config(data: dict[str, Any], file: Path) -> config_mod.Config:
     cfg = config_mod.with_overrides(cfg, overrides)
     if cfg.data.root is not None and not Path(cfg.data.root).expanduser().is_absolute():
         # trials run in their own directories (and on other nodes): pin relative paths to
-        # where the sweep was launched
-        cfg = config_mod.with_overrides(
-            cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+        # where the sweep was launched (the same path, absolute: nothing left to validate)
+        root = str(Path(cfg.data.root).expanduser().resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
     return cfg
 
 

@@ -7,6 +7,7 @@ be restored from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from ray import tune
 
 from cobra import tracking
 from cobra.checkpoint import export_weights
-from cobra.config import from_dict, with_overrides
+from cobra.config import Config, with_overrides
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
@@ -38,7 +39,9 @@ CRASH_ENV = "COBRA_CRASH_ONCE_AFTER_EPOCH"
 class TrialContext:
     """What every trial needs from the driver (picklable: it travels to the workers)."""
 
-    base_config: dict[str, Any]
+    # the sweep's validated base config, as is: only the searched values (Ray's params) are
+    # plain data, and the trial builds its config from the two once
+    base_config: Config
     tracking_uri: str
     experiment: str
     parent_run_id: str
@@ -172,17 +175,25 @@ def trial_run_dir(ctx: TrialContext, trial_dir: Path) -> Path:
     return Path(ctx.experiment_dir) / trial_dir.name / "run"
 
 
+def trial_config(ctx: TrialContext, params: Mapping[str, Any]) -> Config:
+    """The trial's config, built (and validated) once: the sweep's base with Ray's values for
+    the searched keys, without progress bars. run.* stays as in the base config: the trial
+    directory moves between Ray sessions (a resumed sweep), and a trial's params must not
+    change when it is restarted."""
+    cfg = with_overrides(ctx.base_config, {**params, "train.progress": False})
+    if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
+        masks = dataclasses.replace(cfg.masks, workers=max(1, int(ctx.cpus)))
+        cfg = dataclasses.replace(cfg, masks=masks)
+    return cfg
+
+
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """Ray function trainable: `params` maps dotted config keys to this trial's values."""
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     layout = RunLayout(trial_run_dir(ctx, Path(tune_ctx.get_trial_dir())))
     layout.root.mkdir(parents=True, exist_ok=True)
-    # run.* stays as in the base config: the trial directory moves between Ray sessions (a
-    # resumed sweep), and a trial's params must not change when it is restarted
-    cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
-    if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
-        cfg = with_overrides(cfg, {"masks.workers": max(1, int(ctx.cpus))})
+    cfg = trial_config(ctx, params)
     earlier = _earlier_attempt(ctx, trial_id)
     if earlier is not None and earlier.status == "FINISHED":
         # Ray restarted a trial that had ended: its driver died before the next snapshot of the

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from cobra import pretrain, tracking
-from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
@@ -176,7 +175,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         tracking.log_dataset_inputs(uri, parent, datasets)
     else:
         tracking.reopen_run(uri, parent)
-    ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
+    ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
