@@ -161,46 +161,16 @@ def _init_ray() -> None:
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
-    from ray import tune
-
     uri = _preflight(spec, resume)
     datasets = tuple(dataset_splits(spec.base))
-    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
-    if parent is None:
-        parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
-                                          spec.metric, spec.mode)
-        parent_reporter = tracking.MlflowReporter(uri, parent)
-        parent_reporter.log_params(sweep_params(spec))
-        tracking.set_description(uri, parent, _note(spec))
-        tracking.log_dataset_inputs(uri, parent, datasets)
-    else:
-        tracking.reopen_run(uri, parent)
+    parent = _parent_run(spec, uri, datasets, resume)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
-    trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
-                                    {"cpu": spec.cpu, "gpu": spec.gpu})
     _init_ray()
     try:
-        if resume:
-            tuner = tune.Tuner.restore(spec.experiment_dir, trainable=trainable,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
-                    num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
-                    trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
-                    # a finished trial's worker takes the next trial: torch, timm and MLflow are
-                    # imported once per worker, not once per trial (~10 s each on 2 cores)
-                    reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=spec.storage,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    verbose=1))
+        tuner = _tuner(spec, ctx, resume)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
         # every trial-epoch, and warn about it each time. The snapshot is Ray's small state
         # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
@@ -219,6 +189,46 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         _print_resume_hint(spec)
         raise KeyboardInterrupt
     return _summarise(spec, uri, parent, results)
+
+
+def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
+                resume: bool) -> str:
+    """The sweep's parent run: a resumed sweep's own, reopened, else a new one that says what
+    the sweep searches, how, and on which data."""
+    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
+    if parent is not None:
+        tracking.reopen_run(uri, parent)
+        return parent
+    parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
+                                      spec.metric, spec.mode)
+    tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
+    tracking.set_description(uri, parent, _note(spec))
+    tracking.log_dataset_inputs(uri, parent, datasets)
+    return parent
+
+
+def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
+    """Ray's Tuner for the sweep: restored from its storage on resume, else a new one."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
+                                    {"cpu": spec.cpu, "gpu": spec.gpu})
+    if resume:
+        return tune.Tuner.restore(spec.experiment_dir, trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
+            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
+            trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
+            # a finished trial's worker takes the next trial: torch, timm and MLflow are
+            # imported once per worker, not once per trial (~10 s each on 2 cores)
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=spec.storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1))
 
 
 def _remove_staging_leftovers(spec: SweepSpec) -> None:
