@@ -2,7 +2,7 @@
 on how many images, the bootstrap interval over images, the paper's published value, and
 whether each cell's difference from the best is more than noise.
 
-Plain TrialRecords in, plain data out: no MLflow here (`cobra.report` and the sweep's parent
+Plain TrialRecords in, plain data out: no MLflow here (`cobra.results` and the sweep's parent
 run render it)."""
 
 from __future__ import annotations

@@ -163,12 +163,12 @@ def cmd_final(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from cobra import report, tracking
+    from cobra import results, tracking
 
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
     out = Path(args.out) if args.out else None
-    result = report.make_report(uri, args.experiment, args.sweep, out or Path("reports"),
+    result = results.make_report(uri, args.experiment, args.sweep, out or Path("reports"),
                                 rows=args.rows, cols=args.cols)
     print(result.pop("table"), file=sys.stderr)
     return result

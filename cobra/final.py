@@ -19,6 +19,7 @@ from cobra.pipeline import run_stages
 from cobra.provenance import dataset_splits
 from cobra.reporting import FileReporter, MultiReporter, PrefixedReporter
 from cobra.stages import POST_TRAIN_STAGES
+from cobra.tracking import tags as tag
 
 FINAL_PREFIX = "final/"
 # Registered model names: a new version per `final` run.
@@ -37,7 +38,7 @@ def final_overrides(overrides: list[str]) -> list[str]:
 
 def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any]) -> str:
     """The final run's description: where it came from, and why its numbers differ."""
-    sweep = source.tags.get(tracking.SWEEP_TAG, "?")
+    sweep = source.tags.get(tag.SWEEP, "?")
     trial_images = source.metrics.get("seed_num_images")
     trial_scope = f"{int(trial_images)} images" if trial_images else "a sample of images"
     final_images = metrics.get("seed_num_images")
@@ -102,7 +103,8 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
         reporter.close("FAILED")
         raise
     tracking.set_description(uri, final_id, describe(uri, source, metrics))
-    mlflow_reporter.set_tags({f"cobra.model.{name}": what for name, what in models.items()})
+    mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
+                             for name, what in models.items()})
     reporter.close("FINISHED")
     return {**metrics, "source_run_id": source.run_id, "source_run_name": source.run_name,
             "final_run_id": final_id, "run_dir": str(layout.root),

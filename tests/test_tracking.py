@@ -1,4 +1,4 @@
-"""cobra.tracking and cobra.report against a real MLflow sqlite store (no mocks)."""
+"""cobra.tracking and cobra.results against a real MLflow sqlite store (no mocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cobra.errors import TrackingError
-from cobra.report import ablation_table, make_report
+from cobra.results import ablation_table, make_report
 from cobra.tracking import (
     MlflowReporter,
     best_trial,
@@ -308,12 +308,12 @@ def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Sto
 def test_a_model_is_logged_and_registered(tmp_path: Path, monkeypatch, backend: str) -> None:
     import torch
 
-    from cobra.tracking import _client, get_or_create_experiment, log_torch_model
+    from cobra.tracking import connect, get_or_create_experiment, log_torch_model
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses file stores else
     uri = (f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite"
            else (tmp_path / "mlruns").as_uri())
-    run_id = _client(uri).create_run(get_or_create_experiment(uri, EXP)).info.run_id
+    run_id = connect(uri).create_run(get_or_create_experiment(uri, EXP)).info.run_id
     model = torch.nn.Linear(3, 2)
     outcome = log_torch_model(uri, run_id, model, "models/lin", "cobra-test-lin", ["torch"])
     client = MlflowClient(uri)

@@ -26,6 +26,7 @@ Every mistake is a ConfigError naming the key, with a close match when there is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -268,9 +269,9 @@ def _base_config(data: dict[str, Any], file: Path) -> config_mod.Config:
     cfg = config_mod.with_overrides(cfg, overrides)
     if cfg.data.root is not None and not Path(cfg.data.root).expanduser().is_absolute():
         # trials run in their own directories (and on other nodes): pin relative paths to
-        # where the sweep was launched
-        cfg = config_mod.with_overrides(
-            cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+        # where the sweep was launched (the same path, absolute: nothing left to validate)
+        root = str(Path(cfg.data.root).expanduser().resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
     return cfg
 
 
@@ -301,20 +302,34 @@ def load_sweep(path: str | Path) -> SweepSpec:
     data = config_mod.read_yaml(file)
     _check_keys(data, TOP_KEYS, "")
     base = _base_config(data, file)
+    space = _space(data, file, base)
+    search, scheduler = _section(data, "search"), _section(data, "scheduler")
+    resources, mlflow = _section(data, "resources"), _section(data, "mlflow")
+    spec = SweepSpec(name=_name(data.get("name"), file), file=file, base=base, space=space)
+    # the algorithm first: the repeats and grid checks below depend on it
+    spec.algorithm = _choice(search.get("algorithm", "tpe"), ("tpe", "grid", "random"),
+                             "search.algorithm")
+    spec.seed = _typed(search.get("seed", 0), int, "search.seed", ge=0,
+                       le=config_mod.SEED_MAX)
+    _read_scheduler(spec, scheduler)
+    _read_trials(spec, data)
+    _read_resources(spec, data, resources)
+    spec.experiment = _typed(mlflow.get("experiment", "cobra"), str, "mlflow.experiment")
+    spec.num_trials = _num_trials(spec, search)
+    return spec
+
+
+def _space(data: dict[str, Any], file: Path, base: config_mod.Config) -> dict[str, Domain]:
     raw_space = data.get("space") or {}
     if not isinstance(raw_space, dict) or not raw_space:
         raise ConfigError(f"sweep '{file.name}' has an empty search space; add dotted config "
                           f"keys under 'space:' (e.g. loss.tau: [0.05, 0.1])")
     space = {key: _domain(key, raw) for key, raw in raw_space.items()}
     _check_space(space, base)
+    return space
 
-    search, scheduler = _section(data, "search"), _section(data, "scheduler")
-    resources, mlflow = _section(data, "resources"), _section(data, "mlflow")
-    spec = SweepSpec(name=_name(data.get("name"), file), file=file, base=base, space=space)
-    spec.algorithm = _choice(search.get("algorithm", "tpe"), ("tpe", "grid", "random"),
-                             "search.algorithm")
-    spec.seed = _typed(search.get("seed", 0), int, "search.seed", ge=0,
-                       le=config_mod.SEED_MAX)
+
+def _read_scheduler(spec: SweepSpec, scheduler: dict[str, Any]) -> None:
     spec.scheduler = _choice(scheduler.get("type", "none"), ("none", "asha"), "scheduler.type")
     spec.scheduler_metric = _choice(scheduler.get("metric", "cls_map_mean"), EPOCH_METRICS,
                                     "scheduler.metric")
@@ -322,10 +337,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.grace_period = _positive_int(scheduler.get("grace_period", 1), "scheduler.grace_period")
     spec.reduction_factor = _positive_int(scheduler.get("reduction_factor", 2),
                                           "scheduler.reduction_factor")
+
+
+def _read_trials(spec: SweepSpec, data: dict[str, Any]) -> None:
+    """What each trial runs, and how trials are ranked and repeated."""
     spec.stages = _stages(data.get("stages"))
     spec.metric = _metric(data.get("metric", "seed_miou"), spec.stages)
-    spec.repeats = _repeats(data.get("repeats", 1), space, spec.algorithm)
+    spec.repeats = _repeats(data.get("repeats", 1), spec.space, spec.algorithm)
     spec.mode = _choice(data.get("mode", "max"), ("max", "min"), "mode")
+
+
+def _read_resources(spec: SweepSpec, data: dict[str, Any], resources: dict[str, Any]) -> None:
+    """Each trial's share of a node, how many run at once and retry, and Ray's storage."""
     spec.cpu = _number(resources.get("cpu", 1), "resources.cpu")
     spec.gpu = _number(resources.get("gpu", 0), "resources.gpu")
     if spec.cpu <= 0 or spec.gpu < 0:
@@ -336,20 +359,19 @@ def load_sweep(path: str | Path) -> SweepSpec:
     storage = _typed(data.get("storage", "ray_results"), str, "storage")
     # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
     spec.storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    spec.experiment = _typed(mlflow.get("experiment", "cobra"), str, "mlflow.experiment")
 
-    if spec.algorithm == "grid":
-        bad = [k for k, d in space.items() if d.kind != "choice"]
-        if bad:
-            raise ConfigError(f"search.algorithm=grid needs lists of values, but "
-                              f"{', '.join(bad)} is a range; list its values or use tpe")
-        grid_size = math.prod(len(d.values) for d in spec.search_space().values())
-        num_trials = search.get("num_trials")
-        spec.num_trials = (grid_size if num_trials is None
-                           else _positive_int(num_trials, "search.num_trials"))
-    else:
-        spec.num_trials = _positive_int(search.get("num_trials", 8), "search.num_trials")
-    return spec
+
+def _num_trials(spec: SweepSpec, search: dict[str, Any]) -> int:
+    """A grid's size (all its points, replicates included) unless capped; 8 for the others."""
+    if spec.algorithm != "grid":
+        return _positive_int(search.get("num_trials", 8), "search.num_trials")
+    bad = [k for k, d in spec.space.items() if d.kind != "choice"]
+    if bad:
+        raise ConfigError(f"search.algorithm=grid needs lists of values, but "
+                          f"{', '.join(bad)} is a range; list its values or use tpe")
+    grid_size = math.prod(len(d.values) for d in spec.search_space().values())
+    num_trials = search.get("num_trials")
+    return grid_size if num_trials is None else _positive_int(num_trials, "search.num_trials")
 
 
 def _choice(value: Any, options: tuple[str, ...], where: str) -> str:

@@ -7,6 +7,7 @@ be restored from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,12 +22,13 @@ from ray import tune
 
 from cobra import tracking
 from cobra.checkpoint import export_weights
-from cobra.config import from_dict, with_overrides
+from cobra.config import Config, with_overrides
 from cobra.errors import NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
 from cobra.reporting import FileReporter, MultiReporter, Reporter
 from cobra.sweep.spec import trial_name
+from cobra.tracking import tags as tag
 
 # Fault injection for the fault-tolerance tests and drills: crash a trial's first attempt right
 # after the checkpoint of this epoch (1-based) has been reported.
@@ -37,7 +39,9 @@ CRASH_ENV = "COBRA_CRASH_ONCE_AFTER_EPOCH"
 class TrialContext:
     """What every trial needs from the driver (picklable: it travels to the workers)."""
 
-    base_config: dict[str, Any]
+    # the sweep's validated base config, as is: only the searched values (Ray's params) are
+    # plain data, and the trial builds its config from the two once
+    base_config: Config
     tracking_uri: str
     experiment: str
     parent_run_id: str
@@ -140,13 +144,13 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
     if earlier is not None:
         tracking.reopen_run(ctx.tracking_uri, earlier.run_id)
         # a restarted trial may land on another node: keep where every attempt ran
-        history = earlier.tags.get("ray_node_history", "")
+        history = earlier.tags.get(tag.RAY_NODE_HISTORY, "")
         tracking.MlflowReporter(ctx.tracking_uri, earlier.run_id).set_tags(
-            {"ray_node_id": node, "ray_node_history": f"{history},{node}".strip(",")})
+            {tag.RAY_NODE_ID: node, tag.RAY_NODE_HISTORY: f"{history},{node}".strip(",")})
         return earlier.run_id, True
     run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
-                                      tags={"ray_trial_id": trial_id, "ray_node_id": node,
-                                            "ray_node_history": node})
+                                      tags={tag.RAY_TRIAL_ID: trial_id, tag.RAY_NODE_ID: node,
+                                            tag.RAY_NODE_HISTORY: node})
     return run_id, False
 
 
@@ -171,17 +175,25 @@ def trial_run_dir(ctx: TrialContext, trial_dir: Path) -> Path:
     return Path(ctx.experiment_dir) / trial_dir.name / "run"
 
 
+def trial_config(ctx: TrialContext, params: Mapping[str, Any]) -> Config:
+    """The trial's config, built (and validated) once: the sweep's base with Ray's values for
+    the searched keys, without progress bars. run.* stays as in the base config: the trial
+    directory moves between Ray sessions (a resumed sweep), and a trial's params must not
+    change when it is restarted."""
+    cfg = with_overrides(ctx.base_config, {**params, "train.progress": False})
+    if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
+        masks = dataclasses.replace(cfg.masks, workers=max(1, int(ctx.cpus)))
+        cfg = dataclasses.replace(cfg, masks=masks)
+    return cfg
+
+
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """Ray function trainable: `params` maps dotted config keys to this trial's values."""
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     layout = RunLayout(trial_run_dir(ctx, Path(tune_ctx.get_trial_dir())))
     layout.root.mkdir(parents=True, exist_ok=True)
-    # run.* stays as in the base config: the trial directory moves between Ray sessions (a
-    # resumed sweep), and a trial's params must not change when it is restarted
-    cfg = with_overrides(from_dict(ctx.base_config), {**params, "train.progress": False})
-    if cfg.masks.workers == 0:  # "all cores" means the trial's share, not the node's
-        cfg = with_overrides(cfg, {"masks.workers": max(1, int(ctx.cpus))})
+    cfg = trial_config(ctx, params)
     earlier = _earlier_attempt(ctx, trial_id)
     if earlier is not None and earlier.status == "FINISHED":
         # Ray restarted a trial that had ended: its driver died before the next snapshot of the
@@ -197,19 +209,19 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
     # the worker's pid lets an operator (or a fault drill) find the process of a trial
-    mlflow_reporter.set_tags({"cobra.searched": ",".join(params), "ray_worker_pid": os.getpid()})
+    mlflow_reporter.set_tags({tag.SEARCHED: ",".join(params), tag.RAY_WORKER_PID: os.getpid()})
     try:
         run_trial(cfg, layout, reporter, resume_from=_restore(layout), stages=ctx.stages)
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would diverge again. End this trial as
         # failed with its reason and let the sweep go on.
-        mlflow_reporter.set_tags({"cobra.failure": str(exc)})
+        mlflow_reporter.set_tags({tag.FAILURE: str(exc)})
         mlflow_reporter.log_text(str(exc), "failure.txt")
         mlflow_reporter.close("FAILED")
         return
     except BaseException as exc:
         # Ray may retry this attempt from its checkpoint: record the crash, not a verdict
-        mlflow_reporter.set_tags({"cobra.last_crash": f"{type(exc).__name__}: {exc}"[:500]})
+        mlflow_reporter.set_tags({tag.LAST_CRASH: f"{type(exc).__name__}: {exc}"[:500]})
         mlflow_reporter.close("FAILED")
         raise
     mlflow_reporter.log_artifact(layout.config, None)

@@ -3,7 +3,6 @@ trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -11,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from cobra import pretrain, tracking
-from cobra.config import to_dict
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
-from cobra.report import results_markdown
+from cobra.results import results_markdown
 from cobra.sweep.spec import SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,
@@ -163,46 +161,16 @@ def _init_ray() -> None:
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
-    from ray import tune
-
     uri = _preflight(spec, resume)
     datasets = tuple(dataset_splits(spec.base))
-    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
-    if parent is None:
-        parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
-                                          spec.metric, spec.mode)
-        parent_reporter = tracking.MlflowReporter(uri, parent)
-        parent_reporter.log_params(sweep_params(spec))
-        tracking.set_description(uri, parent, _note(spec))
-        tracking.log_dataset_inputs(uri, parent, datasets)
-    else:
-        tracking.reopen_run(uri, parent)
-    ctx = TrialContext(base_config=to_dict(spec.base), tracking_uri=uri,
+    parent = _parent_run(spec, uri, datasets, resume)
+    ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
-    trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
-                                    {"cpu": spec.cpu, "gpu": spec.gpu})
     _init_ray()
     try:
-        if resume:
-            tuner = tune.Tuner.restore(spec.experiment_dir, trainable=trainable,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
-                    num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
-                    trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
-                    # a finished trial's worker takes the next trial: torch, timm and MLflow are
-                    # imported once per worker, not once per trial (~10 s each on 2 cores)
-                    reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=spec.storage,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    verbose=1))
+        tuner = _tuner(spec, ctx, resume)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
         # every trial-epoch, and warn about it each time. The snapshot is Ray's small state
         # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
@@ -221,6 +189,46 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         _print_resume_hint(spec)
         raise KeyboardInterrupt
     return _summarise(spec, uri, parent, results)
+
+
+def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
+                resume: bool) -> str:
+    """The sweep's parent run: a resumed sweep's own, reopened, else a new one that says what
+    the sweep searches, how, and on which data."""
+    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
+    if parent is not None:
+        tracking.reopen_run(uri, parent)
+        return parent
+    parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
+                                      spec.metric, spec.mode)
+    tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
+    tracking.set_description(uri, parent, _note(spec))
+    tracking.log_dataset_inputs(uri, parent, datasets)
+    return parent
+
+
+def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
+    """Ray's Tuner for the sweep: restored from its storage on resume, else a new one."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
+                                    {"cpu": spec.cpu, "gpu": spec.gpu})
+    if resume:
+        return tune.Tuner.restore(spec.experiment_dir, trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
+            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
+            trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
+            # a finished trial's worker takes the next trial: torch, timm and MLflow are
+            # imported once per worker, not once per trial (~10 s each on 2 cores)
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=spec.storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1))
 
 
 def _remove_staging_leftovers(spec: SweepSpec) -> None:
@@ -247,19 +255,18 @@ def _interrupted(spec: SweepSpec, results) -> bool:
 
 
 def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any]:
-    scored = []
-    for result in results:
-        value = (result.metrics or {}).get(spec.metric)
-        if result.error is None and isinstance(value, (int, float)) and math.isfinite(value):
-            scored.append((value, result.metrics.get("mlflow_run_id")))
-    best_value, best_run = (None, None)
-    if scored:
-        best_value, best_run = (max if spec.mode == "max" else min)(scored, key=lambda s: s[0])
+    """End the parent run with the sweep's results and best trial. The best is MLflow's pick
+    (`tracking.pick_best`), the very one `launch.py final --best` continues, not a second
+    ranking of Ray's results."""
     trials = tracking.trials_of(uri, parent)
+    best = tracking.pick_best(trials, spec.metric, spec.mode)
+    best_run = best.run_id if best else None
+    best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
     tracking.set_description(uri, parent, _note(spec, results_markdown(
         uri, trials, spec.metric, spec.mode, spec.name)))
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
-            "errored": sum(r.error is not None for r in results), "scored": len(scored),
+            "errored": sum(r.error is not None for r in results),
+            "scored": len(tracking.scored_trials(trials, spec.metric)),
             "best_run_id": best_run, f"best_{spec.metric}": best_value,
             "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}

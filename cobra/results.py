@@ -1,4 +1,5 @@
-"""Ablation tables of a finished sweep: a metric pivoted by one or two swept config keys.
+"""The results of a sweep for `launch.py report` and the sweep's parent run: ablation tables
+(a metric pivoted by one or two swept config keys) and the cells with their noise.
 
 MLflow is reached only through `cobra.tracking`, which keeps this module importable (and
 testable) with plain TrialRecords.
@@ -23,7 +24,9 @@ from cobra.tracking import (
     log_files,
     run_link,
     sanitize_key,
+    scored_trials,
 )
+from cobra.tracking import tags as tag
 
 # Params that differ between trials without being an ablation axis: seeds are replicates (their
 # cells are averaged), run names and directories are bookkeeping.
@@ -50,11 +53,12 @@ def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
 
 
 def _finished(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
-    key = sanitize_key(metric)
-    done = [t for t in trials if t.status == "FINISHED" and _finite(t.metrics.get(key))]
+    """The trials that count (the ones the best trial is picked from); TrackingError if none."""
+    done = scored_trials(trials, metric)
     if not done:
+        # the metric is the sweep's own (its parent run's tag): `report` has no --metric
         raise TrackingError(f"no FINISHED trial has metric '{metric}' ({len(trials)} trials); "
-                            f"wait for trials to finish or pass another --metric")
+                            f"wait for trials to finish")
     return done
 
 
@@ -102,10 +106,6 @@ def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = No
         kind = "flat"
     table.attrs.update(kind=kind, metric=metric, axes=axes)
     return table
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _fmt(value: Any) -> str:
@@ -283,12 +283,12 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
     log them to the sweep."""
     parent_id, trials = list_trials(uri, experiment, sweep_name)
     parent = get_trial(uri, parent_id)
-    name = parent.tags.get("cobra.sweep", parent.run_name)
-    metric = parent.tags.get("cobra.metric")
+    name = parent.tags.get(tag.SWEEP, parent.run_name)
+    metric = parent.tags.get(tag.METRIC)
     if not metric:
-        raise TrackingError(f"sweep run {parent_id} records no metric (tag cobra.metric); "
+        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); "
                             f"it was not started by `launch.py sweep`")
-    mode = parent.tags.get("cobra.mode", "max")
+    mode = parent.tags.get(tag.MODE, "max")
     table = ablation_table(trials, metric, rows, cols, mode=mode)
     cells, axes = sweep_cells(trials, metric, mode, name, rows, cols)
     out_dir = Path(out_dir)

@@ -1,0 +1,60 @@
+"""MLflow tracking for sweeps. MLflow itself is imported in one module, `mlflow_api`.
+
+Everything goes through `MlflowClient(uri)` with explicit run ids, never mlflow's global "active
+run", so the same calls work from the driver and from Ray worker processes. Run structure (tag
+names in `tags`):
+
+    experiment
+      <sweep_name>            cobra.kind=sweep, cobra.metric, cobra.mode, artifact: the sweep YAML
+        <trial run name>      cobra.kind=trial, mlflow.parentRunId, ray_trial_id, params, metrics,
+                              artifacts: config.yaml, checkpoints/last.pt, pictures/
+      final-<trial run name>  cobra.kind=final, source_run_id
+
+The modules, by concern:
+
+    tags        every tag name written or read
+    mlflow_api  the MLflow client, entities and optional flavours CoBra uses
+    store       the tracking URI, its password redacted, reachability checks, the client
+    reporter    MlflowReporter: Reporter hooks buffered into one run
+    runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
+                source tags, dataset inputs, files and models
+    queries     reading sweeps back: TrialRecord, the best trial, a trial's files
+"""
+
+from cobra.tracking import tags
+from cobra.tracking.queries import (
+    TrialRecord,
+    best_trial,
+    download_trial,
+    get_trial,
+    list_trials,
+    pick_best,
+    scored_trials,
+    trials_of,
+)
+from cobra.tracking.reporter import MlflowReporter, sanitize_key
+from cobra.tracking.runs import (
+    find_sweep_run,
+    find_trial_run,
+    finish_sweep,
+    get_or_create_experiment,
+    log_dataset_inputs,
+    log_files,
+    log_torch_model,
+    reopen_run,
+    run_link,
+    set_description,
+    start_final_run,
+    start_sweep_run,
+    start_trial_run,
+)
+from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
+
+__all__ = [
+    "MlflowReporter", "TrialRecord", "best_trial", "check_reachable", "connect",
+    "download_trial", "find_sweep_run", "find_trial_run", "finish_sweep",
+    "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
+    "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
+    "sanitize_key", "scored_trials", "set_description", "start_final_run", "start_sweep_run",
+    "start_trial_run", "tags", "trials_of",
+]

@@ -1,0 +1,139 @@
+"""Reading sweeps back from MLflow (which outlives Ray's results directory): a sweep's trials as
+plain `TrialRecord`s, the best of them, and the files `launch.py final` continues from."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cobra.errors import TrackingError
+from cobra.tracking import tags as tag
+from cobra.tracking.mlflow_api import Run
+from cobra.tracking.reporter import as_float, sanitize_key
+from cobra.tracking.runs import children, experiment_id, get_run, sweep_runs
+from cobra.tracking.store import connect
+
+
+@dataclass
+class TrialRecord:
+    """One run as read back from MLflow: params as strings, latest value of each metric."""
+
+    run_id: str
+    run_name: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _record(run: Run) -> TrialRecord:
+    return TrialRecord(run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
+                       params=dict(run.data.params), metrics=dict(run.data.metrics),
+                       status=run.info.status, tags=dict(run.data.tags))
+
+
+def get_trial(uri: str, run_id: str) -> TrialRecord:
+    """One run by id."""
+    return _record(get_run(connect(uri), uri, run_id))
+
+
+def list_trials(uri: str, experiment: str,
+                sweep_name: str | None) -> tuple[str, list[TrialRecord]]:
+    """The sweep's parent run id (newest sweep when `sweep_name` is None) and its child runs."""
+    client = connect(uri)
+    sweeps = sweep_runs(client, experiment_id(client, uri, experiment))
+    if not sweeps:
+        raise TrackingError(f"experiment '{experiment}' holds no sweep; run `launch.py sweep` "
+                            f"first or check --experiment")
+    if sweep_name is None:
+        parent = sweeps[0]
+    else:
+        named = [r for r in sweeps if r.data.tags.get(tag.SWEEP) == sweep_name]
+        if not named:
+            names = sorted({r.data.tags.get(tag.SWEEP, "?") for r in sweeps})
+            raise TrackingError(f"sweep '{sweep_name}' not found in experiment '{experiment}' "
+                                f"(available: {', '.join(names)}); check the sweep name")
+        parent = named[0]
+    return parent.info.run_id, [_record(r) for r in children(client, parent)]
+
+
+def trials_of(uri: str, parent_run_id: str) -> list[TrialRecord]:
+    """The child runs of one sweep parent run, oldest first."""
+    client = connect(uri)
+    return [_record(r) for r in children(client, get_run(client, uri, parent_run_id))]
+
+
+def scored_trials(trials: Sequence[TrialRecord], metric: str) -> list[TrialRecord]:
+    """The trials that count: FINISHED (a failed or still running trial's value is not its
+    result) with a finite `metric`."""
+    key = sanitize_key(metric)
+    return [t for t in trials
+            if t.status == "FINISHED" and as_float(t.metrics.get(key)) is not None]
+
+
+def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The best of the scored trials by `metric` (`mode` max or min), None when none is
+    scored. Of equal values the first wins: with `trials` oldest first, the earliest trial.
+
+    The one decision of "best": the sweep's summary (the parent run's best_run_id) and
+    `launch.py final --best` both take it, so they never disagree."""
+    key = sanitize_key(metric)
+    scored = scored_trials(trials, metric)
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda t: t.metrics[key])
+
+
+def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
+               run_id: str | None = None, metric: str | None = None,
+               mode: str | None = None) -> TrialRecord:
+    """The run `run_id`, or the sweep's best FINISHED trial by `metric` (default: the sweep's)."""
+    if run_id:
+        return get_trial(uri, run_id)
+    parent_id, trials = list_trials(uri, experiment, sweep_name)
+    parent = get_trial(uri, parent_id)
+    metric = metric or parent.tags.get(tag.METRIC)
+    mode = mode or parent.tags.get(tag.MODE, "max")
+    # `launch.py final` has no --metric or --mode: a sweep without them is picked from by --run
+    if not metric:
+        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); it "
+                            f"was not started by `launch.py sweep` - pick a trial with --run")
+    if mode not in ("max", "min"):
+        raise TrackingError(f"mode '{mode}' (tag {tag.MODE} of sweep run {parent_id}) is not "
+                            f"'max' or 'min'; pick a trial with --run")
+    best = pick_best(trials, metric, mode)
+    if best is None:
+        raise TrackingError(
+            f"sweep '{parent.tags.get(tag.SWEEP, parent.run_name)}' has no FINISHED trial with "
+            f"metric '{metric}' ({len(trials)} trials in all); wait for a trial to finish or "
+            f"pick one with --run")
+    return best
+
+
+def download_trial(uri: str, run_id: str, dst: Path) -> Path:
+    """Fetch a trial's config.yaml and checkpoints/last.pt into `dst` (a run directory)."""
+    client = connect(uri)
+    get_run(client, uri, run_id)
+    have_ckpt = any(Path(a.path).name == "last.pt"
+                    for a in client.list_artifacts(run_id, "checkpoints"))
+    if not have_ckpt:
+        raise TrackingError(f"run {run_id} has no checkpoint artifact (checkpoints/last.pt); "
+                            f"it did not finish training — pick another with --run")
+    if not any(a.path == "config.yaml" for a in client.list_artifacts(run_id)):
+        raise TrackingError(f"run {run_id} has no config.yaml artifact; it was not logged by "
+                            f"a CoBra trial — pick another with --run")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst, prefix=".download-") as tmp:
+        # Artifact repositories disagree on where a nested file lands (local: basename only,
+        # servers: the full relative path), so place each one by the path returned.
+        for artifact in ("config.yaml", "checkpoints/last.pt"):
+            got = Path(client.download_artifacts(run_id, artifact, tmp))
+            target = dst / artifact
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(got), str(target))
+    return dst

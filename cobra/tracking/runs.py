@@ -1,0 +1,276 @@
+"""The run hierarchy's lifecycle: experiments, and the sweep, trial and final runs started,
+found again (resume, retry), reopened and finished; what each run says about itself
+(description, links, source tags, dataset inputs) and the files and models logged to it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cobra.errors import TrackingError
+from cobra.tracking import tags as tag
+from cobra.tracking.mlflow_api import (
+    MlflowClient,
+    MlflowException,
+    Run,
+    dataset_input,
+    save_pytorch_model,
+)
+from cobra.tracking.reporter import MlflowReporter, str_tags
+from cobra.tracking.store import connect, redact, sqlite_path
+
+if TYPE_CHECKING:
+    from cobra.tracking.queries import TrialRecord
+
+# The checkout whose commit the source tags name.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments, and finding runs
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts of a sqlite store live next to the database, not in the caller's cwd."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None  # servers and file stores choose their own artifact root
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "experiment"
+    return (db.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created (or restored from deletion) when needed."""
+    client = connect(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        # the experiment's kind is model development, not GenAI (MLflow 3.17's UI still opens
+        # in its GenAI workspace until a user picks "Model training": see the README)
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                        tags={tag.EXPERIMENT_KIND: "custom_model_development"})
+    except MlflowException:
+        # Another process (a parallel trial) created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of an existing experiment; TrackingError when there is none by that name."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment '{name}' not found in {redact(uri, uri)}; check "
+                            f"--experiment or MLFLOW_TRACKING_URI")
+    return exp.experiment_id
+
+
+def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
+                order_by: list[str] | None = None) -> list[Run]:
+    """Every matching run, following MLflow's pagination."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string,
+                                  max_results=1000, order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def sweep_runs(client: MlflowClient, exp_id: str) -> list[Run]:
+    """Sweep parent runs, newest first."""
+    return _search_all(client, [exp_id], f"tags.`{tag.KIND}` = 'sweep'",
+                       ["attributes.start_time DESC"])
+
+
+def children(client: MlflowClient, parent: Run) -> list[Run]:
+    """Child runs of `parent`, oldest first (run ids are hex, safe to quote)."""
+    return _search_all(client, [parent.info.experiment_id],
+                       f"tags.`{tag.PARENT}` = '{parent.info.run_id}'",
+                       ["attributes.start_time ASC"])
+
+
+def get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
+    """Run `run_id`; TrackingError when the store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"run {run_id} not found in {redact(uri, uri)}; check the run id "
+                            f"(the MLflow UI lists a sweep's trials under its parent run)"
+                            ) from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep, trial and final runs
+
+
+def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path, metric: str,
+                    mode: str, tags: dict | None = None) -> str:
+    """Create the sweep's parent run, log the sweep YAML to it, and return its id."""
+    client = connect(uri)
+    exp_id = get_or_create_experiment(uri, experiment)
+    all_tags = {**source_tags(), **str_tags(tags), tag.KIND: "sweep", tag.SWEEP: sweep_name,
+                tag.METRIC: metric, tag.MODE: mode}
+    run = client.create_run(exp_id, tags=all_tags, run_name=sweep_name)
+    client.log_artifact(run.info.run_id, str(sweep_file))
+    return run.info.run_id
+
+
+def find_sweep_run(uri: str, experiment: str, sweep_name: str) -> str | None:
+    """The latest parent run of sweep `sweep_name` (for resume), or None."""
+    client = connect(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    # Filtered here rather than in the filter string: sweep names may hold quotes.
+    for run in sweep_runs(client, exp.experiment_id):
+        if run.data.tags.get(tag.SWEEP) == sweep_name:
+            return run.info.run_id
+    return None
+
+
+def start_trial_run(uri: str, experiment: str, parent_run_id: str, run_name: str,
+                    tags: dict) -> str:
+    """Create a child run of the sweep's parent and return its id."""
+    client = connect(uri)
+    parent = get_run(client, uri, parent_run_id)
+    # Children go to the parent's experiment whatever `experiment` says: MLflow only nests
+    # runs of one experiment.
+    del experiment
+    all_tags = {**source_tags(), **str_tags(tags), tag.PARENT: parent_run_id, tag.KIND: "trial",
+                tag.SWEEP: parent.data.tags.get(tag.SWEEP, "")}
+    run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
+    return run.info.run_id
+
+
+def find_trial_run(uri: str, parent_run_id: str, ray_trial_id: str) -> str | None:
+    """The newest child of `parent_run_id` made for Ray trial `ray_trial_id`, or None."""
+    client = connect(uri)
+    parent = get_run(client, uri, parent_run_id)
+    matches = [r for r in children(client, parent)
+               if r.data.tags.get(tag.RAY_TRIAL_ID) == str(ray_trial_id)]
+    return matches[-1].info.run_id if matches else None
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again: a retried trial or a resumed sweep continues its own run."""
+    connect(uri).update_run(run_id, status="RUNNING")
+
+
+def finish_sweep(uri: str, parent_run_id: str, best_run_id: str | None,
+                 best_value: float | None, metric: str, status: str = "FINISHED") -> None:
+    """Record the sweep's best trial on its parent run and end the parent."""
+    reporter = MlflowReporter(uri, parent_run_id)
+    if best_run_id:
+        reporter.set_tags({tag.BEST_RUN: best_run_id})
+    if best_value is not None:
+        reporter.log_summary({f"best_{metric}": best_value})
+    reporter.close(status)
+
+
+def start_final_run(uri: str, experiment: str, source: TrialRecord) -> str:
+    """Create the run that retrains / evaluates the chosen trial, and return its id."""
+    client = connect(uri)
+    exp_id = get_or_create_experiment(uri, experiment)
+    tags = {**source_tags(), tag.KIND: "final", tag.SOURCE_RUN: source.run_id}
+    if tag.SWEEP in source.tags:
+        tags[tag.SWEEP] = source.tags[tag.SWEEP]
+    run = client.create_run(exp_id, tags=tags, run_name=f"final-{source.run_name}")
+    return run.info.run_id
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run says about itself, and what is logged to it
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """Who ran it and from which commit: the tags MLflow's UI shows as User and Source. Read
+    once per process (two git calls): a reused Ray worker starts many trials. Not mutated by
+    callers, which unpack it."""
+    import getpass
+    import subprocess
+
+    tags = {tag.SOURCE_TYPE: "LOCAL", tag.SOURCE_NAME: "launch.py"}
+    with contextlib.suppress(Exception):  # no login name (some containers)
+        tags[tag.USER] = getpass.getuser()
+    git = ["git", "-C", str(_SOURCE_ROOT)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode == 0:
+            tags[tag.SOURCE_COMMIT] = commit.stdout.strip()
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            tags[tag.SOURCE_DIRTY] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):  # no git here: a wheel install
+        pass
+    return tags
+
+
+def log_dataset_inputs(uri: str, run_id: str, splits: Iterable[Mapping[str, Any]]) -> None:
+    """Record the dataset splits a run read (MLflow's Datasets column): each mapping has
+    name, context (train / validation / scored), source, digest and num_images."""
+    inputs = [dataset_input(str(split["name"]), str(split["digest"]), str(split["source"]),
+                            split["num_images"], str(split["context"])) for split in splits]
+    connect(uri).log_inputs(run_id, datasets=inputs)
+
+
+def set_description(uri: str, run_id: str, markdown: str) -> None:
+    """The run's description (MLflow renders markdown, links included)."""
+    MlflowReporter(uri, run_id).set_tags({tag.NOTE: markdown})
+
+
+def run_link(uri: str, run_id: str, text: str | None = None) -> str:
+    """A markdown link to a run that works inside the MLflow UI (a route of its app)."""
+    run = get_run(connect(uri), uri, run_id)
+    label = text or run.info.run_name or run_id
+    return f"[{label}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+
+
+def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
+    """Upload files to an existing run (e.g. a report to the sweep's parent run)."""
+    reporter = MlflowReporter(uri, run_id)
+    for path in paths:
+        reporter.log_artifact(Path(path), subdir)
+
+
+def log_torch_model(uri: str, run_id: str, model, artifact_path: str, registered_name: str,
+                    pip_requirements: list[str]) -> str:
+    """Save `model` as an MLflow PyTorch model (MLmodel + pickled module: loads with
+    `mlflow.pytorch.load_model("models:/<name>/<version>")`), upload it to the run and register
+    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a file
+    store has no model registry; the model stays logged with the run)."""
+    client = connect(uri)
+    with tempfile.TemporaryDirectory(prefix="cobra-model-") as tmp:
+        model_dir = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
+        save_pytorch_model(model, model_dir, pip_requirements)
+        client.log_artifacts(run_id, str(model_dir), artifact_path=artifact_path)
+    try:
+        return _register(client, run_id, artifact_path, registered_name)
+    except Exception as exc:  # file stores: "Model Registry is not supported"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"not registered: this store has no model registry ({first[:200]})"
+
+
+def _register(client: MlflowClient, run_id: str, artifact_path: str, name: str) -> str:
+    """A new version of registered model `name` (created on first use) from the run's model."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}",
+                                          run_id=run_id)
+    return f"registered {name} v{version.version}"

@@ -1,0 +1,147 @@
+"""Where the tracking store is and whether it can be used: the URI, its password kept out of
+every message, and the checks that fail a command before Ray starts rather than mid-sweep."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from cobra.errors import TrackingError
+from cobra.tracking.mlflow_api import MlflowClient
+
+# Bounds applied to mlflow's HTTP client in processes that log to a server: its defaults retry a
+# dead server for minutes, which would hang a trial instead of failing it.
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def resolve_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else an absolute sqlite store `./mlflow.db`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def redact(text: str, uri: str) -> str:
+    """`text` with the password of `uri` (scheme://user:PASSWORD@host) replaced by ***: secrets
+    in MLFLOW_TRACKING_URI never reach a terminal, a log or a JSON line."""
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:  # not a URL at all: nothing to hide
+        password = None
+    return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for in-memory stores or other schemes)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client of the store at `uri`; against a server, with bounded retries and timeouts."""
+    if is_http(uri):
+        for key, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)  # the user's own setting wins
+    return MlflowClient(uri)
+
+
+def _http_health(uri: str, timeout_s: float) -> str | None:
+    """None when `{uri}/health` answers 200, else the reason it did not."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except urllib.error.URLError as exc:
+        return str(exc.reason)
+    except Exception as exc:  # timeouts, resets, bad URLs: all mean "not usable"
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _http_login(uri: str, timeout_s: float) -> str | None:
+    """None when the server takes this process's credentials (or needs none), else what it said.
+
+    /health answers without a login on a basic-auth server, so a wrong or missing
+    MLFLOW_TRACKING_USERNAME/PASSWORD would otherwise surface only after Ray started. Sends the
+    same Basic header mlflow's client sends; the password itself is never part of the answer."""
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = f"user {user!r}" if user and password else "no login"
+            return (f"MLflow server {uri} refused {who} (HTTP {exc.code}); set "
+                    f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account it knows")
+        return None  # other answers are the tracking calls' business, not a login problem
+    except Exception:  # the server went away since /health: reported by the tracking calls
+        return None
+
+
+def _bounded(call, timeout_s: float, late: str | None) -> str | None:
+    """call() in a thread, given timeout_s + 1 s: urllib's socket timeout does not bound a slow
+    DNS lookup."""
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1.0)
+    return result[0] if result else late
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    # Not the mlflow client: it retries an unreachable server for minutes.
+    reason = _bounded(lambda: _http_health(uri, timeout_s), timeout_s,
+                      f"no answer within {timeout_s:g}s")
+    if reason is not None:
+        raise TrackingError(redact(
+            f"MLflow server {uri} is unreachable ({reason}); start it (mlflow server ...) "
+            f"or unset MLFLOW_TRACKING_URI to use the local store", uri))
+    refused = _bounded(lambda: _http_login(uri, timeout_s), timeout_s, None)
+    if refused is not None:
+        raise TrackingError(redact(refused, uri))
+
+
+def _check_sqlite_directory(uri: str, db: Path) -> None:
+    parent = db.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise TrackingError(f"MLflow store {uri}: directory {parent} does not exist; "
+                            f"create it or point MLFLOW_TRACKING_URI elsewhere")
+    if not os.access(parent, os.W_OK):
+        raise TrackingError(f"MLflow store {uri}: directory {parent} is not writable; "
+                            f"fix its permissions or point MLFLOW_TRACKING_URI elsewhere")
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (TrackingError) before any trial starts when the tracking store is unusable."""
+    if is_http(uri):
+        _check_server(uri, timeout_s)
+        return
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_sqlite_directory(uri, db)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(redact(f"MLflow store {uri} cannot be opened ({first}); fix "
+                                   f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db", uri)
+                            ) from None
