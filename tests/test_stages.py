@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cobra.errors import ConfigError
 from tests.conftest import run_cli, set_args
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
     assert times("masks/png", "*.png") == mask_times
     ir_times = times("ir_labels", "*.png")
     code, walked, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                                 "--set", "masks.rw_beta=5"], capsys)
+                                 "--set", "masks.walk.beta=5"], capsys)
     assert code == 0, err
     assert times("ir_labels", "*.png") == ir_times
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
@@ -89,7 +90,7 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
     # the other mask rule on the same walk: written and headlined, both scores unchanged, and
     # neither the IR labels nor the boundary network are redone for a mask-rule setting
     code, relative, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                                   "--set", "masks.bg_rule=relative"], capsys)
+                                   "--set", "masks.rule.name=relative"], capsys)
     assert code == 0, err
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert relative["mask_miou"] == relative["mask_miou_relative"] == result["mask_miou_relative"]
@@ -169,17 +170,64 @@ def test_parallel_map_streams_through_one_pool_in_order():
         [i * i for i in range(20)]
 
 
-def test_every_mask_setting_belongs_to_the_stages_it_changes():
-    """Each masks.* key is in the fingerprint of the stage(s) whose output it can change, so
-    changing it redoes those and nothing upstream; only keys that change no output are in none."""
+def _another_value(cfg, key: str):
+    """A valid value of `key` whose behaviour differs from what `cfg` gives it."""
     import dataclasses
 
-    from cobra.config import MasksConfig
+    from cobra import config
+
+    parent, name = key.rsplit(".", 1)
+    field = {f.name: f for f in dataclasses.fields(config.lookup(cfg, parent))}[name]
+    now = config.switch(cfg, key) if key in config.FIDELITY_SWITCHES else config.lookup(cfg, key)
+    if now is None:  # masks.max_images: all images → the first one
+        return 1
+    if field.metadata["choices"]:
+        return next(c for c in field.metadata["choices"] if c != now)
+    if isinstance(now, bool):
+        return not now
+    if isinstance(now, str):
+        return f"{now}_other"
+    if isinstance(now, int):
+        return now + 1
+    for value in (now / 2, now + 1):  # the first within the key's bounds
+        try:
+            config.with_overrides(cfg, {key: value})
+            return value
+        except ConfigError:
+            continue
+    raise AssertionError(f"no other value found for {key}")
+
+
+def test_every_mask_setting_keys_exactly_the_stage_it_belongs_to(tmp_path):
+    """Each masks.* setting is in the fingerprint of its own stage and no other (later stages
+    follow through their input's fingerprint), because each stage's fingerprint holds its whole
+    sub-config: a setting added to one is keyed without a list to update."""
+    from cobra import config
+    from cobra.layout import RunLayout
     from cobra.stages import ir_labels, irn, masks
 
-    keyed = [set(ir_labels.SETTINGS), set(irn.SETTINGS), set(masks.SETTINGS)]
-    no_output = {"workers", "max_images"}  # max_images: the image list is in every stamp
-    assert set().union(*keyed) | no_output == {f.name for f in dataclasses.fields(MasksConfig)}
-    # crf_iters: both denseCRFs run that many iterations (the authors' shared setting)
-    assert keyed[0] & keyed[2] == {"crf_iters"}
-    assert not keyed[0] & keyed[1] and not keyed[1] & keyed[2]
+    layout, ids = RunLayout(tmp_path), ["a", "b"]
+
+    def stamps(cfg) -> dict[str, str]:
+        return {"ir_labels": ir_labels.stamp(cfg, layout, ids).value,
+                "irn": irn.stamp(cfg, layout).value, "masks": masks.stamp(cfg, layout, ids).value}
+
+    stage_of_group = {"ir_labels": "ir_labels", "irn": "irn", "walk": "masks", "rule": "masks"}
+    # workers changes no output; max_images selects images, whose ids the stamps hold
+    unkeyed = {"masks.workers", "masks.max_images"}
+    # the mask CRF runs the IR-label CRF's iterations
+    shared = {"masks.ir_labels.crf.iters": {"ir_labels", "masks"}}
+    base = config.load_config(None, [])
+    before = stamps(base)
+    keys = [k for k in config.dotted_keys() if k.startswith("masks.")]
+    assert len(keys) > 30
+    for key in keys:
+        changed = config.with_overrides(base, {key: _another_value(base, key)})
+        keyed = {stage for stage, value in stamps(changed).items() if value != before[stage]}
+        expected = set() if key in unkeyed else shared.get(
+            key, {stage_of_group[key.split(".")[1]]})
+        assert keyed == expected, key
+    # a paper/code switch set to the behaviour loss.fidelity picks anyway changes nothing
+    for key, (paper, _) in config.FIDELITY_SWITCHES.items():
+        if key.startswith("masks."):
+            assert stamps(config.with_overrides(base, {key: paper})) == before, key

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cobra.config import FIDELITY_SWITCHES, Config, switch
+from cobra.config import Config
 from cobra.errors import StageInputError
 from cobra.layout import atomic_write_text
 
@@ -62,13 +62,6 @@ class Stamp:
 
     def write(self) -> None:
         atomic_write_text(self.path, self.value)
-
-
-def mask_settings(cfg: Config, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named `masks.*` settings as a stage's fingerprint sees them: a paper/code switch
-    left unset counts as the behaviour it selects."""
-    return {name: switch(cfg, f"masks.{name}") if f"masks.{name}" in FIDELITY_SWITCHES
-            else getattr(cfg.masks, name) for name in names}
 
 
 def stamp_of(directory: Path) -> str | None:
