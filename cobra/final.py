@@ -56,7 +56,7 @@ def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[st
     from cobra.checkpoint import load_checkpoint
     from cobra.data import build_source
     from cobra.segmenter import build_segmenter
-    from cobra.stages.irn import load_boundary_net
+    from cobra.stages.outputs import load_boundary_net
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "timm",
                     "segmentation-models-pytorch", "cobra-sweeps"]

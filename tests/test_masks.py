@@ -390,8 +390,8 @@ def test_rw_scale_enlarges_the_boundary_grid():
 
 
 def test_only_the_stages_first_images_are_kept_for_pictures():
+    from cobra.stages.common import NUM_PICTURES
     from cobra.stages.masks import _boundary_jobs
-    from cobra.stages.seeds import NUM_PICTURES
 
     class Images:  # a source of blank 8x8 images: only the ids matter here
         def load_image(self, image_id):

@@ -1,5 +1,5 @@
-"""What post-training stages share: which images they cover, input checks, parallel maps, and
-fingerprints that tell a complete output from a stale one."""
+"""What post-training stages share: which images they cover, input checks, parallel maps,
+fingerprints that tell a complete output from a stale one, and the mask CRF's settings."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from cobra.layout import atomic_write_text
 
 # jobs queued per pool worker beyond the one it runs: enough that no worker waits for the next
 POOL_AHEAD_PER_WORKER = 4
+# images a stage draws as pictures (the first ones of its image list)
+NUM_PICTURES = 4
 
 
 def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
@@ -62,6 +64,16 @@ class Stamp:
 
     def write(self) -> None:
         atomic_write_text(self.path, self.value)
+
+
+def mask_crf_args(cfg: Config) -> dict[str, float]:
+    """The authors' second-CRF settings (`masks.rule.crf`, for the masks and for segmentation
+    at test time); its iterations are the IR-label CRF's (`masks.ir_labels.crf.iters`: the
+    authors share one setting)."""
+    crf = cfg.masks.rule.crf
+    return {"iters": cfg.masks.ir_labels.crf.iters, "gauss_sxy": crf.gauss_sxy,
+            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
+            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
 
 
 def stamp_of(directory: Path) -> str | None:

@@ -15,8 +15,6 @@ import numpy as np
 
 from cobra.config import Config, resolved, switch
 from cobra.data import build_source
-from cobra.data.source import LabelFileError, read_label_png
-from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.ops.confidence import aobj_thresholds, ir_label, ir_label_quality
 from cobra.pictures import save_label_png
@@ -29,7 +27,7 @@ from cobra.stages.common import (
     stage_ids,
     stamp_of,
 )
-from cobra.stages.seeds import load_seed
+from cobra.stages.outputs import load_seed
 
 _WORKER: dict[str, Any] = {}
 
@@ -96,11 +94,3 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     layout.update_summary(metrics)
     return metrics
 
-
-def read_ir_label(layout: RunLayout, image_id: str) -> np.ndarray:
-    """(H, W) uint8 IR label (palette indices; 255 unknown)."""
-    path = layout.ir_label_file(image_id)
-    try:
-        return read_label_png(path)
-    except LabelFileError as exc:
-        raise StageInputError(f"IR label {exc}; run stage 'ir_labels' again") from None

@@ -15,7 +15,6 @@ from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config, resolved
 from cobra.data import build_source
 from cobra.data.transforms import joint_train_transform
-from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.ops.affinity import affinity_loss
@@ -29,7 +28,7 @@ from cobra.stages.common import (
     stage_ids,
     stamp_of,
 )
-from cobra.stages.ir_labels import read_ir_label
+from cobra.stages.outputs import read_ir_label
 
 
 class IRLabelDataset(Dataset):
@@ -63,20 +62,6 @@ def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
     if same:
         load_cam_backbone(net, cobra_state["model"])
     return net
-
-
-def load_boundary_net(layout: RunLayout, device: torch.device) -> BoundaryNet:
-    """The trained boundary net, built as its own checkpoint's config says."""
-    state = load_checkpoint(layout.irn_checkpoint, map_location=device)
-    irn = checkpoint_config(state).masks.irn
-    net = BoundaryNet(irn.backbone, False, irn.freeze_backbone, layout=irn.layout)
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError:
-        raise StageInputError(f"boundary network '{layout.irn_checkpoint}' does not match its "
-                              f"config (made before masks.irn.layout existed?); rerun stage "
-                              f"'irn' with --force") from None
-    return net.to(device).eval()
 
 
 def stamp(cfg: Config, layout: RunLayout) -> Stamp:

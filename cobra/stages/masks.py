@@ -30,16 +30,16 @@ from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
 from cobra.stages.common import (
+    NUM_PICTURES,
     Stamp,
     fingerprint,
+    mask_crf_args,
     parallel_map,
     require_files,
     stage_ids,
     stamp_of,
 )
-from cobra.stages.ir_labels import read_ir_label
-from cobra.stages.irn import load_boundary_net
-from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
+from cobra.stages.outputs import fuse_seed, load_boundary_net, read_ir_label, read_seed_arrays
 
 MASK_RULES = ("irn", "relative")
 _WORKER: dict[str, Any] = {}
@@ -84,15 +84,6 @@ def to_image_size(rw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return np.zeros((0, *size), dtype=np.float32)
     return F.interpolate(torch.from_numpy(rw)[None], size=size, mode="bilinear",
                          align_corners=False)[0].numpy()
-
-
-def mask_crf_args(cfg: Config) -> dict[str, float]:
-    """The authors' second-CRF settings (masks here, segmentation at test time); its iterations
-    are the IR-label CRF's (`masks.ir_labels.crf.iters`: the authors share one setting)."""
-    crf = cfg.masks.rule.crf
-    return {"iters": cfg.masks.ir_labels.crf.iters, "gauss_sxy": crf.gauss_sxy,
-            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
-            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
 
 
 def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray) -> np.ndarray:
