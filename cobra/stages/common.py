@@ -1,5 +1,5 @@
 """What post-training stages share: which images they cover, input checks, parallel maps,
-fingerprints that tell a complete output from a stale one, and the mask CRF's settings."""
+fingerprints that tell a complete output from a stale one, and the skip-or-redo decision."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cobra.config import Config
 from cobra.errors import StageInputError
-from cobra.layout import atomic_write_text
+from cobra.layout import RunLayout, atomic_write_text
 
 # jobs queued per pool worker beyond the one it runs: enough that no worker waits for the next
 POOL_AHEAD_PER_WORKER = 4
@@ -64,6 +64,19 @@ class Stamp:
 
     def write(self) -> None:
         atomic_write_text(self.path, self.value)
+
+
+def skip_if_current(stamp: Stamp, layout: RunLayout, metrics: str, force: bool,
+                    *outputs: Path) -> dict[str, float] | None:
+    """A stage's preamble. Its outputs current (the stamp matches, every path in `outputs`
+    exists) and no --force: the stage is skipped and returns its metrics as its last run
+    recorded them in summary.json (the keys starting with `metrics`). Otherwise None, after
+    clearing the stamp, so that outputs half rewritten by an interrupted run are never taken
+    for complete."""
+    if stamp.current() and all(path.exists() for path in outputs) and not force:
+        return {k: v for k, v in layout.read_summary().items() if k.startswith(metrics)}
+    stamp.clear()
+    return None
 
 
 def mask_crf_args(cfg: Config) -> dict[str, float]:

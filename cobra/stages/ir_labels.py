@@ -24,6 +24,7 @@ from cobra.stages.common import (
     fingerprint,
     parallel_map,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
@@ -77,9 +78,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     current = stamp(cfg, layout, ids)
-    if current.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("ir_label")}
-    current.clear()
+    if (recorded := skip_if_current(current, layout, "ir_label", force)) is not None:
+        return recorded
     layout.ir_labels.mkdir(parents=True, exist_ok=True)
     counts = np.zeros(3, dtype=np.int64)
     for result in parallel_map(_make_one, ids, cfg.masks.workers, "ir labels",

@@ -25,6 +25,7 @@ from cobra.stages.common import (
     Stamp,
     fingerprint,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
@@ -78,9 +79,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.ir_label_file(i) for i in ids}, "IR labels", "ir_labels")
     m = cfg.masks.irn
     current = stamp(cfg, layout)
-    if current.current() and layout.irn_checkpoint.exists() and not force:
-        return {}
-    current.clear()
+    recorded = skip_if_current(current, layout, "irn_", force, layout.irn_checkpoint)
+    if recorded is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     net = build_boundary_net(cfg, load_checkpoint(layout.last_checkpoint)).to(device)
@@ -111,4 +112,6 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         reporter.log_metrics(result, step=epoch)
     save_checkpoint(layout.irn_checkpoint, model=net, cfg=cfg, epoch=m.epochs - 1)
     current.write()
-    return {k: round(v, 5) for k, v in result.items()}
+    metrics = {k: round(v, 5) for k, v in result.items()}
+    layout.update_summary(metrics)  # the last epoch's loss, returned again when irn is skipped
+    return metrics

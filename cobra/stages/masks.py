@@ -36,6 +36,7 @@ from cobra.stages.common import (
     mask_crf_args,
     parallel_map,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
@@ -189,9 +190,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     require_files({"the boundary network": layout.irn_checkpoint}, "checkpoint", "irn")
     current = stamp(cfg, layout, ids)
-    if current.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
-    current.clear()
+    if (recorded := skip_if_current(current, layout, "mask_", force)) is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     net = load_boundary_net(layout, device)
     chosen = switch(cfg, "masks.rule.name")

@@ -21,6 +21,7 @@ from cobra.stages.common import (
     fingerprint,
     mask_crf_args,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
@@ -43,9 +44,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     current = Stamp(layout.segment, fingerprint(
         masks=stamp_of(layout.masks), seed=cfg.train.seed,
         segment=vars(s)))
-    if current.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("seg_")}
-    current.clear()
+    if (recorded := skip_if_current(current, layout, "seg_", force)) is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = build_segmenter(s, train_source.num_classes)
