@@ -61,31 +61,16 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
         k: v for k, v in result.items() if k.startswith("mask_")}
     assert pngs == {p.name: p.read_bytes() for p in (trained_run / "masks" / "png").glob("*.png")}
 
-    # A setting that cannot change an output redoes nothing; the same IR labels made again
-    # (--force) do not retrain the boundary network (stages key on their input's fingerprint,
-    # not its files' times); a walk setting redoes the masks alone.
-    def times(folder: str, pattern: str) -> dict[str, int]:
-        return {p.name: p.stat().st_mtime_ns for p in (trained_run / folder).glob(pattern)}
-
-    ir_times, mask_times = times("ir_labels", "*.png"), times("masks/png", "*.png")
-    code, _, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                            "--set", "masks.workers=2"], capsys)
-    assert code == 0, err
-    assert times("ir_labels", "*.png") == ir_times and times("masks/png", "*.png") == mask_times
+    # the same IR labels made again (--force) do not retrain the boundary network nor remake
+    # the masks: stages key on their input's fingerprint, not its files' times
+    written = _written(trained_run)
     code, _, err = run_cli(["stage", "ir_labels", "--run-dir", run, "--force"], capsys)
     assert code == 0, err
-    assert times("ir_labels", "*.png") != ir_times  # made again, the same settings
+    assert _redone(written, _written(trained_run)) == {"ir_labels"}  # the same settings
     code, _, err = run_cli(["stage", "irn", "masks", "--run-dir", run], capsys)
     assert code == 0, err
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
-    assert times("masks/png", "*.png") == mask_times
-    ir_times = times("ir_labels", "*.png")
-    code, walked, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                                 "--set", "masks.walk.beta=5"], capsys)
-    assert code == 0, err
-    assert times("ir_labels", "*.png") == ir_times
-    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
-    assert all(t != mask_times[name] for name, t in times("masks/png", "*.png").items())
+    assert _redone(written, _written(trained_run)) == {"ir_labels"}
 
     # the other mask rule on the same walk: written and headlined, both scores unchanged, and
     # neither the IR labels nor the boundary network are redone for a mask-rule setting
@@ -168,6 +153,46 @@ def test_parallel_map_streams_through_one_pool_in_order():
     # in this process, the same results
     assert [r[0] for r in parallel_map(_square_with_pid, range(20), 1, "test", False)] == \
         [i * i for i in range(20)]
+
+
+# Where each of the three mask stages writes: IR-label PNGs, the boundary network, mask PNGs.
+MASK_STAGE_OUTPUTS = {"ir_labels": "ir_labels/*.png", "irn": "irn/model.pt",
+                      "masks": "masks/png/*.png"}
+
+
+def _written(run: Path) -> dict[str, dict[str, int]]:
+    """Each mask stage's output files and the time each was last written."""
+    return {stage: {str(p): p.stat().st_mtime_ns for p in run.glob(pattern)}
+            for stage, pattern in MASK_STAGE_OUTPUTS.items()}
+
+
+def _redone(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> set[str]:
+    """The stages whose every output was written again (a stage redoes all of its images)."""
+    for stage, files in before.items():
+        assert files and set(after[stage]) == set(files), stage
+    return {stage for stage, files in before.items()
+            if all(after[stage][name] != t for name, t in files.items())}
+
+
+def test_a_setting_redoes_its_own_stage_and_the_stages_after_it(trained_run, capsys):
+    """Changing a setting that cannot change an output redoes nothing; a walk setting redoes
+    the masks alone; an IR-label CRF setting redoes the IR labels and, keyed on their
+    fingerprint, the boundary network and the masks after them."""
+    chain = ["stage", "ir_labels", "irn", "masks", "--run-dir", str(trained_run)]
+    code, first, err = run_cli(chain, capsys)
+    assert code == 0, err
+    for override, expected in (("masks.workers=2", set()),
+                               ("masks.max_images=4", set()),  # the same images: seeds.max_images=4
+                               ("masks.walk.beta=5", {"masks"}),
+                               ("masks.ir_labels.crf.gauss_sxy=2.5",
+                                {"ir_labels", "irn", "masks"})):
+        before = _written(trained_run)
+        code, result, err = run_cli([*chain, "--set", override], capsys)
+        assert code == 0, err
+        assert _redone(before, _written(trained_run)) == expected, override
+        if not expected:  # a skipped stage returns its metrics as last recorded
+            assert result == first, override
+    assert first["irn_loss"] > 0
 
 
 def _another_value(cfg, key: str):
