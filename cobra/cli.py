@@ -101,7 +101,7 @@ def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.reporting import FileReporter
 
     layout = open_run(args.run_dir)
-    cfg = load_config(layout.config, args.overrides)
+    cfg = load_config(layout.config, args.overrides, saved=True)
     reporter = FileReporter(layout.metrics)
     try:
         metrics = run_stages(cfg, layout, reporter, stages=args.names, force=args.force)

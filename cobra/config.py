@@ -488,6 +488,26 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved before `masks` was nested (a checkpoint's, a run directory's
+    config.yaml) with each flat masks key moved to its new place, so that runs made before
+    stay usable. Saved configs only: an old key a user writes is refused with its new name."""
+    out = dict(data)
+    masks = out.get("masks")
+    if not isinstance(masks, Mapping):
+        return out
+    nested: dict[str, Any] = {k: v for k, v in masks.items() if f"masks.{k}" not in RENAMED_KEYS}
+    for name, value in masks.items():
+        if f"masks.{name}" in RENAMED_KEYS:
+            node = nested
+            *parents, leaf = RENAMED_KEYS[f"masks.{name}"].split(".")[1:]
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+    out["masks"] = nested
+    return out
+
+
 def unknown_key_error(key: str, where: str = "config") -> ConfigError:
     if key in RENAMED_KEYS:
         return ConfigError(f"{where} key '{key}' is now '{RENAMED_KEYS[key]}'")
@@ -697,11 +717,14 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                base: Mapping[str, Any] | None = None) -> Config:
-    """Defaults < `base` mapping < YAML file at `path` < `key=value` overrides, validated."""
+                base: Mapping[str, Any] | None = None, saved: bool = False) -> Config:
+    """Defaults < `base` mapping < YAML file at `path` < `key=value` overrides, validated.
+    `saved`: the file is a run directory's config.yaml, written by an older version maybe
+    (`upgrade_saved`)."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        file = read_yaml(path)
+        data = _deep_merge(data, upgrade_saved(file) if saved else file)
     dotted = dict(parse_override(o) for o in overrides)
     data = _deep_merge(data, unflatten(dotted))
     return from_dict(data)

@@ -82,7 +82,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}")
     try:
         tracking.download_trial(uri, source.run_id, layout.root)
-        cfg = load_config(layout.config, final_overrides(overrides))
+        cfg = load_config(layout.config, final_overrides(overrides), saved=True)
     except BaseException:
         shutil.rmtree(layout.root, ignore_errors=True)
         raise

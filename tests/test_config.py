@@ -203,3 +203,24 @@ def test_resolved_settings_give_unset_switches_the_behaviour_they_select():
     assert config.resolved(same, "masks.rule") == config.resolved(paper, "masks.rule")
     assert set(config.resolved(paper, "masks.ir_labels")) == {
         k for k in config.dotted_keys() if k.startswith("masks.ir_labels.")}
+
+
+def test_a_config_saved_with_flat_masks_keys_still_loads(tmp_path):
+    """A run directory or checkpoint made before masks was nested keeps working: its saved
+    config's flat keys are moved to their new places (only saved configs: see above)."""
+    from cobra.checkpoint import checkpoint_config
+
+    values = {old: config.lookup(config.Config(), new) for old, new in config.RENAMED_KEYS.items()}
+    values["masks.rw_beta"], values["masks.mask_crf"] = 5.0, False
+    old = config.to_dict(config.Config())
+    old["masks"] = {"workers": 3, **{k.split(".", 1)[1]: v for k, v in values.items()}}
+    cfg = config.from_dict(config.upgrade_saved(old))
+    assert (cfg.masks.walk.beta, cfg.masks.rule.crf.enabled, cfg.masks.workers) == (5.0, False, 3)
+    assert config.flatten(cfg) == config.flatten(config.with_overrides(config.Config(), {
+        "masks.walk.beta": 5.0, "masks.rule.crf.enabled": False, "masks.workers": 3}))
+    assert checkpoint_config({"config": old}) == cfg
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert config.load_config(path, saved=True) == cfg
+    with pytest.raises(ConfigError, match="is now"):  # the same file given by a user
+        config.load_config(path)
