@@ -93,4 +93,3 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics
-
