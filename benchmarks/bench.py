@@ -313,7 +313,7 @@ _MASK_CFG: dict = {}
 
 def _mask_job_init() -> None:
     if "cfg" not in _MASK_CFG:
-        _MASK_CFG["cfg"] = load_config(None, ["masks.mask_crf=true"])
+        _MASK_CFG["cfg"] = load_config(None, ["masks.rule.crf.enabled=true"])
 
 
 def _mask_worker_init() -> None:

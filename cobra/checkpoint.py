@@ -78,7 +78,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def checkpoint_config(state: dict[str, Any]) -> config_mod.Config:
     """The validated Config a checkpoint was trained with."""
-    return config_mod.from_dict(state["config"])
+    return config_mod.from_dict(config_mod.upgrade_saved(state["config"]))
 
 
 def check_model_matches(cfg: config_mod.Config, trained: config_mod.Config,

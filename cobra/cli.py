@@ -101,7 +101,7 @@ def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.reporting import FileReporter
 
     layout = open_run(args.run_dir)
-    cfg = load_config(layout.config, args.overrides)
+    cfg = load_config(layout.config, args.overrides, saved=True)
     reporter = FileReporter(layout.metrics)
     try:
         metrics = run_stages(cfg, layout, reporter, stages=args.names, force=args.force)
@@ -135,8 +135,10 @@ def cmd_config(args: argparse.Namespace) -> dict[str, Any] | None:
     from cobra.config import describe, load_config, to_dict
 
     if args.list:
-        for key, default, text in describe():
-            print(f"{key:32s} {default!s:24s} {text}")
+        rows = describe()
+        width = max(len(key) for key, _, _ in rows)  # nested keys (masks.ir_labels.crf.*) run long
+        for key, default, text in rows:
+            print(f"{key:{width}s} {default!s:24s} {text}")
         return None
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

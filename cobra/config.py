@@ -201,8 +201,23 @@ class SeedsConfig:
 
 
 @dataclass
-class MasksConfig:
-    """Stages `ir_labels`, `irn` and `masks` (SPEC "Masks"; IRN's and the authors' defaults)."""
+class IRLabelCRFConfig:
+    """`masks.ir_labels.crf`: the denseCRF that refines each side of the IR labels (IRN's
+    `crf_inference_label`)."""
+
+    iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels; the mask CRF, "
+                    "masks.rule.crf, runs as many: the authors share one setting)")
+    gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
+    gauss_sxy: float = _f(3.0, gt=0.0)
+    gauss_compat: float = _f(3.0, ge=0.0)
+    bilateral_sxy: float = _f(50.0, gt=0.0)
+    bilateral_srgb: float = _f(5.0, gt=0.0)
+    bilateral_compat: float = _f(10.0, ge=0.0)
+
+
+@dataclass
+class IRLabelsConfig:
+    """`masks.ir_labels`: stage `ir_labels`, confident foreground / background from the seeds."""
 
     threshold_source: str | None = _f(
         None, choices=("fixed", "aobj"),
@@ -215,44 +230,72 @@ class MasksConfig:
     aobj_round: float = _f(0.05, gt=0.0, help="aobj source: conf_bg = the largest multiple of "
                            "this step below the percentile (the authors' bracket)")
     aobj_gap: float = _f(0.5, ge=0.0, le=1.0, help="aobj source: conf_fg = conf_bg + gap")
-    crf_iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels)")
-    crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
-    crf_gauss_sxy: float = _f(3.0, gt=0.0)
-    crf_gauss_compat: float = _f(3.0, ge=0.0)
-    crf_bilateral_sxy: float = _f(50.0, gt=0.0)
-    crf_bilateral_srgb: float = _f(5.0, gt=0.0)
-    crf_bilateral_compat: float = _f(10.0, ge=0.0)
-    irn_backbone: str = _f(
+    crf: IRLabelCRFConfig = field(default_factory=IRLabelCRFConfig)
+
+
+@dataclass
+class BoundaryNetConfig:
+    """`masks.irn`: stage `irn`, the boundary network trained on the IR labels (IRN)."""
+
+    backbone: str = _f(
         "resnet50", help="timm CNN of the boundary network (IRN: ResNet-50); when it names the "
         "run's model.cnn, it starts from the trained CoBra CNN instead of model.pretrained")
-    irn_freeze_backbone: bool = _f(True, help="train only the boundary head (IRN detaches the "
-                                   "backbone features)")
-    irn_layout: str = _f(
+    freeze_backbone: bool = _f(True, help="train only the boundary head (IRN detaches the "
+                               "backbone features)")
+    layout: str = _f(
         "irn", choices=("irn", "native"),
         help="boundary network levels: irn = IRN's edge branch, 5 levels (the stem after its "
         "max-pool, stages 1-4) with the last stage at stride 16 (both codebases); native = "
         "stages 1-4 at the backbone's own strides 4-32")
-    irn_crop: int = _f(512, ge=32)
-    irn_batch_size: int = _f(32, ge=1)
-    irn_epochs: int = _f(4, ge=1)
-    irn_lr: float = _f(0.1, gt=0.0)
-    irn_pair_radius: int = _f(10, ge=1, help="pixel pairs for the affinity loss (stride-4 px)")
-    rw_radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
-    rw_beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
-    rw_exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
-    rw_scale: float = _f(
+    crop: int = _f(512, ge=32)
+    batch_size: int = _f(32, ge=1)
+    epochs: int = _f(4, ge=1)
+    lr: float = _f(0.1, gt=0.0)
+    pair_radius: int = _f(10, ge=1, help="pixel pairs for the affinity loss (stride-4 px)")
+
+
+@dataclass
+class WalkConfig:
+    """`masks.walk`: stage `masks`, the random walk of the seeds over the boundary network's
+    affinities (IRN)."""
+
+    radius: int = _f(5, ge=1, help="random-walk neighbourhood (stride-4 px)")
+    beta: float = _f(10.0, gt=0.0, help="affinity sharpness β")
+    exp_times: int = _f(8, ge=0, help="random walk runs 2^exp_times steps")
+    scale: float = _f(
         1.0, ge=1.0, le=8.0,
         help="the image is enlarged by this factor for the boundary network and the walk, whose "
         "grid is 1/4 of its input: on VOC-sized images 1 (a 125-cell grid); on small images a "
         "stride-4 grid is coarser than the seed itself (the demo's 128 px: 32 cells), so enlarge "
-        "them, and train IRN at that scale (masks.irn_crop ~ rw_scale x the image side)")
-    rw_source: str | None = _f(
+        "them, and train IRN at that scale (masks.irn.crop ~ scale x the image side)")
+    source: str | None = _f(
         None, choices=("fuse", "tran"),
         help="class maps the walk propagates: fuse = the seed combined per seeds.fusion (the "
         "paper: M_fuse goes to IRN); tran = the ViT-side seed M_tran (the authors' code)")
-    rw_boundary_damp: bool = _f(True, help="multiply the maps by (1 − boundary) before the walk "
-                                "(IRN, and so the authors' code)")
-    bg_rule: str | None = _f(
+    boundary_damp: bool = _f(True, help="multiply the maps by (1 − boundary) before the walk "
+                             "(IRN, and so the authors' code)")
+
+
+@dataclass
+class MaskCRFConfig:
+    """`masks.rule.crf`: the second denseCRF on the final masks (the authors'); it runs
+    masks.ir_labels.crf.iters iterations."""
+
+    enabled: bool = _f(True, help="refine masks with a second denseCRF (authors)")
+    gt_prob: float = _f(0.7, gt=0.0, le=0.999,
+                        help="relative rule: the hard-label mask CRF's label confidence")
+    gauss_sxy: float = _f(2.0, gt=0.0)
+    gauss_compat: float = _f(3.0, ge=0.0)
+    bilateral_sxy: float = _f(45.0, gt=0.0)
+    bilateral_srgb: float = _f(5.0, gt=0.0)
+    bilateral_compat: float = _f(4.0, ge=0.0)
+
+
+@dataclass
+class MaskRuleConfig:
+    """`masks.rule`: stage `masks`, how the walk's maps become masks, and their CRF."""
+
+    name: str | None = _f(
         None, choices=("irn", "relative"),
         help="final masks from the walk: irn = background score sem_seg_bg on the globally "
         "normalised maps, then the soft mask CRF (IRN); relative = class c where its map ≥ "
@@ -260,14 +303,23 @@ class MasksConfig:
         "scored; this one is written and is mask_miou")
     sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
     relative_theta: float = _f(0.31, ge=0.0, le=1.0, help="θ of the relative rule (authors)")
-    mask_crf: bool = _f(True, help="refine masks with a second denseCRF (authors)")
-    mask_crf_gt_prob: float = _f(0.7, gt=0.0, le=0.999,
-                                 help="relative rule: the hard-label mask CRF's label confidence")
-    mask_crf_gauss_sxy: float = _f(2.0, gt=0.0)
-    mask_crf_gauss_compat: float = _f(3.0, ge=0.0)
-    mask_crf_bilateral_sxy: float = _f(45.0, gt=0.0)
-    mask_crf_bilateral_srgb: float = _f(5.0, gt=0.0)
-    mask_crf_bilateral_compat: float = _f(4.0, ge=0.0)
+    crf: MaskCRFConfig = field(default_factory=MaskCRFConfig)
+
+
+@dataclass
+class MasksConfig:
+    """Stages `ir_labels`, `irn` and `masks` (SPEC "Masks"; IRN's and the authors' defaults).
+
+    Each stage's settings are one sub-config, and each stage's fingerprint holds its whole
+    sub-config: ir_labels ← `ir_labels`; irn ← `irn`; masks ← `walk` + `rule` (+ the IR-label
+    CRF's iters, which the mask CRF shares). The two keys left here change no output: `workers`
+    is how the work is spread, and `max_images` selects images, whose ids every stage's
+    fingerprint holds already."""
+
+    ir_labels: IRLabelsConfig = field(default_factory=IRLabelsConfig)
+    irn: BoundaryNetConfig = field(default_factory=BoundaryNetConfig)
+    walk: WalkConfig = field(default_factory=WalkConfig)
+    rule: MaskRuleConfig = field(default_factory=MaskRuleConfig)
     workers: int = _f(0, ge=0, help="CPU processes for CRF and random-walk work; 0 = all cores")
     max_images: int | None = _f(None, ge=1, help="only the first N images (smoke tests)")
 
@@ -349,9 +401,9 @@ FIDELITY_SWITCHES: dict[str, tuple[str, str]] = {
     "loss.cam_form": ("paper", "code"),
     "train.param_groups": ("paper", "code"),
     "seeds.aobj_weighting": ("normalized", "raw"),
-    "masks.threshold_source": ("fixed", "aobj"),
-    "masks.rw_source": ("fuse", "tran"),
-    "masks.bg_rule": ("irn", "relative"),
+    "masks.ir_labels.threshold_source": ("fixed", "aobj"),
+    "masks.walk.source": ("fuse", "tran"),
+    "masks.rule.name": ("irn", "relative"),
 }
 
 
@@ -364,9 +416,45 @@ def fidelity_choice(key: str, value: str | None, fidelity: str) -> str:
 
 
 def switch(cfg: Config, key: str) -> str:
-    """The behaviour a FIDELITY_SWITCHES key selects in `cfg` (e.g. `masks.bg_rule`)."""
-    section, name = key.split(".")
-    return fidelity_choice(key, getattr(getattr(cfg, section), name), cfg.loss.fidelity)
+    """The behaviour a FIDELITY_SWITCHES key selects in `cfg` (e.g. `masks.rule.name`)."""
+    return fidelity_choice(key, lookup(cfg, key), cfg.loss.fidelity)
+
+
+def lookup(cfg: Any, key: str) -> Any:
+    """The value (or sub-config) at a dotted key: `lookup(cfg, "masks.walk")`."""
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def resolved(cfg: Config, key: str) -> dict[str, Any]:
+    """The sub-config at `key` as flat {dotted key: value}, each paper/code switch left unset
+    given as the behaviour it selects: what a stage's fingerprint holds, so that setting a
+    switch to the value fidelity already picks redoes nothing."""
+    return {name: switch(cfg, name) if name in FIDELITY_SWITCHES else value
+            for name, value in flatten(lookup(cfg, key), f"{key}.").items()}
+
+
+# Keys renamed when `masks` became one sub-config per stage: an old key names its new one.
+RENAMED_KEYS: dict[str, str] = {
+    **{f"masks.{old}": f"masks.ir_labels.{old}" for old in (
+        "threshold_source", "conf_fg", "conf_bg", "aobj_percentile", "aobj_round", "aobj_gap")},
+    **{f"masks.crf_{old}": f"masks.ir_labels.crf.{old}" for old in (
+        "iters", "gt_prob", "gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb",
+        "bilateral_compat")},
+    **{f"masks.irn_{old}": f"masks.irn.{old}" for old in (
+        "backbone", "freeze_backbone", "layout", "crop", "batch_size", "epochs", "lr",
+        "pair_radius")},
+    **{f"masks.rw_{old}": f"masks.walk.{old}" for old in (
+        "radius", "beta", "exp_times", "scale", "source", "boundary_damp")},
+    "masks.bg_rule": "masks.rule.name",
+    "masks.sem_seg_bg": "masks.rule.sem_seg_bg",
+    "masks.relative_theta": "masks.rule.relative_theta",
+    "masks.mask_crf": "masks.rule.crf.enabled",
+    **{f"masks.mask_crf_{old}": f"masks.rule.crf.{old}" for old in (
+        "gt_prob", "gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb",
+        "bilateral_compat")},
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +488,29 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved before `masks` was nested (a checkpoint's, a run directory's
+    config.yaml) with each flat masks key moved to its new place, so that runs made before
+    stay usable. Saved configs only: an old key a user writes is refused with its new name."""
+    out = dict(data)
+    masks = out.get("masks")
+    if not isinstance(masks, Mapping):
+        return out
+    nested: dict[str, Any] = {k: v for k, v in masks.items() if f"masks.{k}" not in RENAMED_KEYS}
+    for name, value in masks.items():
+        if f"masks.{name}" in RENAMED_KEYS:
+            node = nested
+            *parents, leaf = RENAMED_KEYS[f"masks.{name}"].split(".")[1:]
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+    out["masks"] = nested
+    return out
+
+
 def unknown_key_error(key: str, where: str = "config") -> ConfigError:
+    if key in RENAMED_KEYS:
+        return ConfigError(f"{where} key '{key}' is now '{RENAMED_KEYS[key]}'")
     return ConfigError(f"unknown {where} key '{key}'{suggest(key, dotted_keys())}")
 
 
@@ -531,8 +641,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def flatten(cfg: Any) -> dict[str, Any]:
-    """`{'loss.k_sap_pos': 20, ...}` for every leaf."""
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """`{'loss.k_sap_pos': 20, ...}` for every leaf (each key after `prefix`)."""
     out: dict[str, Any] = {}
 
     def walk(d: Mapping[str, Any], prefix: str) -> None:
@@ -542,7 +652,7 @@ def flatten(cfg: Any) -> dict[str, Any]:
             else:
                 out[f"{prefix}{k}"] = v
 
-    walk(to_dict(cfg), "")
+    walk(to_dict(cfg), prefix)
     return out
 
 
@@ -607,11 +717,14 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                base: Mapping[str, Any] | None = None) -> Config:
-    """Defaults < `base` mapping < YAML file at `path` < `key=value` overrides, validated."""
+                base: Mapping[str, Any] | None = None, saved: bool = False) -> Config:
+    """Defaults < `base` mapping < YAML file at `path` < `key=value` overrides, validated.
+    `saved`: the file is a run directory's config.yaml, written by an older version maybe
+    (`upgrade_saved`)."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        file = read_yaml(path)
+        data = _deep_merge(data, upgrade_saved(file) if saved else file)
     dotted = dict(parse_override(o) for o in overrides)
     data = _deep_merge(data, unflatten(dotted))
     return from_dict(data)

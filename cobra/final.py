@@ -57,7 +57,7 @@ def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[st
     from cobra.checkpoint import load_checkpoint
     from cobra.data import build_source
     from cobra.segmenter import build_segmenter
-    from cobra.stages.irn import load_boundary_net
+    from cobra.stages.outputs import load_boundary_net
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "timm",
                     "segmentation-models-pytorch", "cobra-sweeps"]
@@ -83,7 +83,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}")
     try:
         tracking.download_trial(uri, source.run_id, layout.root)
-        cfg = load_config(layout.config, final_overrides(overrides))
+        cfg = load_config(layout.config, final_overrides(overrides), saved=True)
     except BaseException:
         shutil.rmtree(layout.root, ignore_errors=True)
         raise

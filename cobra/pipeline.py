@@ -36,5 +36,5 @@ def run_stages(cfg: Config, layout: RunLayout, reporter: Reporter,
     for name in stages:
         if on_stage:
             on_stage(name)
-        metrics.update(get_stage(name).run(cfg, layout, reporter, force=force))
+        metrics.update(get_stage(name)(cfg, layout, reporter, force=force))
     return metrics

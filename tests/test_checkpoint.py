@@ -16,6 +16,7 @@ from cobra.layout import RunLayout
 from cobra.ops.cams import cams_to_label
 from cobra.reporting import Reporter
 from cobra.stages import seeds as seeds_stage
+from cobra.stages.outputs import fuse_seed, read_seed_arrays
 from tests.conftest import run_cli, set_args
 
 
@@ -75,12 +76,12 @@ def test_fp16_export_is_half_the_bytes_and_seeds_from_it_match(tiny_overrides, t
     assert abs(metrics16["seed_miou"] - metrics32["seed_miou"]) < 0.1
     agree = []
     for path in sorted(run32.seeds.glob("*.npz")):
-        a = seeds_stage.read_seed_arrays(path)
-        b = seeds_stage.read_seed_arrays(run16.seeds / path.name)
+        a = read_seed_arrays(path)
+        b = read_seed_arrays(run16.seeds / path.name)
         for key in ("cam_cnn", "cam_tran", "a_obj"):
             np.testing.assert_allclose(b[key], a[key], atol=1e-2)
         t = metrics32["seed_threshold"]
-        la = cams_to_label(seeds_stage.fuse_seed(a, "fuse")["cam"], a["keys"], t)
-        lb = cams_to_label(seeds_stage.fuse_seed(b, "fuse")["cam"], b["keys"], t)
+        la = cams_to_label(fuse_seed(a, "fuse")["cam"], a["keys"], t)
+        lb = cams_to_label(fuse_seed(b, "fuse")["cam"], b["keys"], t)
         agree.append((la == lb).mean())
     assert min(agree) >= 0.999

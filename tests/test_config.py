@@ -115,8 +115,8 @@ def test_fidelity_switches_are_valid_keys_with_both_behaviours_as_choices():
     import dataclasses
 
     for key, behaviours in config.FIDELITY_SWITCHES.items():
-        section, name = key.split(".")
-        f = {x.name: x for x in dataclasses.fields(getattr(config.Config(), section))}[name]
+        section, name = key.rsplit(".", 1)  # a switch may sit in a sub-config (masks.walk)
+        f = {x.name: x for x in dataclasses.fields(config.lookup(config.Config(), section))}[name]
         assert f.default is None, key  # unset, so loss.fidelity decides
         assert set(behaviours) <= set(f.metadata["choices"]), key
         assert behaviours[0] != behaviours[1], key
@@ -150,7 +150,7 @@ def test_config_list_names_the_papers_and_the_codes_behaviour(capsys):
 def test_switches_without_a_paper_reading_name_the_authors_behaviour():
     rows = {key: text for key, _, text in config.describe()}
     for key in ("model.freeze_bn", "model.detach_stage2", "model.vit_cam_bias",
-                "masks.rw_boundary_damp", "masks.irn_layout"):
+                "masks.walk.boundary_damp", "masks.irn.layout"):
         assert "authors" in rows[key] or "both codebases" in rows[key], key
 
 
@@ -161,3 +161,66 @@ def test_exponent_without_a_dot_is_a_number_not_a_string():
     for bad in ("train.lr=fast", "train.lr=nan", "train.lr=1e400"):
         with pytest.raises(ConfigError, match="train.lr"):
             config.load_config(None, [bad])
+
+
+def test_an_old_flat_masks_key_names_its_new_nested_key(tmp_path, capsys):
+    from cobra.cli import main
+
+    assert main(["config", "--set", "masks.irn_epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'masks.irn.epochs'" in err, err
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"masks": {"rw_beta": 5.0}}))
+    with pytest.raises(ConfigError, match="'masks.rw_beta' is now 'masks.walk.beta'"):
+        config.load_config(path)
+    # every renamed key leads to a key that exists, and no old key is still a key
+    keys = set(config.dotted_keys())
+    assert set(config.RENAMED_KEYS.values()) <= keys
+    assert not set(config.RENAMED_KEYS) & keys
+
+
+def test_nested_mask_settings_load_from_overrides_and_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"masks": {"irn": {"epochs": 2}, "rule": {"crf": {
+        "enabled": False}}}}))
+    cfg = config.load_config(path, ["masks.walk.beta=5", "masks.ir_labels.crf.iters=3"])
+    assert (cfg.masks.irn.epochs, cfg.masks.rule.crf.enabled) == (2, False)
+    assert (cfg.masks.walk.beta, cfg.masks.ir_labels.crf.iters) == (5.0, 3)
+    assert cfg.masks.irn.lr == config.BoundaryNetConfig().lr  # untouched default
+    with pytest.raises(ConfigError, match="did you mean 'masks.walk.beta'"):
+        config.load_config(None, ["masks.walk.betta=5"])
+    with pytest.raises(ConfigError, match="'masks.irn.epochs' must be >= 1"):
+        config.load_config(None, ["masks.irn.epochs=0"])
+
+
+def test_resolved_settings_give_unset_switches_the_behaviour_they_select():
+    paper = config.load_config(None, [])
+    code = config.load_config(None, ["loss.fidelity=code"])
+    assert config.resolved(paper, "masks.walk")["masks.walk.source"] == "fuse"
+    assert config.resolved(code, "masks.walk")["masks.walk.source"] == "tran"
+    # a switch set to what fidelity picks anyway is the same settings
+    same = config.load_config(None, ["masks.rule.name=irn"])
+    assert config.resolved(same, "masks.rule") == config.resolved(paper, "masks.rule")
+    assert set(config.resolved(paper, "masks.ir_labels")) == {
+        k for k in config.dotted_keys() if k.startswith("masks.ir_labels.")}
+
+
+def test_a_config_saved_with_flat_masks_keys_still_loads(tmp_path):
+    """A run directory or checkpoint made before masks was nested keeps working: its saved
+    config's flat keys are moved to their new places (only saved configs: see above)."""
+    from cobra.checkpoint import checkpoint_config
+
+    values = {old: config.lookup(config.Config(), new) for old, new in config.RENAMED_KEYS.items()}
+    values["masks.rw_beta"], values["masks.mask_crf"] = 5.0, False
+    old = config.to_dict(config.Config())
+    old["masks"] = {"workers": 3, **{k.split(".", 1)[1]: v for k, v in values.items()}}
+    cfg = config.from_dict(config.upgrade_saved(old))
+    assert (cfg.masks.walk.beta, cfg.masks.rule.crf.enabled, cfg.masks.workers) == (5.0, False, 3)
+    assert config.flatten(cfg) == config.flatten(config.with_overrides(config.Config(), {
+        "masks.walk.beta": 5.0, "masks.rule.crf.enabled": False, "masks.workers": 3}))
+    assert checkpoint_config({"config": old}) == cfg
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert config.load_config(path, saved=True) == cfg
+    with pytest.raises(ConfigError, match="is now"):  # the same file given by a user
+        config.load_config(path)

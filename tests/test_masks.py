@@ -120,7 +120,7 @@ def test_aobj_thresholds_follow_fidelity_unless_set():
     assert thresholds(load_config(None, []), a_obj) == (0.30, 0.05)  # IRN's fixed pair
     code = load_config(None, ["loss.fidelity=code"])
     assert thresholds(code, a_obj) == pytest.approx((0.95, 0.45))
-    fixed = load_config(None, ["loss.fidelity=code", "masks.threshold_source=fixed"])
+    fixed = load_config(None, ["loss.fidelity=code", "masks.ir_labels.threshold_source=fixed"])
     assert thresholds(fixed, a_obj) == (0.30, 0.05)
 
 
@@ -277,8 +277,8 @@ def test_walk_source_is_the_fused_seed_or_the_vit_side_one(tmp_path):
 
     np.testing.assert_allclose(source(), [[[0.55, 0.6]]])  # M_fuse = max((a + b) / 2, b)
     np.testing.assert_array_equal(source("loss.fidelity=code"), tran)
-    np.testing.assert_array_equal(source("masks.rw_source=tran"), tran)
-    np.testing.assert_allclose(source("loss.fidelity=code", "masks.rw_source=fuse"),
+    np.testing.assert_array_equal(source("masks.walk.source=tran"), tran)
+    np.testing.assert_allclose(source("loss.fidelity=code", "masks.walk.source=fuse"),
                                [[[0.55, 0.6]]])
 
 
@@ -308,7 +308,7 @@ def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
     rw[1, :, 12:] = 3.0
     rw[1, :, 12:15] = 0.5  # ... where class 7 is weak
     # thresholds: class 4 → 0.31·2 + 0 = 0.62 (its whole extent); class 7 → 0.31·3 + 0 = 0.93
-    cfg = load_config(None, ["masks.relative_theta=0.31", "masks.mask_crf_gt_prob=0.7"])
+    cfg = load_config(None, ["masks.rule.relative_theta=0.31", "masks.rule.crf.gt_prob=0.7"])
     plain, refined = rule_masks(cfg, "relative", img, rw, keys)
     expected = np.zeros((24, 24), dtype=np.uint8)
     expected[:, :15], expected[:, 15:] = 4, 7
@@ -318,7 +318,7 @@ def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
     truth = np.where(np.arange(24) < 12, 4, 7)[None].repeat(24, 0)
     assert (refined != truth).sum() < (plain != truth).sum()
     assert set(np.unique(refined)) <= {0, 4, 7}
-    off = load_config(None, ["masks.mask_crf=false"])
+    off = load_config(None, ["masks.rule.crf.enabled=false"])
     assert all((m == plain).all() for m in rule_masks(off, "relative", img, rw, keys))
     irn_plain, _ = rule_masks(off, "irn", img, rw, keys)
     np.testing.assert_array_equal(irn_plain, masks_from_rw(rw, keys, 0.25))
@@ -384,14 +384,14 @@ def test_rw_scale_enlarges_the_boundary_grid():
     enlarged = boundary_map(net, image, torch.device("cpu"), scale=2.0)
     assert enlarged.shape == (20, 28)
     # the walk follows the boundary grid it is given; masks come back at the image's size
-    cfg = load_config(None, ["masks.rw_exp_times=1"])
+    cfg = load_config(None, ["masks.walk.exp_times=1"])
     rw = walk(cfg, enlarged, np.ones((1, 40, 56), np.float32))
     assert rw.shape == (1, 20, 28)
 
 
 def test_only_the_stages_first_images_are_kept_for_pictures():
+    from cobra.stages.common import NUM_PICTURES
     from cobra.stages.masks import _boundary_jobs
-    from cobra.stages.seeds import NUM_PICTURES
 
     class Images:  # a source of blank 8x8 images: only the ids matter here
         def load_image(self, image_id):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cobra.errors import ConfigError
 from tests.conftest import run_cli, set_args
 
 pytestmark = pytest.mark.slow
@@ -60,36 +61,21 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
         k: v for k, v in result.items() if k.startswith("mask_")}
     assert pngs == {p.name: p.read_bytes() for p in (trained_run / "masks" / "png").glob("*.png")}
 
-    # A setting that cannot change an output redoes nothing; the same IR labels made again
-    # (--force) do not retrain the boundary network (stages key on their input's fingerprint,
-    # not its files' times); a walk setting redoes the masks alone.
-    def times(folder: str, pattern: str) -> dict[str, int]:
-        return {p.name: p.stat().st_mtime_ns for p in (trained_run / folder).glob(pattern)}
-
-    ir_times, mask_times = times("ir_labels", "*.png"), times("masks/png", "*.png")
-    code, _, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                            "--set", "masks.workers=2"], capsys)
-    assert code == 0, err
-    assert times("ir_labels", "*.png") == ir_times and times("masks/png", "*.png") == mask_times
+    # the same IR labels made again (--force) do not retrain the boundary network nor remake
+    # the masks: stages key on their input's fingerprint, not its files' times
+    written = _written(trained_run)
     code, _, err = run_cli(["stage", "ir_labels", "--run-dir", run, "--force"], capsys)
     assert code == 0, err
-    assert times("ir_labels", "*.png") != ir_times  # made again, the same settings
+    assert _redone(written, _written(trained_run)) == {"ir_labels"}  # the same settings
     code, _, err = run_cli(["stage", "irn", "masks", "--run-dir", run], capsys)
     assert code == 0, err
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
-    assert times("masks/png", "*.png") == mask_times
-    ir_times = times("ir_labels", "*.png")
-    code, walked, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                                 "--set", "masks.rw_beta=5"], capsys)
-    assert code == 0, err
-    assert times("ir_labels", "*.png") == ir_times
-    assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
-    assert all(t != mask_times[name] for name, t in times("masks/png", "*.png").items())
+    assert _redone(written, _written(trained_run)) == {"ir_labels"}
 
     # the other mask rule on the same walk: written and headlined, both scores unchanged, and
     # neither the IR labels nor the boundary network are redone for a mask-rule setting
     code, relative, err = run_cli(["stage", "ir_labels", "irn", "masks", "--run-dir", run,
-                                   "--set", "masks.bg_rule=relative"], capsys)
+                                   "--set", "masks.rule.name=relative"], capsys)
     assert code == 0, err
     assert (trained_run / "irn" / "model.pt").stat().st_mtime_ns == before
     assert relative["mask_miou"] == relative["mask_miou_relative"] == result["mask_miou_relative"]
@@ -169,17 +155,104 @@ def test_parallel_map_streams_through_one_pool_in_order():
         [i * i for i in range(20)]
 
 
-def test_every_mask_setting_belongs_to_the_stages_it_changes():
-    """Each masks.* key is in the fingerprint of the stage(s) whose output it can change, so
-    changing it redoes those and nothing upstream; only keys that change no output are in none."""
+# Where each of the three mask stages writes: IR-label PNGs, the boundary network, mask PNGs.
+MASK_STAGE_OUTPUTS = {"ir_labels": "ir_labels/*.png", "irn": "irn/model.pt",
+                      "masks": "masks/png/*.png"}
+
+
+def _written(run: Path) -> dict[str, dict[str, int]]:
+    """Each mask stage's output files and the time each was last written."""
+    return {stage: {str(p): p.stat().st_mtime_ns for p in run.glob(pattern)}
+            for stage, pattern in MASK_STAGE_OUTPUTS.items()}
+
+
+def _redone(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> set[str]:
+    """The stages whose every output was written again (a stage redoes all of its images)."""
+    for stage, files in before.items():
+        assert files and set(after[stage]) == set(files), stage
+    return {stage for stage, files in before.items()
+            if all(after[stage][name] != t for name, t in files.items())}
+
+
+def test_a_setting_redoes_its_own_stage_and_the_stages_after_it(trained_run, capsys):
+    """Changing a setting that cannot change an output redoes nothing; a walk setting redoes
+    the masks alone; an IR-label CRF setting redoes the IR labels and, keyed on their
+    fingerprint, the boundary network and the masks after them."""
+    chain = ["stage", "ir_labels", "irn", "masks", "--run-dir", str(trained_run)]
+    code, first, err = run_cli(chain, capsys)
+    assert code == 0, err
+    for override, expected in (("masks.workers=2", set()),
+                               ("masks.max_images=4", set()),  # the same images: seeds.max_images=4
+                               ("masks.walk.beta=5", {"masks"}),
+                               ("masks.ir_labels.crf.gauss_sxy=2.5",
+                                {"ir_labels", "irn", "masks"})):
+        before = _written(trained_run)
+        code, result, err = run_cli([*chain, "--set", override], capsys)
+        assert code == 0, err
+        assert _redone(before, _written(trained_run)) == expected, override
+        if not expected:  # a skipped stage returns its metrics as last recorded
+            assert result == first, override
+    assert first["irn_loss"] > 0
+
+
+def _another_value(cfg, key: str):
+    """A valid value of `key` whose behaviour differs from what `cfg` gives it."""
     import dataclasses
 
-    from cobra.config import MasksConfig
+    from cobra import config
+
+    parent, name = key.rsplit(".", 1)
+    field = {f.name: f for f in dataclasses.fields(config.lookup(cfg, parent))}[name]
+    now = config.switch(cfg, key) if key in config.FIDELITY_SWITCHES else config.lookup(cfg, key)
+    if now is None:  # masks.max_images: all images → the first one
+        return 1
+    if field.metadata["choices"]:
+        return next(c for c in field.metadata["choices"] if c != now)
+    if isinstance(now, bool):
+        return not now
+    if isinstance(now, str):
+        return f"{now}_other"
+    if isinstance(now, int):
+        return now + 1
+    for value in (now / 2, now + 1):  # the first within the key's bounds
+        try:
+            config.with_overrides(cfg, {key: value})
+            return value
+        except ConfigError:
+            continue
+    raise AssertionError(f"no other value found for {key}")
+
+
+def test_every_mask_setting_keys_exactly_the_stage_it_belongs_to(tmp_path):
+    """Each masks.* setting is in the fingerprint of its own stage and no other (later stages
+    follow through their input's fingerprint), because each stage's fingerprint holds its whole
+    sub-config: a setting added to one is keyed without a list to update."""
+    from cobra import config
+    from cobra.layout import RunLayout
     from cobra.stages import ir_labels, irn, masks
 
-    keyed = [set(ir_labels.SETTINGS), set(irn.SETTINGS), set(masks.SETTINGS)]
-    no_output = {"workers", "max_images"}  # max_images: the image list is in every stamp
-    assert set().union(*keyed) | no_output == {f.name for f in dataclasses.fields(MasksConfig)}
-    # crf_iters: both denseCRFs run that many iterations (the authors' shared setting)
-    assert keyed[0] & keyed[2] == {"crf_iters"}
-    assert not keyed[0] & keyed[1] and not keyed[1] & keyed[2]
+    layout, ids = RunLayout(tmp_path), ["a", "b"]
+
+    def stamps(cfg) -> dict[str, str]:
+        return {"ir_labels": ir_labels.stamp(cfg, layout, ids).value,
+                "irn": irn.stamp(cfg, layout).value, "masks": masks.stamp(cfg, layout, ids).value}
+
+    stage_of_group = {"ir_labels": "ir_labels", "irn": "irn", "walk": "masks", "rule": "masks"}
+    # workers changes no output; max_images selects images, whose ids the stamps hold
+    unkeyed = {"masks.workers", "masks.max_images"}
+    # the mask CRF runs the IR-label CRF's iterations
+    shared = {"masks.ir_labels.crf.iters": {"ir_labels", "masks"}}
+    base = config.load_config(None, [])
+    before = stamps(base)
+    keys = [k for k in config.dotted_keys() if k.startswith("masks.")]
+    assert len(keys) > 30
+    for key in keys:
+        changed = config.with_overrides(base, {key: _another_value(base, key)})
+        keyed = {stage for stage, value in stamps(changed).items() if value != before[stage]}
+        expected = set() if key in unkeyed else shared.get(
+            key, {stage_of_group[key.split(".")[1]]})
+        assert keyed == expected, key
+    # a paper/code switch set to the behaviour loss.fidelity picks anyway changes nothing
+    for key, (paper, _) in config.FIDELITY_SWITCHES.items():
+        if key.startswith("masks."):
+            assert stamps(config.with_overrides(base, {key: paper})) == before, key

@@ -34,7 +34,7 @@ class BoundaryNet(nn.Module):
         if layout == "irn":
             if reductions[0] != 2 or reductions[-2:] != [16, 32]:
                 raise ConfigError(f"{timm_name} has feature strides {reductions}, not IRN's "
-                                  f"2..16, 32; use masks.irn_layout=native")
+                                  f"2..16, 32; use masks.irn.layout=native")
             backbones.undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
             self.levels = list(range(len(reductions)))
         elif layout == "native":

@@ -8,8 +8,6 @@ one Gaussian (smoothness) and one bilateral (appearance) pairwise term, as IRN's
 from __future__ import annotations
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
-from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 
 def _image(image: np.ndarray) -> np.ndarray:
@@ -24,6 +22,8 @@ def _image(image: np.ndarray) -> np.ndarray:
 def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, iters: int, gauss_sxy: float,
            gauss_compat: float, bi_sxy: float, bi_srgb: float, bi_compat: float) -> np.ndarray:
     """Run mean field on a (n_labels, H·W) float32 unary → (n_labels, H, W) marginals."""
+    import pydensecrf.densecrf as dcrf  # here: importing the stages must not need pydensecrf
+
     h, w = image.shape[:2]
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
@@ -50,6 +50,8 @@ def crf_label(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: 
     img = _image(image)
     if img.shape[:2] != labels.shape:
         raise ValueError(f"image {img.shape[:2]} and labels {labels.shape} differ in size")
+    from pydensecrf.utils import unary_from_labels
+
     unary = unary_from_labels(labels.astype(np.int64), n_labels, gt_prob, zero_unsure=False)
     q = _infer(img, unary, n_labels, iters, gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat)
     return q.argmax(axis=0).astype(np.int64)
@@ -70,5 +72,7 @@ def crf_probs(image: np.ndarray, probs: np.ndarray, *, iters: int = 10, gauss_sx
         raise ValueError(f"image {img.shape[:2]} and probs {probs.shape[1:]} differ in size")
     if k <= 1:
         return np.ones_like(probs)
+    from pydensecrf.utils import unary_from_softmax
+
     unary = unary_from_softmax(probs, clip=1e-5)
     return _infer(img, unary, k, iters, gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat)

@@ -1,5 +1,5 @@
-"""What post-training stages share: which images they cover, input checks, parallel maps, and
-fingerprints that tell a complete output from a stale one."""
+"""What post-training stages share: which images they cover, input checks, parallel maps,
+fingerprints that tell a complete output from a stale one, and the skip-or-redo decision."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cobra.config import FIDELITY_SWITCHES, Config, switch
+from cobra.config import Config
 from cobra.errors import StageInputError
-from cobra.layout import atomic_write_text
+from cobra.layout import RunLayout, atomic_write_text
 
 # jobs queued per pool worker beyond the one it runs: enough that no worker waits for the next
 POOL_AHEAD_PER_WORKER = 4
+# images a stage draws as pictures (the first ones of its image list)
+NUM_PICTURES = 4
 
 
 def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
@@ -64,11 +66,27 @@ class Stamp:
         atomic_write_text(self.path, self.value)
 
 
-def mask_settings(cfg: Config, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named `masks.*` settings as a stage's fingerprint sees them: a paper/code switch
-    left unset counts as the behaviour it selects."""
-    return {name: switch(cfg, f"masks.{name}") if f"masks.{name}" in FIDELITY_SWITCHES
-            else getattr(cfg.masks, name) for name in names}
+def skip_if_current(stamp: Stamp, layout: RunLayout, metrics: str, force: bool,
+                    *outputs: Path) -> dict[str, float] | None:
+    """A stage's preamble. Its outputs current (the stamp matches, every path in `outputs`
+    exists) and no --force: the stage is skipped and returns its metrics as its last run
+    recorded them in summary.json (the keys starting with `metrics`). Otherwise None, after
+    clearing the stamp, so that outputs half rewritten by an interrupted run are never taken
+    for complete."""
+    if stamp.current() and all(path.exists() for path in outputs) and not force:
+        return {k: v for k, v in layout.read_summary().items() if k.startswith(metrics)}
+    stamp.clear()
+    return None
+
+
+def mask_crf_args(cfg: Config) -> dict[str, float]:
+    """The authors' second-CRF settings (`masks.rule.crf`, for the masks and for segmentation
+    at test time); its iterations are the IR-label CRF's (`masks.ir_labels.crf.iters`: the
+    authors share one setting)."""
+    crf = cfg.masks.rule.crf
+    return {"iters": cfg.masks.ir_labels.crf.iters, "gauss_sxy": crf.gauss_sxy,
+            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
+            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
 
 
 def stamp_of(directory: Path) -> str | None:

@@ -1,9 +1,10 @@
 """Stage `ir_labels`: confident foreground / background / unknown (255) labels from the fused
 seeds, each side refined with denseCRF (IRN's `cam_to_ir_label`, SPEC "Masks").
 
-Thresholds are fixed (`masks.conf_fg` / `masks.conf_bg`, IRN) or per image from A_obj
-(`masks.threshold_source=aobj`, the paper's idea in the authors' rule). Scored against ground truth as precision (confident
-pixels that are right) and coverage (pixels that are confident).
+Thresholds are fixed (`masks.ir_labels.conf_fg` / `conf_bg`, IRN) or per image from A_obj
+(`masks.ir_labels.threshold_source=aobj`, the paper's idea in the authors' rule). Scored against
+ground truth as precision (confident pixels that are right) and coverage (pixels that are
+confident).
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cobra.config import Config, switch
+from cobra.config import Config, resolved, switch
 from cobra.data import build_source
-from cobra.data.source import LabelFileError, read_label_png
-from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.ops.confidence import aobj_thresholds, ir_label, ir_label_quality
 from cobra.pictures import save_label_png
@@ -23,33 +22,29 @@ from cobra.reporting import Reporter
 from cobra.stages.common import (
     Stamp,
     fingerprint,
-    mask_settings,
     parallel_map,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
-from cobra.stages.seeds import load_seed
+from cobra.stages.outputs import load_seed
 
-# the masks.* settings IR labels depend on: the confidence thresholds and the first denseCRF
-# (a walk or mask-rule setting must not remake them, nor retrain the boundary network)
-SETTINGS = ("threshold_source", "conf_fg", "conf_bg", "aobj_percentile", "aobj_round",
-            "aobj_gap", "crf_iters", "crf_gt_prob", "crf_gauss_sxy", "crf_gauss_compat",
-            "crf_bilateral_sxy", "crf_bilateral_srgb", "crf_bilateral_compat")
 _WORKER: dict[str, Any] = {}
 
 
 def crf_args(cfg: Config) -> dict[str, float]:
-    m = cfg.masks
-    return {"gt_prob": m.crf_gt_prob, "iters": m.crf_iters, "gauss_sxy": m.crf_gauss_sxy,
-            "gauss_compat": m.crf_gauss_compat, "bi_sxy": m.crf_bilateral_sxy,
-            "bi_srgb": m.crf_bilateral_srgb, "bi_compat": m.crf_bilateral_compat}
+    """`masks.ir_labels.crf` as the arguments of `cobra.ops.crf`."""
+    crf = cfg.masks.ir_labels.crf
+    return {"gt_prob": crf.gt_prob, "iters": crf.iters, "gauss_sxy": crf.gauss_sxy,
+            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
+            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
 
 
 def thresholds(cfg: Config, a_obj: np.ndarray | None) -> tuple[float, float]:
     """(conf_fg, conf_bg) for one image."""
-    m = cfg.masks
-    if switch(cfg, "masks.threshold_source") == "aobj" and a_obj is not None:
+    m = cfg.masks.ir_labels
+    if switch(cfg, "masks.ir_labels.threshold_source") == "aobj" and a_obj is not None:
         return aobj_thresholds(a_obj, m.aobj_percentile, m.aobj_round, m.aobj_gap)
     return m.conf_fg, m.conf_bg
 
@@ -70,23 +65,27 @@ def _make_one(image_id: str) -> tuple[int, int, int]:
     return ir_label_quality(label, source.load_mask(image_id))
 
 
+def stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
+    """Current for the same seeds (their fingerprint), fusion, IR-label settings and images."""
+    return Stamp(layout.ir_labels, fingerprint(
+        seeds=stamp_of(layout.seeds), fusion=cfg.seeds.fusion,
+        settings=resolved(cfg, "masks.ir_labels"), ids=ids))
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         ) -> dict[str, float]:
     source = build_source(cfg, cfg.data.seed_split)
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
-    stamp = Stamp(layout.ir_labels, fingerprint(
-        seeds=stamp_of(layout.seeds), fusion=cfg.seeds.fusion,
-        masks=mask_settings(cfg, SETTINGS), ids=ids))
-    if stamp.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("ir_label")}
-    stamp.clear()
+    current = stamp(cfg, layout, ids)
+    if (recorded := skip_if_current(current, layout, "ir_label", force)) is not None:
+        return recorded
     layout.ir_labels.mkdir(parents=True, exist_ok=True)
     counts = np.zeros(3, dtype=np.int64)
     for result in parallel_map(_make_one, ids, cfg.masks.workers, "ir labels",
                                cfg.train.progress, _init_worker, (cfg, layout)):
         counts += result
-    stamp.write()
+    current.write()
     confident, correct, total = counts
     metrics = {} if total == 0 else {
         "ir_label_precision": round(100.0 * correct / max(confident, 1), 4),
@@ -94,12 +93,3 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics
-
-
-def read_ir_label(layout: RunLayout, image_id: str) -> np.ndarray:
-    """(H, W) uint8 IR label (palette indices; 255 unknown)."""
-    path = layout.ir_label_file(image_id)
-    try:
-        return read_label_png(path)
-    except LabelFileError as exc:
-        raise StageInputError(f"IR label {exc}; run stage 'ir_labels' again") from None

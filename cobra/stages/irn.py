@@ -1,6 +1,6 @@
 """Stage `irn`: train the boundary network on the IR labels (IRN's inter-pixel relations).
 
-Pixel pairs within `masks.irn_pair_radius` (at stride 4) whose IR labels are both known supervise
+Pixel pairs within `masks.irn.pair_radius` (at stride 4) whose IR labels are both known supervise
 the affinity a = 1 − max boundary on the segment between them: same-class pairs pull it to 1,
 different-class pairs to 0. Unknown (255) pixels supervise nothing.
 """
@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cobra import pretrain
 from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
-from cobra.config import Config
+from cobra.config import Config, resolved
 from cobra.data import build_source
 from cobra.data.transforms import joint_train_transform
-from cobra.errors import StageInputError
 from cobra.layout import RunLayout
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.ops.affinity import affinity_loss
@@ -25,12 +24,12 @@ from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epo
 from cobra.stages.common import (
     Stamp,
     fingerprint,
-    mask_settings,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
-from cobra.stages.ir_labels import read_ir_label
+from cobra.stages.outputs import read_ir_label
 
 
 class IRLabelDataset(Dataset):
@@ -54,36 +53,23 @@ class IRLabelDataset(Dataset):
         return {"image": image, "ir": label[half::OUTPUT_STRIDE, half::OUTPUT_STRIDE]}
 
 
-# the masks.* settings the boundary network depends on (with the IR labels and train.seed)
-SETTINGS = ("irn_backbone", "irn_freeze_backbone", "irn_layout", "irn_crop", "irn_batch_size",
-            "irn_epochs", "irn_lr", "irn_pair_radius")
-
-
 def build_boundary_net(cfg: Config, cobra_state: dict) -> BoundaryNet:
     """The boundary net; from the trained CoBra CNN when it is the same timm model."""
-    trained = checkpoint_config(cobra_state)
-    same = cfg.masks.irn_backbone == trained.model.cnn
+    trained, irn = checkpoint_config(cobra_state), cfg.masks.irn
+    same = irn.backbone == trained.model.cnn
     weights = False if same else pretrain.resolve(cfg.model.pretrained, cfg,
-                                                  [("cnn", cfg.masks.irn_backbone)])
-    net = BoundaryNet(cfg.masks.irn_backbone, weights, cfg.masks.irn_freeze_backbone,
-                      layout=cfg.masks.irn_layout)
+                                                  [("cnn", irn.backbone)])
+    net = BoundaryNet(irn.backbone, weights, irn.freeze_backbone, layout=irn.layout)
     if same:
         load_cam_backbone(net, cobra_state["model"])
     return net
 
 
-def load_boundary_net(layout: RunLayout, device: torch.device) -> BoundaryNet:
-    """The trained boundary net, built as its own checkpoint's config says."""
-    state = load_checkpoint(layout.irn_checkpoint, map_location=device)
-    m = checkpoint_config(state).masks
-    net = BoundaryNet(m.irn_backbone, False, m.irn_freeze_backbone, layout=m.irn_layout)
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError:
-        raise StageInputError(f"boundary network '{layout.irn_checkpoint}' does not match its "
-                              f"config (made before masks.irn_layout existed?); rerun stage "
-                              f"'irn' with --force") from None
-    return net.to(device).eval()
+def stamp(cfg: Config, layout: RunLayout) -> Stamp:
+    """Current for the same IR labels (their fingerprint, which holds the images), boundary
+    network settings and train.seed (the network's initialisation and batch order)."""
+    return Stamp(layout.irn, fingerprint(
+        ir=stamp_of(layout.ir_labels), seed=cfg.train.seed, settings=resolved(cfg, "masks.irn")))
 
 
 def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
@@ -91,25 +77,24 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     source = build_source(cfg, cfg.data.seed_split)
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.ir_label_file(i) for i in ids}, "IR labels", "ir_labels")
-    m = cfg.masks
-    stamp = Stamp(layout.irn, fingerprint(
-        ir=stamp_of(layout.ir_labels), seed=cfg.train.seed, irn=mask_settings(cfg, SETTINGS)))
-    if stamp.current() and layout.irn_checkpoint.exists() and not force:
-        return {}
-    stamp.clear()
+    m = cfg.masks.irn
+    current = stamp(cfg, layout)
+    recorded = skip_if_current(current, layout, "irn_", force, layout.irn_checkpoint)
+    if recorded is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     net = build_boundary_net(cfg, load_checkpoint(layout.last_checkpoint)).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=m.irn_lr, momentum=cfg.train.momentum,
+    optimizer = torch.optim.SGD(params, lr=m.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
-    dataset = IRLabelDataset(source, layout, ids, m.irn_crop)
-    loader = DataLoader(dataset, batch_size=m.irn_batch_size, shuffle=True,
-                        drop_last=len(dataset) > m.irn_batch_size,
+    dataset = IRLabelDataset(source, layout, ids, m.crop)
+    loader = DataLoader(dataset, batch_size=m.batch_size, shuffle=True,
+                        drop_last=len(dataset) > m.batch_size,
                         num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
-    offsets = neighbour_offsets(m.irn_pair_radius)
-    schedule = PolySchedule.of(optimizer, max(1, len(loader) * m.irn_epochs),
+    offsets = neighbour_offsets(m.pair_radius)
+    schedule = PolySchedule.of(optimizer, max(1, len(loader) * m.epochs),
                                cfg.train.poly_power)
 
     def losses(batch: dict):
@@ -119,12 +104,14 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
 
     net.train()
     result: dict[str, float] = {}
-    for epoch in range(m.irn_epochs):
-        info = EpochInfo(epoch, epoch * len(loader), "IRN loss", "lower masks.irn_lr",
-                         f"irn {epoch + 1}/{m.irn_epochs}")
+    for epoch in range(m.epochs):
+        info = EpochInfo(epoch, epoch * len(loader), "IRN loss", "lower masks.irn.lr",
+                         f"irn {epoch + 1}/{m.epochs}")
         result = train_one_epoch(loader, losses, optimizer, schedule, device, info,
                                  cfg.train.progress, len(loader))
         reporter.log_metrics(result, step=epoch)
-    save_checkpoint(layout.irn_checkpoint, model=net, cfg=cfg, epoch=m.irn_epochs - 1)
-    stamp.write()
-    return {k: round(v, 5) for k, v in result.items()}
+    save_checkpoint(layout.irn_checkpoint, model=net, cfg=cfg, epoch=m.epochs - 1)
+    current.write()
+    metrics = {k: round(v, 5) for k, v in result.items()}
+    layout.update_summary(metrics)  # the last epoch's loss, returned again when irn is skipped
+    return metrics

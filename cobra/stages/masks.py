@@ -1,13 +1,13 @@
 """Stage `masks`: random walk of the seeds over the boundary network's affinities → masks.
 
-Per image: the boundary map at stride 4 (image and its flip); the seed CAMs (`masks.rw_source`:
+Per image: the boundary map at stride 4 (image and its flip); the seed CAMs (`masks.walk.source`:
 the fused seed, or the ViT-side M_tran as the authors walk) brought to that grid, multiplied by
-(1 − boundary) (IRN) and propagated for 2^`rw_exp_times` steps with affinities
+(1 − boundary) (IRN) and propagated for 2^`masks.walk.exp_times` steps with affinities
 (1 − boundary on the path)^β. The walk's maps are stored once (`masks/rw/<id>.npz`) so thresholds
-can be swept offline. Two mask rules are made and scored: `irn` (background score `sem_seg_bg`,
-then the soft second CRF) and `relative` (the authors' per-class θ·max_c + min_c, then a
-hard-label CRF); `masks.bg_rule` picks the one written and reported as mask_miou, with and
-without its CRF.
+can be swept offline. Two mask rules are made and scored: `irn` (background score
+`masks.rule.sem_seg_bg`, then the soft second CRF) and `relative` (the authors' per-class
+θ·max_c + min_c, then a hard-label CRF); `masks.rule.name` picks the one written and reported as
+mask_miou, with and without its CRF (`masks.rule.crf`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cobra.config import Config, switch
+from cobra.config import Config, resolved, switch
 from cobra.data import build_source, normalize_image
 from cobra.layout import RunLayout
 from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
@@ -30,31 +30,26 @@ from cobra.pictures import colorize, save_label_png, save_strip
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
 from cobra.stages.common import (
+    NUM_PICTURES,
     Stamp,
     fingerprint,
-    mask_settings,
+    mask_crf_args,
     parallel_map,
     require_files,
+    skip_if_current,
     stage_ids,
     stamp_of,
 )
-from cobra.stages.ir_labels import read_ir_label
-from cobra.stages.irn import load_boundary_net
-from cobra.stages.seeds import NUM_PICTURES, fuse_seed, read_seed_arrays
+from cobra.stages.outputs import fuse_seed, load_boundary_net, read_ir_label, read_seed_arrays
 
 MASK_RULES = ("irn", "relative")
-# the masks.* settings the walk, the mask rules and the second denseCRF depend on
-SETTINGS = ("rw_radius", "rw_beta", "rw_exp_times", "rw_boundary_damp", "rw_scale", "rw_source",
-            "bg_rule", "sem_seg_bg", "relative_theta", "mask_crf", "mask_crf_gt_prob",
-            "crf_iters", "mask_crf_gauss_sxy", "mask_crf_gauss_compat", "mask_crf_bilateral_sxy",
-            "mask_crf_bilateral_srgb", "mask_crf_bilateral_compat")
 _WORKER: dict[str, Any] = {}
 
 
 @torch.no_grad()
 def boundary_map(net, image: np.ndarray, device: torch.device, scale: float = 1.0
                  ) -> torch.Tensor:
-    """(h4, w4) boundary probability of the image resized by `scale` (`masks.rw_scale`),
+    """(h4, w4) boundary probability of the image resized by `scale` (`masks.walk.scale`),
     averaged with the horizontal flip."""
     x = normalize_image(image).to(device)[None]
     if scale != 1.0:
@@ -66,10 +61,10 @@ def boundary_map(net, image: np.ndarray, device: torch.device, scale: float = 1.
 
 def load_walk_seed(cfg: Config, layout: RunLayout, image_id: str) -> dict[str, np.ndarray]:
     """`keys`, `cam` (the fused seed) and `walk`, the maps the walk propagates: the fused seed,
-    or with `masks.rw_source=tran` the ViT-side M_tran (a CNN-only run has only the fused)."""
+    or with `masks.walk.source=tran` the ViT-side M_tran (a CNN-only run has only the fused)."""
     arrays = read_seed_arrays(layout.seed_file(image_id))
     seed = fuse_seed(arrays, cfg.seeds.fusion)
-    tran = switch(cfg, "masks.rw_source") == "tran" and "cam_tran" in arrays
+    tran = switch(cfg, "masks.walk.source") == "tran" and "cam_tran" in arrays
     return {**seed, "walk": arrays["cam_tran"] if tran else seed["cam"]}
 
 
@@ -79,8 +74,9 @@ def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
         return np.zeros((0, *boundary.shape), dtype=np.float32)
     small = F.interpolate(torch.from_numpy(cam)[None].to(boundary), size=boundary.shape,
                           mode="bilinear", align_corners=False)[0]
-    rw = random_walk(small, boundary, cfg.masks.rw_radius, cfg.masks.rw_beta,
-                     2 ** cfg.masks.rw_exp_times, damp_boundary=cfg.masks.rw_boundary_damp)
+    w = cfg.masks.walk
+    rw = random_walk(small, boundary, w.radius, w.beta, 2 ** w.exp_times,
+                     damp_boundary=w.boundary_damp)
     return rw.float().cpu().numpy()
 
 
@@ -91,18 +87,10 @@ def to_image_size(rw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                          align_corners=False)[0].numpy()
 
 
-def mask_crf_args(cfg: Config) -> dict[str, float]:
-    """The authors' second-CRF settings (masks here, segmentation at test time)."""
-    m = cfg.masks
-    return {"iters": m.crf_iters, "gauss_sxy": m.mask_crf_gauss_sxy,
-            "gauss_compat": m.mask_crf_gauss_compat, "bi_sxy": m.mask_crf_bilateral_sxy,
-            "bi_srgb": m.mask_crf_bilateral_srgb, "bi_compat": m.mask_crf_bilateral_compat}
-
-
 def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """The soft second CRF: over [background score, normalised walk maps] as probabilities."""
     scores = rw_up / max(float(rw_up.max()), 1e-8) if rw_up.size else rw_up
-    bg = np.full((1, *image.shape[:2]), cfg.masks.sem_seg_bg, np.float32)
+    bg = np.full((1, *image.shape[:2]), cfg.masks.rule.sem_seg_bg, np.float32)
     planes = np.concatenate([bg, scores])
     probs = planes / np.clip(planes.sum(0, keepdims=True), 1e-8, None)
     refined = crf_probs(image, probs, **mask_crf_args(cfg))
@@ -111,35 +99,39 @@ def crf_mask(cfg: Config, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray
 
 def rule_masks(cfg: Config, rule: str, image: np.ndarray, rw_up: np.ndarray, keys: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(mask without CRF, mask with CRF, or the same when masks.mask_crf is off) by `rule`:
-    `irn` = background score + soft CRF, `relative` = the authors' relative threshold + a
-    hard-label CRF with label confidence `mask_crf_gt_prob`."""
-    m = cfg.masks
+    """(mask without CRF, mask with CRF, or the same when masks.rule.crf.enabled is off) by
+    `rule`: `irn` = background score + soft CRF, `relative` = the authors' relative threshold +
+    a hard-label CRF with label confidence `masks.rule.crf.gt_prob`."""
+    m = cfg.masks.rule
     ids = np.concatenate([[0], keys]).astype(np.int64)
     if rule == "irn":
         plain = masks_from_rw(rw_up, keys, m.sem_seg_bg)
-        return plain, crf_mask(cfg, image, rw_up, keys) if m.mask_crf else plain
+        return plain, crf_mask(cfg, image, rw_up, keys) if m.crf.enabled else plain
     if rule == "relative":
         labels = relative_labels(rw_up, m.relative_theta)
         plain = ids[labels].astype(np.uint8)
-        if not m.mask_crf:
+        if not m.crf.enabled:
             return plain, plain
-        refined = crf_label(image, labels, len(ids), gt_prob=m.mask_crf_gt_prob,
+        refined = crf_label(image, labels, len(ids), gt_prob=m.crf.gt_prob,
                             **mask_crf_args(cfg))
         return plain, ids[refined].astype(np.uint8)
     raise ValueError(f"unknown mask rule '{rule}'; choose one of {', '.join(MASK_RULES)}")
 
 
-def _stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
+def stamp(cfg: Config, layout: RunLayout, ids: list[str]) -> Stamp:
+    """Current for the same boundary network and seeds (their fingerprints), fusion, walk and
+    mask-rule settings and images. The mask CRF runs the IR-label CRF's iterations, so they key
+    the masks too."""
     return Stamp(layout.masks, fingerprint(
         irn=stamp_of(layout.irn), fusion=cfg.seeds.fusion, seeds=stamp_of(layout.seeds),
-        masks=mask_settings(cfg, SETTINGS), ids=ids))
+        walk=resolved(cfg, "masks.walk"), rule=resolved(cfg, "masks.rule"),
+        crf_iters=cfg.masks.ir_labels.crf.iters, ids=ids))
 
 
 def _metrics(cfg: Config, conf: dict[tuple[str, bool], np.ndarray]) -> dict[str, float]:
-    """mask_miou_<rule> for each rule (with its CRF when masks.mask_crf), and the chosen rule's
-    as mask_miou and mask_miou_nocrf."""
-    chosen = switch(cfg, "masks.bg_rule")
+    """mask_miou_<rule> for each rule (with its CRF when masks.rule.crf.enabled), and the chosen
+    rule's as mask_miou and mask_miou_nocrf."""
+    chosen = switch(cfg, "masks.rule.name")
     metrics = {f"mask_miou_{rule}": round(mean_iou(conf[rule, True])[0], 4)
                for rule in MASK_RULES}
     metrics["mask_miou"] = metrics[f"mask_miou_{chosen}"]
@@ -160,7 +152,7 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     asked."""
     image_id, boundary, keep = job
     cfg, layout, source = _WORKER["cfg"], _WORKER["layout"], _WORKER["source"]
-    chosen = switch(cfg, "masks.bg_rule")
+    chosen = switch(cfg, "masks.rule.name")
     k = source.num_classes + 1
     seed = load_walk_seed(cfg, layout, image_id)
     image = source.load_image(image_id)
@@ -197,20 +189,19 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = stage_ids(cfg, source, cfg.masks.max_images)
     require_files({i: layout.seed_file(i) for i in ids}, "seeds", "seeds")
     require_files({"the boundary network": layout.irn_checkpoint}, "checkpoint", "irn")
-    stamp = _stamp(cfg, layout, ids)
-    if stamp.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("mask_")}
-    stamp.clear()
+    current = stamp(cfg, layout, ids)
+    if (recorded := skip_if_current(current, layout, "mask_", force)) is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     net = load_boundary_net(layout, device)
-    chosen = switch(cfg, "masks.bg_rule")
+    chosen = switch(cfg, "masks.rule.name")
     k = source.num_classes + 1
     conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
             for crf in (False, True)}
     image_counts = []  # the written masks' per-image counts: a bootstrap interval over images
     # The walk and the CRFs (most of the time) run on `masks.workers` processes; the boundary
     # network stays here, on the device, and makes each image's map as the pool takes it in.
-    jobs = _boundary_jobs(net, source, ids, device, cfg.masks.rw_scale)
+    jobs = _boundary_jobs(net, source, ids, device, cfg.masks.walk.scale)
     for result in parallel_map(mask_one, jobs, cfg.masks.workers, "masks", cfg.train.progress,
                                _init_worker, (cfg, layout), total=len(ids)):
         for key, counts in result["confusions"].items():
@@ -222,7 +213,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
             _picture(layout, reporter, image_id, source.load_image(image_id),
                      load_walk_seed(cfg, layout, image_id), result["mask"],
                      source.load_mask(image_id))
-    stamp.write()
+    current.write()
     if not source.has_masks:
         return {}
     metrics = _metrics(cfg, conf)

@@ -29,7 +29,6 @@ from cobra.models.cobra import CoBra
 from cobra.ops.cams import (
     ThresholdSweep,
     cams_to_label,
-    fuse,
     max_normalize,
     normalize_attention,
     percentile_background,
@@ -37,9 +36,9 @@ from cobra.ops.cams import (
 from cobra.pictures import colorize, heatmap, save_strip
 from cobra.reporting import Reporter, jsonable
 from cobra.runtime import resolve_device
-from cobra.stages.common import Stamp, file_signature, fingerprint, stage_ids
+from cobra.stages.common import NUM_PICTURES, Stamp, file_signature, fingerprint, stage_ids
+from cobra.stages.outputs import fuse_seed, load_seed, load_weights, read_seed_arrays
 
-NUM_PICTURES = 4
 # Where `seed_threshold` (and so `seed_miou`) was chosen: said next to every score.
 THRESHOLD_CHOSEN_ON = "scored images (best of seeds.threshold_grid on their ground truth)"
 
@@ -156,28 +155,6 @@ def size_groups(ids: list[str], sizes: list[tuple[int, int]], batch: int) -> lis
             for i in range(0, len(group), batch)]
 
 
-def read_seed_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every named array of one seed file (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-def fuse_seed(arrays: dict[str, np.ndarray], fusion: str) -> dict[str, np.ndarray]:
-    """`keys`, `cam` (fused per `fusion`), `a_obj` (None for CNN-only runs) from a seed file's
-    arrays. A run with one branch has only that branch's CAM, used whatever `fusion` says."""
-    cnn, tran = arrays.get("cam_cnn"), arrays.get("cam_tran")
-    if cnn is not None and tran is not None:
-        cam = fuse(cnn, tran, fusion)
-    else:
-        cam = cnn if cnn is not None else tran
-    return {"keys": arrays["keys"], "cam": cam, "a_obj": arrays.get("a_obj")}
-
-
-def load_seed(path: Path, fusion: str) -> dict[str, np.ndarray]:
-    """Read one seed file: `keys`, `cam` (fused per `fusion`), `a_obj`."""
-    return fuse_seed(read_seed_arrays(path), fusion)
-
-
 def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
     """The checkpoint's CAM heads must have one channel per class of this dataset."""
     heads = [v for k, v in state["model"].items() if k.endswith("cam_head.weight")]
@@ -222,12 +199,9 @@ def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[st
     check_dataset_matches(state, source, layout.last_checkpoint)
     # the checkpoint holds every weight: build without fetching pretrained ones
     model = build_model(replace(trained.model, pretrained=False), source.num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise StageInputError(f"checkpoint '{layout.last_checkpoint}' does not match its model "
-                              f"config ({trained.model.cnn} / {trained.model.vit}); "
-                              f"retrain with stage 'train'") from None
+    load_weights(model, state["model"],
+                 f"checkpoint '{layout.last_checkpoint}' does not match its model config "
+                 f"({trained.model.cnn} / {trained.model.vit}); retrain with stage 'train'")
     model.to(device).eval()
     stamp.clear()
     layout.seeds.mkdir(parents=True, exist_ok=True)

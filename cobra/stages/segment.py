@@ -16,8 +16,15 @@ from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
 from cobra.segmenter import MaskDataset, build_segmenter, predict_and_score, train_segmenter
 from cobra.segmenter.model import BUILTIN, builtin_encoder_name, load_builtin_encoder
-from cobra.stages.common import Stamp, fingerprint, require_files, stage_ids, stamp_of
-from cobra.stages.masks import mask_crf_args
+from cobra.stages.common import (
+    Stamp,
+    fingerprint,
+    mask_crf_args,
+    require_files,
+    skip_if_current,
+    stage_ids,
+    stamp_of,
+)
 
 
 def _crf_fn(cfg: Config):
@@ -34,12 +41,11 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     train_source = build_source(cfg, cfg.data.seed_split)
     ids = stage_ids(cfg, train_source, cfg.masks.max_images)
     require_files({i: layout.mask_file(i) for i in ids}, "masks", "masks")
-    stamp = Stamp(layout.segment, fingerprint(
+    current = Stamp(layout.segment, fingerprint(
         masks=stamp_of(layout.masks), seed=cfg.train.seed,
         segment=vars(s)))
-    if stamp.current() and not force:
-        return {k: v for k, v in layout.read_summary().items() if k.startswith("seg_")}
-    stamp.clear()
+    if (recorded := skip_if_current(current, layout, "seg_", force)) is not None:
+        return recorded
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = build_segmenter(s, train_source.num_classes)
@@ -67,7 +73,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         predict_and_score(model, test_source, list(test_source.ids), s,
                  layout.segment / f"{s.test_split}_png", _crf_fn(cfg),
                  progress=cfg.train.progress)
-    stamp.write()
+    current.write()
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics

@@ -49,7 +49,7 @@ def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
             raise ConfigError(f"--set {key} cannot change on --resume (the run is trained with "
                               f"its config.yaml); only {', '.join(RESUME_SAFE_KEYS)} and run.* "
                               f"can; start a new run to change it")
-    cfg = load_config(layout.config, overrides)
+    cfg = load_config(layout.config, overrides, saved=True)
     if layout.last_checkpoint.exists():
         trained = checkpoint_config(load_checkpoint(layout.last_checkpoint))
         check_resume_matches(cfg, trained, layout.last_checkpoint)
