@@ -45,6 +45,14 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
     assert list((trained_run / "segment" / "pred").glob("*.png"))
     assert list((trained_run / "pictures").glob("masks_*.png"))
 
+    # a scoring setting re-scores the saved segmentation network, it does not train a new one
+    network = trained_run / "segment" / "model.pt"
+    trained_at = network.stat().st_mtime_ns
+    code, rescored, err = run_cli(["stage", "segment", "--run-dir", run,
+                                   "--set", "segment.flip=true"], capsys)
+    assert code == 0, err
+    assert network.stat().st_mtime_ns == trained_at and 0.0 <= rescored["seg_miou"] <= 100.0
+
     # complete outputs are skipped: the boundary network is not retrained
     before = (trained_run / "irn" / "model.pt").stat().st_mtime_ns
     code, again, err = run_cli(["stage", "irn", "masks", "--run-dir", run], capsys)
@@ -86,6 +94,11 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
                            "--set", "seeds.fusion=tran"], capsys)
     assert code == 0, err
     assert "mask_miou" in tran
+    # new masks: the segmentation network is trained again, not reused (it was, before)
+    code, _, err = run_cli(["stage", "segment", "--run-dir", run, "--set", "seeds.fusion=tran"],
+                           capsys)
+    assert code == 0, err
+    assert network.stat().st_mtime_ns != trained_at
 
 
 def test_the_authors_recipe_runs_end_to_end(tiny_overrides, capsys):
