@@ -69,82 +69,103 @@ def row(name: str, value: float, unit: str, baseline: float | None = None,
 # Train step
 
 
+class _TrainStep:
+    """The real training step (stages.train's pieces) on one config, batch and precision."""
+
+    def __init__(self, cfg: Config, device: torch.device, batch: int, amp: str) -> None:
+        from cobra.data import build_train_dataset, resolve_train_split
+        from cobra.models import build_model
+        from cobra.stages.train import _loader
+
+        accel.configure_backend(device)
+        self.cfg, self.device, self.amp = cfg, device, amp
+        self.train_set = build_train_dataset(cfg, resolve_train_split(cfg))
+        self.model = build_model(replace(cfg.model, pretrained=False),
+                                 self.train_set.num_classes).to(device)
+        self.nhwc = accel.use_channels_last(self.model, device, cfg.train.channels_last)
+        self.model.train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.loader = _loader(self.train_set, batch, cfg.data.num_workers, 0, shuffle=True,
+                              pin_memory=accel.loader_options(device)["pin_memory"])
+        self.batches = iter(self.loader)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = next(self.batches, None)
+        if b is None:  # a new epoch of the loader
+            self.batches = iter(self.loader)
+            b = next(self.batches)
+        return (accel.to_device(b["image"], self.device, self.nhwc),
+                b["label"].to(self.device))
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def losses(self, out, labels: torch.Tensor, images: torch.Tensor):
+        from cobra.objective import compute_losses
+
+        return compute_losses(out, labels, self.cfg.loss, 0, tuple(images.shape[-2:]))
+
+    def step(self) -> int:
+        """One step as the trainer runs it (no wait for the device); images consumed."""
+        images, labels = self.next_batch()
+        with accel.autocast(self.device, self.amp):
+            terms = self.losses(self.forward(images), labels, images)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        return images.shape[0]
+
+
+def _phase_times(step: _TrainStep, steps: int) -> tuple[dict[str, float], float]:
+    """Seconds per phase (data, forward, losses, backward, optimizer) over `steps` steps, each
+    phase waited for; and the FLOPs of forward + losses + backward per image, counted on an
+    untimed warm-up step (cuDNN autotuning, the allocator) on CUDA."""
+    device = step.device
+    parts = dict.fromkeys(("data", "forward", "losses", "backward", "optimizer"), 0.0)
+    flops = 0.0
+    for i in range(steps + 1):
+        marks = [time.perf_counter()]
+        images, labels = step.next_batch()
+        marks.append(_now(device))
+        counter = _flop_counter() if i == 0 and device.type == "cuda" else _null()
+        with counter:
+            with accel.autocast(device, step.amp):
+                out = step.forward(images)
+                marks.append(_now(device))
+                terms = step.losses(out, labels, images)
+                marks.append(_now(device))
+            step.optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+        marks.append(_now(device))
+        step.optimizer.step()
+        marks.append(_now(device))
+        if i == 0:
+            if not isinstance(counter, _null):
+                flops = counter.get_total_flops() / images.shape[0]
+            continue
+        for key, a, b in zip(parts, marks, marks[1:], strict=False):
+            parts[key] += b - a
+    return parts, flops
+
+
 def train_step_row(name: str, cfg: Config, device: torch.device, batch: int, steps: int,
                    amp: str) -> dict:
     """img/s of the real training step (stages.train's pieces) and where its time goes: data
     (the DataLoader), forward, losses, backward, optimizer; MFU and peak memory on CUDA."""
-    from cobra.data import build_train_dataset, resolve_train_split
-    from cobra.models import build_model
-    from cobra.objective import compute_losses
-    from cobra.stages.train import _loader
-
-    accel.configure_backend(device)
-    train_set = build_train_dataset(cfg, resolve_train_split(cfg))
-    model = build_model(replace(cfg.model, pretrained=False), train_set.num_classes).to(device)
-    nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    loader = _loader(train_set, batch, cfg.data.num_workers, 0, shuffle=True,
-                     pin_memory=accel.loader_options(device)["pin_memory"])
-    parts = dict.fromkeys(("data", "forward", "losses", "backward", "optimizer"), 0.0)
+    step = _TrainStep(cfg, device, batch, amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = 0.0
-    done = 0
-    batches = iter(loader)
-    for step in range(steps + 1):  # step 0 warms up (cuDNN autotuning, allocator) untimed
-        marks = [time.perf_counter()]
-        try:
-            b = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            b = next(batches)
-        images = accel.to_device(b["image"], device, nhwc)
-        labels = b["label"].to(device)
-        marks.append(_now(device))
-        # FLOPs of forward + losses + backward, counted once (on the untimed warm-up step)
-        counter = _flop_counter() if step == 0 and device.type == "cuda" else _null()
-        with counter:
-            with accel.autocast(device, amp):
-                out = model(images)
-                marks.append(_now(device))
-                terms = compute_losses(out, labels, cfg.loss, 0, tuple(images.shape[-2:]))
-                marks.append(_now(device))
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-        marks.append(_now(device))
-        optimizer.step()
-        marks.append(_now(device))
-        if step == 0:
-            if not isinstance(counter, _null):
-                flops = counter.get_total_flops() / images.shape[0]  # per image
-            continue
-        for key, a, b_ in zip(parts, marks, marks[1:], strict=False):
-            parts[key] += b_ - a
-        done += images.shape[0]
+    parts, flops = _phase_times(step, steps)
     total = sum(parts.values())
     # The breakdown above waits for the device at every phase; the trainer does not (it reads
     # its losses every LossMeter.CHECK_EVERY steps), so img/s comes from the same steps again,
     # timed end to end with one wait at the end.
     sync(device)
-    start, done = time.perf_counter(), 0
-    for _ in range(steps):
-        b = next(batches, None)
-        if b is None:
-            batches = iter(loader)
-            b = next(batches)
-        images = accel.to_device(b["image"], device, nhwc)
-        with accel.autocast(device, amp):
-            out = model(images)
-            terms = compute_losses(out, b["label"].to(device), cfg.loss, 0,
-                                   tuple(images.shape[-2:]))
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
-        done += images.shape[0]
+    start = time.perf_counter()
+    done = sum(step.step() for _ in range(steps))
     sync(device)
     img_s = done / (time.perf_counter() - start)
-    loader_img_s = _loader_rate(train_set, batch, cfg.data.num_workers, min(steps, 4))
+    loader_img_s = _loader_rate(step.train_set, batch, cfg.data.num_workers, min(steps, 4))
     extra = {"breakdown": {k: round(v / total, 3) for k, v in parts.items()},
              "batch": batch, "steps": steps, "amp": amp, "device": str(device),
              "loader_img_s": round(loader_img_s, 1)}
@@ -478,6 +499,42 @@ def print_table(rows: list[dict]) -> None:
               f"{r['ratio']!s:>7}  {r['target']} {met}")
 
 
+Add = Callable[[Callable[[], "dict | list[dict]"]], None]
+
+
+def cpu_rows(wanted: set[str], add: Add) -> None:
+    cpu = torch.device("cpu")
+    demo = load_config(DEMO, ["train.progress=false"])
+    if "train" in wanted:
+        demo_step = train_step_row("demo", demo, cpu, 16, 3, "none")
+        add(lambda: demo_step)
+        add(lambda: loader_row("demo", demo, demo_step, 16, 8))
+        add(lambda: train_step_row("paper", load_config(None, PAPER_MODEL), cpu, 2, 2, "none"))
+    if "seeds" in wanted:
+        add(lambda: seeds_row(demo, cpu, 1, VOC_SCALES))
+    if "masks" in wanted:
+        add(lambda: masks_row(16, 2))
+    if "miou" in wanted:
+        add(lambda: miou_row(1449))
+    if "losses" in wanted:
+        add(losses_row)
+
+
+def gpu_rows(wanted: set[str], add: Add) -> None:
+    """The paper's model at 224 px: batch 32 in fp32 and bf16, and seeds of 8 VOC-size images."""
+    gpu = torch.device("cuda")
+    if "train" in wanted:
+        loaders = f"data.num_workers={min(8, os.cpu_count() or 1)}"
+        paper_gpu = load_config(None, [*PAPER_MODEL, loaders])
+        fp32 = train_step_row("paper", paper_gpu, gpu, 32, 10, "none")
+        bf16 = train_step_row("paper", paper_gpu, gpu, 32, 10, "bf16")
+        for r in (fp32, bf16):
+            add(lambda r=r: r)
+        add(lambda: bf16_ratio_row(fp32, bf16))
+    if "seeds" in wanted:
+        add(lambda: seeds_row(load_config(None, PAPER_MODEL), gpu, 8, VOC_SCALES, repeats=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
@@ -499,11 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --gpu-only but no CUDA device is visible; drop --gpu-only",
               file=sys.stderr)
         return 2
-    cpu = torch.device("cpu")
     rows: list[dict] = []
-    demo = load_config(DEMO, ["train.progress=false"])
-    paper = load_config(None, PAPER_MODEL)
-    paper_gpu = load_config(None, [*PAPER_MODEL, f"data.num_workers={min(8, os.cpu_count() or 1)}"])
 
     def add(fn: Callable[[], dict | list[dict]]) -> None:
         got = fn()
@@ -512,29 +565,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r), file=sys.stderr, flush=True)
 
     if not args.gpu_only:
-        if "train" in wanted:
-            demo_step = train_step_row("demo", demo, cpu, 16, 3, "none")
-            add(lambda: demo_step)
-            add(lambda: loader_row("demo", demo, demo_step, 16, 8))
-            add(lambda: train_step_row("paper", paper, cpu, 2, 2, "none"))
-        if "seeds" in wanted:
-            add(lambda: seeds_row(demo, cpu, 1, VOC_SCALES))
-        if "masks" in wanted:
-            add(lambda: masks_row(16, 2))
-        if "miou" in wanted:
-            add(lambda: miou_row(1449))
-        if "losses" in wanted:
-            add(losses_row)
+        cpu_rows(wanted, add)
     if cuda:
-        gpu = torch.device("cuda")
-        if "train" in wanted:
-            fp32 = train_step_row("paper", paper_gpu, gpu, 32, 10, "none")
-            bf16 = train_step_row("paper", paper_gpu, gpu, 32, 10, "bf16")
-            for r in (fp32, bf16):
-                add(lambda r=r: r)
-            add(lambda: bf16_ratio_row(fp32, bf16))
-        if "seeds" in wanted:
-            add(lambda: seeds_row(paper, gpu, 8, VOC_SCALES, repeats=2))
+        gpu_rows(wanted, add)
     if args.sweep:
         add(lambda: sweep_rows(4, 2, Path("bench-sweep").resolve()))
     meta = {"torch": torch.__version__, "cuda": torch.cuda.get_device_name() if cuda else None,
