@@ -79,14 +79,19 @@ def skip_if_current(stamp: Stamp, layout: RunLayout, metrics: str, force: bool,
     return None
 
 
+def crf_kernels(crf: Any, iters: int) -> dict[str, float]:
+    """A CRF sub-config's iterations and pairwise kernels as `cobra.ops.crf` keyword arguments
+    (both CRF sub-configs, `masks.ir_labels.crf` and `masks.rule.crf`, have these fields)."""
+    return {"iters": iters, "gauss_sxy": crf.gauss_sxy, "gauss_compat": crf.gauss_compat,
+            "bi_sxy": crf.bilateral_sxy, "bi_srgb": crf.bilateral_srgb,
+            "bi_compat": crf.bilateral_compat}
+
+
 def mask_crf_args(cfg: Config) -> dict[str, float]:
     """The authors' second-CRF settings (`masks.rule.crf`, for the masks and for segmentation
     at test time); its iterations are the IR-label CRF's (`masks.ir_labels.crf.iters`: the
     authors share one setting)."""
-    crf = cfg.masks.rule.crf
-    return {"iters": cfg.masks.ir_labels.crf.iters, "gauss_sxy": crf.gauss_sxy,
-            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
-            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
+    return crf_kernels(cfg.masks.rule.crf, cfg.masks.ir_labels.crf.iters)
 
 
 def stamp_of(directory: Path) -> str | None:

@@ -21,6 +21,7 @@ from cobra.pictures import save_label_png
 from cobra.reporting import Reporter
 from cobra.stages.common import (
     Stamp,
+    crf_kernels,
     fingerprint,
     parallel_map,
     require_files,
@@ -36,9 +37,7 @@ _WORKER: dict[str, Any] = {}
 def crf_args(cfg: Config) -> dict[str, float]:
     """`masks.ir_labels.crf` as the arguments of `cobra.ops.crf`."""
     crf = cfg.masks.ir_labels.crf
-    return {"gt_prob": crf.gt_prob, "iters": crf.iters, "gauss_sxy": crf.gauss_sxy,
-            "gauss_compat": crf.gauss_compat, "bi_sxy": crf.bilateral_sxy,
-            "bi_srgb": crf.bilateral_srgb, "bi_compat": crf.bilateral_compat}
+    return {"gt_prob": crf.gt_prob, **crf_kernels(crf, crf.iters)}
 
 
 def thresholds(cfg: Config, a_obj: np.ndarray | None) -> tuple[float, float]:
