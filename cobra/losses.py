@@ -8,14 +8,46 @@ CNN's CAM. The slow references these must match live in tests/test_losses.py.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from cobra.errors import ConfigError
 
+_Fn = TypeVar("_Fn", bound=Callable)
 
+
+def full_precision(fn: _Fn) -> _Fn:
+    """Run a loss with autocast off, its bf16/fp16 tensor arguments upcast to fp32.
+
+    Under bf16 autocast (8 bits of mantissa, a relative rounding of up to 2⁻⁹) the contrastive
+    logits z·zᵀ/τ would carry that rounding times 1/τ (10× at τ = 0.1) into exp and log-sum-exp,
+    and the CAM differences and means over thousands of terms compound it: on CPUs with native
+    bf16 L_cap came out 7.7 % off. The network's own bf16 rounding stays in the inputs; the
+    losses add none. They are a sliver of the step's FLOPs, so fp32 costs nothing measurable.
+    """
+
+    def upcast(value):  # half-width floats only: fp64 (the tests' references) stays fp64
+        if torch.is_tensor(value) and value.is_floating_point() and value.element_size() < 4:
+            return value.float()
+        return value
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = tuple(upcast(a) for a in args)
+        kwargs = {k: upcast(v) for k, v in kwargs.items()}
+        device = next(a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a))
+        with torch.autocast(device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@full_precision
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Multi-label soft-margin loss (what both codebases use where the paper says "softmax").
 
@@ -24,6 +56,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.multilabel_soft_margin_loss(logits, labels)
 
 
+@full_precision
 def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: torch.Tensor,
                          size: tuple[int, int], form: str = "paper") -> torch.Tensor:
     """L_cam after bilinear upsampling of both maps to the input size.
@@ -49,6 +82,7 @@ def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: t
     return diff.mean() + fg_term
 
 
+@full_precision
 def info_nce(z: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, tau: float,
              *, neg_exp_over_tau: bool = False) -> torch.Tensor:
     """Mean over all B·M anchors of the per-anchor InfoNCE loss (SPEC, Eq. 1–2):
@@ -90,6 +124,7 @@ def _top_bottom(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: bool
     return pos_idx, neg_idx
 
 
+@full_precision
 def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int, tau: float,
              *, exclude_self: bool = False) -> torch.Tensor:
     """L_cap (Eq. 1): every CNN patch vector is an anchor; positives / negatives are the patches
@@ -121,6 +156,7 @@ def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str =
     return scores.softmax(dim=1).argmax(dim=1)
 
 
+@full_precision
 def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k_pos: int,
              k_neg: int, tau: float, *, absent: str = "mask", exclude_self: bool = False,
              neg_exp_over_tau: bool = False) -> torch.Tensor:

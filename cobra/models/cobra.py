@@ -59,8 +59,11 @@ class CoBra(nn.Module):
             cam_vit, proj_vit, attention = self.vit(x, full_attention=affinity)
             proj_vit = _tokens(proj_vit)
             prefix = self.vit.num_prefix
-            patch_affinity = attention[:, :, prefix:, prefix:].sum(dim=1) if affinity else None
-            a_obj = attention[:, :, 0, prefix:].sum(dim=1).reshape(-1, *grid)  # (B, N_h, N_w)
+            # Sums over layers in fp32: under bf16 autocast the top-k selections of L_cap read
+            # the affinity, and a bf16 sum of L layers rounds away the margins between patches.
+            layers = attention.float()
+            patch_affinity = layers[:, :, prefix:, prefix:].sum(dim=1) if affinity else None
+            a_obj = layers[:, :, 0, prefix:].sum(dim=1).reshape(-1, *grid)  # (B, N_h, N_w)
         return CoBraOutput(
             logits_cnn=_gap_logits(cam_cnn) if cam_cnn is not None else None,
             logits_vit=_gap_logits(cam_vit) if cam_vit is not None else None,
