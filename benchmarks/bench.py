@@ -426,8 +426,8 @@ def losses_row(batch: int = 32, patches: int = 196, dim: int = 256, loop_images:
 
     z1 = torch.nn.functional.normalize(z_cnn.detach(), dim=2).requires_grad_()
     z2 = torch.nn.functional.normalize(z_vit.detach(), dim=2).requires_grad_()
-    pos1, neg1 = losses._top_bottom(affinity, kp, kn, False)
-    pos2, neg2 = losses._top_bottom(torch.rand(batch, patches, patches), kp, kn, False)
+    pos1, neg1 = losses.select_pairs(affinity, kp, kn, False)
+    pos2, neg2 = losses.select_pairs(torch.rand(batch, patches, patches), kp, kn, False)
 
     n = loop_images
 

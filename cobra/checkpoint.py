@@ -96,6 +96,7 @@ def check_model_matches(cfg: config_mod.Config, trained: config_mod.Config,
 
 # Keys a resumed run may change: how it runs, never what it trains.
 RESUME_SAFE_KEYS = ("train.progress", "train.device", "train.channels_last",
+                    "train.diagnostics", "train.diag_images", "train.diag_grad_every",
                     "data.num_workers", "data.decoded_cache")
 
 

@@ -57,6 +57,7 @@ def _record_failure(layout, reporter, exc: BaseException) -> None:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.config import load_config, with_overrides
     from cobra.layout import new_run, open_run
+    from cobra.objective import projections_never_start
     from cobra.pipeline import run_trial
     from cobra.reporting import FileReporter
     from cobra.stages import train
@@ -72,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         # exclusive create: this process owns `layout.root`, so it alone may remove it
         layout = new_run(cfg.run.dir, cfg.run.name)
         resume_from = None
+    warning = projections_never_start(cfg.loss, cfg.train.epochs, cfg.model.branches == "both")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     reporter = FileReporter(layout.metrics)
     try:
         if args.no_seeds:

@@ -171,6 +171,12 @@ class TrainConfig:
     max_steps_per_epoch: int | None = _f(None, ge=1,
                                          help="cap steps per epoch (smoke tests, demos)")
     progress: bool = _f(True, help="show a progress bar")
+    diagnostics: bool = _f(
+        True, help="log CoBra's mechanism diagnostics every epoch (diag/*: each loss term's "
+        "gradient on each branch's features, the precision of the k± selections, CAM coverage "
+        "and leakage); they read the model and never change what it learns")
+    diag_images: int = _f(64, ge=1, help="fixed train and val images the diagnostics score")
+    diag_grad_every: int = _f(10, ge=1, help="training steps between two gradient probes")
 
 
 @dataclass

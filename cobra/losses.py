@@ -109,9 +109,10 @@ def _flatten_patches(z: torch.Tensor) -> torch.Tensor:
     return F.normalize(z, dim=2)
 
 
-def _top_bottom(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor positives (top-k_pos) and negatives (bottom-k_neg) of scores (B, M, M)."""
+def select_pairs(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor positives (top-k_pos) and negatives (bottom-k_neg) of scores (B, M, M): the
+    selection both projection losses make (and cobra.diagnostics scores)."""
     m = scores.shape[-1]
     check_k(k_pos + int(exclude_self), m, "k_pos")
     check_k(k_neg, m, "k_neg")
@@ -133,7 +134,7 @@ def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int
     z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way).
     """
     z = _flatten_patches(z_cnn)
-    pos_idx, neg_idx = _top_bottom(affinity.detach(), k_pos, k_neg, exclude_self)
+    pos_idx, neg_idx = select_pairs(affinity.detach(), k_pos, k_neg, exclude_self)
     return info_nce(z, pos_idx, neg_idx, tau)
 
 
@@ -156,6 +157,17 @@ def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str =
     return scores.softmax(dim=1).argmax(dim=1)
 
 
+def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
+               ) -> torch.Tensor:
+    """L_sap's ranking scores: row i holds every patch's CNN score for anchor i's pseudo class.
+
+    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M, M).
+    """
+    pseudo = sap_pseudo_labels(cam_cnn, labels, absent)  # (B, M)
+    class_scores = cam_cnn.flatten(2)  # (B, C+1, M)
+    return class_scores.gather(1, pseudo[:, :, None].expand(-1, -1, class_scores.shape[2]))
+
+
 @full_precision
 def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k_pos: int,
              k_neg: int, tau: float, *, absent: str = "mask", exclude_self: bool = False,
@@ -167,12 +179,8 @@ def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k
     labels: (B, C) multi-hot.
     """
     z = _flatten_patches(z_vit)
-    cam = cam_cnn.detach()
-    pseudo = sap_pseudo_labels(cam, labels, absent)  # (B, M)
-    class_scores = cam.flatten(2)  # (B, C+1, M)
-    # Row i holds the scores of all patches for anchor i's pseudo class: (B, M, M).
-    rows = class_scores.gather(1, pseudo[:, :, None].expand(-1, -1, class_scores.shape[2]))
-    pos_idx, neg_idx = _top_bottom(rows, k_pos, k_neg, exclude_self)
+    rows = sap_scores(cam_cnn.detach(), labels, absent)
+    pos_idx, neg_idx = select_pairs(rows, k_pos, k_neg, exclude_self)
     return info_nce(z, pos_idx, neg_idx, tau, neg_exp_over_tau=neg_exp_over_tau)
 
 

@@ -33,6 +33,13 @@ class LossTerms:
     def as_floats(self) -> dict[str, float]:
         return {name: value.item() for name, value in self.named().items()}
 
+    def weighted(self, cfg: LossConfig) -> dict[str, torch.Tensor]:
+        """Each term as it enters the total, multiplied by its λ (L_cls has none)."""
+        lambda_sap, lambda_cap = projection_weights(cfg)
+        # in the order the total adds them (float sums depend on it)
+        return {"cls": self.cls, "cam": cfg.lambda_cam * self.cam, "sap": lambda_sap * self.sap,
+                "cap": lambda_cap * self.cap}
+
 
 def projection_weights(cfg: LossConfig) -> tuple[float, float]:
     """(λ for L_sap, λ for L_cap): both λ2 unless Table 12's separate weights are set."""
@@ -77,9 +84,21 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
         sap = losses.sap_loss(out.proj_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
                               cfg.tau, absent="zero" if code else "mask",
                               exclude_self=cfg.exclude_self_pair, neg_exp_over_tau=code)
-    lambda_sap, lambda_cap = projection_weights(cfg)
-    total = cls + cfg.lambda_cam * cam + lambda_sap * sap + lambda_cap * cap
-    return LossTerms(total=total, cls=cls, cam=cam, cap=cap, sap=sap)
+    terms = LossTerms(total=zero, cls=cls, cam=cam, cap=cap, sap=sap)
+    terms.total = sum(terms.weighted(cfg).values())
+    return terms
+
+
+def projections_never_start(loss: LossConfig, epochs: int, both_branches: bool) -> str | None:
+    """A warning when L_cap / L_sap are on but start after the last epoch, else None: such a
+    run (and a sweep over k±, λ or D) trains exactly as with the projections off."""
+    if not both_branches or not (loss.use_cap or loss.use_sap):
+        return None
+    if loss.proj_start_epoch < epochs:
+        return None
+    return (f"warning: loss.proj_start_epoch={loss.proj_start_epoch} but train.epochs={epochs}: "
+            f"L_cap and L_sap never switch on, so k±, λ2 and model.embed_dim change nothing; "
+            f"lower loss.proj_start_epoch or raise train.epochs")
 
 
 def check_k_values(cfg: LossConfig, num_patches: int) -> None:

@@ -41,7 +41,7 @@ def test_bincount_baseline_is_the_confusion_matrix():
 def test_loop_info_nce_is_info_nce():
     torch.manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(2, 9, 4), dim=2)
-    pos, neg = losses._top_bottom(torch.rand(2, 9, 9), 3, 2, False)
+    pos, neg = losses.select_pairs(torch.rand(2, 9, 9), 3, 2, False)
     torch.testing.assert_close(baselines.loop_info_nce(z, pos, neg, 0.1),
                                losses.info_nce(z, pos, neg, 0.1))
 

@@ -74,11 +74,12 @@ class CNNBranch(nn.Module):
                 x = x.detach()
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, 3, H, W) → CAM, CAP vectors and the features both heads read."""
         feats = self.features(x)
         cam = self.cam_head(feats)
         proj = F.normalize(self.proj_head(feats), dim=1)
-        return cam, proj
+        return cam, proj, feats
 
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"cam": list(self.cam_head.parameters()), "proj": list(self.proj_head.parameters())}

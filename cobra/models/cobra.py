@@ -48,15 +48,16 @@ class CoBra(nn.Module):
         `attention` is then (B, L, 1, T) and `affinity` None."""
         grid = self.patch_grid(*x.shape[-2:])
         cam_cnn = proj_cnn = cam_vit = proj_vit = attention = patch_affinity = a_obj = None
+        feats_cnn = feats_vit = None
         if self.cnn is not None:
-            cam_cnn, proj_cnn = self.cnn(x)
+            cam_cnn, proj_cnn, feats_cnn = self.cnn(x)
             if cam_cnn.shape[-2:] != grid:  # a CNN whose padding rounds differently
                 cam_cnn = F.interpolate(cam_cnn, size=grid, mode="bilinear", align_corners=False)
                 proj_cnn = F.normalize(F.interpolate(proj_cnn, size=grid, mode="bilinear",
                                                      align_corners=False), dim=1)
             proj_cnn = _tokens(proj_cnn)
         if self.vit is not None:
-            cam_vit, proj_vit, attention = self.vit(x, full_attention=affinity)
+            cam_vit, proj_vit, attention, feats_vit = self.vit(x, full_attention=affinity)
             proj_vit = _tokens(proj_vit)
             prefix = self.vit.num_prefix
             # Sums over layers in fp32: under bf16 autocast the top-k selections of L_cap read
@@ -68,7 +69,8 @@ class CoBra(nn.Module):
             logits_cnn=_gap_logits(cam_cnn) if cam_cnn is not None else None,
             logits_vit=_gap_logits(cam_vit) if cam_vit is not None else None,
             cam_cnn=cam_cnn, cam_vit=cam_vit, proj_cnn=proj_cnn, proj_vit=proj_vit,
-            attention=attention, affinity=patch_affinity, a_obj=a_obj)
+            attention=attention, affinity=patch_affinity, a_obj=a_obj,
+            features_cnn=feats_cnn, features_vit=feats_vit)
 
     def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float,
                      groups: str = "paper") -> list[dict]:

@@ -25,3 +25,7 @@ class CoBraOutput:
     # (or (B, L, 1, T), the class token's row alone, from a forward without affinity)
     affinity: torch.Tensor | None  # (B, M, M) patch affinity P = Σ_layers A[:, 1:, 1:]
     a_obj: torch.Tensor | None  # (B, N_h, N_w) class-token attention Σ_layers A[:, 0, 1:]
+    # Each branch's last feature map, the one its CAM and projection heads read (what the
+    # mechanism diagnostics take gradients against): (B, F, N_h, N_w) and (B, E, N_h, N_w).
+    features_cnn: torch.Tensor | None = None
+    features_vit: torch.Tensor | None = None

@@ -66,7 +66,9 @@ class ViTBranch(nn.Module):
         return -(-h // self.patch_size), -(-w // self.patch_size)
 
     def forward(self, x: torch.Tensor, full_attention: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, 3, H, W) → CAM, SAP vectors, attention, and the patch tokens both heads read
+        as a (B, E, N_h, N_w) map."""
         nh, nw = self.grid(*x.shape[-2:])
         self._captured, self._query = [], None
         self._class_row_only = not full_attention
@@ -79,7 +81,7 @@ class ViTBranch(nn.Module):
         patches = patches.reshape(x.shape[0], -1, nh, nw)
         cam = self.cam_head(patches)
         proj = F.normalize(self.proj_head(patches), dim=1)
-        return cam, proj, attention
+        return cam, proj, attention, patches
 
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"cam": list(self.cam_head.parameters()), "proj": list(self.proj_head.parameters())}

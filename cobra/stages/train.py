@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cobra import accel, metrics, pretrain
+from cobra import accel, diagnostics, metrics, pretrain
 from cobra.checkpoint import (
     RESUME_SAFE_KEYS,
     check_resume_matches,
@@ -28,7 +29,8 @@ from cobra.checkpoint import (
     save_checkpoint,
 )
 from cobra.config import Config, flatten, load_config, parse_override, save_config, switch
-from cobra.data import build_eval_dataset, build_train_dataset, resolve_train_split
+from cobra.data import build_eval_dataset, build_source, build_train_dataset, resolve_train_split
+from cobra.data.transforms import eval_transform
 from cobra.errors import ConfigError, StageInputError
 from cobra.layout import RunLayout
 from cobra.models import build_model
@@ -131,6 +133,37 @@ def _resume(checkpoint: Path, model: CoBra, optimizer: torch.optim.Optimizer,
     return state["epoch"] + 1
 
 
+def _mask_at(mask: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W) uint8 label map → (size, size) long, nearest (class indices must not blend)."""
+    grid = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(grid, size=(size, size), mode="nearest")[0, 0].long()
+
+
+def mechanism_monitor(cfg: Config, train_split: str, device: torch.device
+                      ) -> diagnostics.MechanismMonitor | None:
+    """The per-epoch mechanism diagnostics (`train.diagnostics`), on fixed train and val images
+    scored at the seeds' fixed background score."""
+    if not cfg.train.diagnostics:
+        return None
+    return diagnostics.MechanismMonitor(
+        cfg.loss, cfg.seeds.fixed_bg, cfg.train.diag_grad_every,
+        diagnostic_sample(cfg, train_split), diagnostic_sample(cfg, cfg.data.val_split), device)
+
+
+def diagnostic_sample(cfg: Config, split: str) -> diagnostics.DiagnosticSample | None:
+    """The first `train.diag_images` images of `split` with their masks, resized to the
+    training input size as validation sees them; None when the split has no masks."""
+    source = build_source(cfg, split)
+    if not source.has_masks:
+        return None
+    size = cfg.data.image_size
+    ids = source.ids[:cfg.train.diag_images]
+    return diagnostics.DiagnosticSample(
+        images=torch.stack([eval_transform(source.load_image(i), size) for i in ids]),
+        labels=torch.stack([torch.from_numpy(source.labels(i)) for i in ids]),
+        masks=torch.stack([_mask_at(source.load_mask(i), size) for i in ids]))
+
+
 def _steps_per_epoch(cfg: Config, num_images: int) -> int:
     steps = math.floor(num_images / cfg.train.batch_size) or 1
     return min(steps, cfg.train.max_steps_per_epoch or steps)
@@ -158,6 +191,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     pin = accel.loader_options(device)["pin_memory"]
     val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
                          pin_memory=pin, persistent=True)
+    monitor = mechanism_monitor(cfg, resolve_train_split(cfg), device)
 
     def losses(batch: dict, epoch: int):
         images = accel.to_device(batch["image"], device, nhwc)
@@ -165,6 +199,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
             out = model(images)
             terms = compute_losses(out, batch["label"].to(device), cfg.loss, epoch,
                                    tuple(images.shape[-2:]))
+        if monitor is not None:
+            monitor.observe(terms, out)
         return terms.total, terms.named()
 
     result: dict[str, float] = {}
@@ -179,6 +215,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
                                  lambda batch, e=epoch: losses(batch, e), optimizer, schedule,
                                  device, info, cfg.train.progress, steps_per_epoch)
         result.update(evaluate_classification(model, val_loader, device))
+        if monitor is not None:
+            result.update(monitor.epoch_metrics(model))
         result["lr"] = optimizer.param_groups[0]["lr"]
         # After the last epoch nothing resumes training, so the optimizer state (as large as
         # the weights with momentum) is not kept: every copy of the final checkpoint (run

@@ -37,6 +37,7 @@ from typing import Any
 from cobra import config as config_mod
 from cobra.config import suggest
 from cobra.errors import ConfigError
+from cobra.objective import projections_never_start
 from cobra.stages import POST_TRAIN_STAGES
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
@@ -121,6 +122,22 @@ class SweepSpec:
     def experiment_dir(self) -> str:
         """Where Ray keeps the sweep: a path all nodes must see (shared FS) or a storage URI."""
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def projection_warning(self) -> str | None:
+        """A warning when some trial's projection losses start after its last epoch: the
+        latest start the space allows against the fewest epochs it allows."""
+        def extreme(key: str, default: int, pick) -> int:
+            domain = self.space.get(key)
+            if domain is None:
+                return default
+            return int(pick(domain.values) if domain.kind == "choice"
+                       else pick((domain.low, domain.high)))
+
+        base = self.base
+        start = extreme("loss.proj_start_epoch", base.loss.proj_start_epoch, max)
+        epochs = extreme("train.epochs", base.train.epochs, min)
+        loss = dataclasses.replace(base.loss, proj_start_epoch=start)
+        return projections_never_start(loss, epochs, base.model.branches == "both")
 
     def search_space(self) -> dict[str, Domain]:
         """What Optuna searches: the sweep's space, plus the training seed when points are

@@ -78,6 +78,9 @@ def _scheduler(spec: SweepSpec):
 def _preflight(spec: SweepSpec, resume: bool) -> str:
     """Everything that can fail fast does, before Ray starts: the tracker, the data, the
     experiment directory. Returns the tracking URI."""
+    warning = spec.projection_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
     # Written once here (synthetic) and checked: trials must not race to create the dataset.
