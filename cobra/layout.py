@@ -9,10 +9,12 @@
       checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
       seeds/<id>.npz         per-image CAMs (stage `seeds`)
       seeds/eval.json        seed mIoU per threshold protocol
+      seeds/image_counts.npz each scored image's (3, K) IoU counts at the chosen threshold
       ir_labels/<id>.png     IR labels, palette PNG, 255 = unknown (stage `ir_labels`)
       irn/model.pt           refinement network (stage `irn`)
       masks/rw/<id>.npz      random-walk class probabilities (stage `masks`)
       masks/png/<id>.png     pseudo masks (stage `masks`)
+      masks/image_counts.npz each scored mask's (3, K) IoU counts (the chosen rule)
       segment/model.pt       segmentation network (stage `segment`)
       segment/pred/<id>.png  segmentation predictions
       pictures/*.png         overlays for humans
@@ -31,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from cobra.errors import CobraError
+
+# Each image's IoU counts behind a headline score, by metric: a path of the run directory and,
+# the same, of its MLflow run's artifacts (what the sweep's paired test over images reads).
+IMAGE_COUNTS = {"seed_miou": "seeds/image_counts.npz", "mask_miou": "masks/image_counts.npz"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,10 @@ class RunLayout:
     def seeds_eval(self) -> Path:
         return self.seeds / "eval.json"
 
+    @property
+    def seed_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["seed_miou"]
+
     # --- stage `ir_labels`
     @property
     def ir_labels(self) -> Path:
@@ -110,6 +120,10 @@ class RunLayout:
 
     def mask_file(self, image_id: str) -> Path:
         return self.masks / "png" / f"{image_id}.png"
+
+    @property
+    def mask_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["mask_miou"]
 
     # --- stage `segment`
     @property

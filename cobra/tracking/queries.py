@@ -114,6 +114,30 @@ def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
     return best
 
 
+def sweeps_with_base(uri: str, parent_run_id: str) -> list[tuple[TrialRecord, list[TrialRecord]]]:
+    """The other sweeps of `parent_run_id`'s experiment on the same base config (tag
+    BASE_CONFIG), newest first, each with its trials: where seed noise was measured before."""
+    client = connect(uri)
+    parent = get_run(client, uri, parent_run_id)
+    digest = parent.data.tags.get(tag.BASE_CONFIG)
+    if not digest:
+        return []
+    return [(_record(run), [_record(r) for r in children(client, run)])
+            for run in sweep_runs(client, parent.info.experiment_id)
+            if run.data.tags.get(tag.BASE_CONFIG) == digest
+            and run.info.run_id != parent_run_id]
+
+
+def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact file of a run, or None when the run has no such file."""
+    client = connect(uri)
+    folder, _, name = path.rpartition("/")
+    if not any(a.path == path for a in client.list_artifacts(run_id, folder or None)):
+        return None
+    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
 def download_trial(uri: str, run_id: str, dst: Path) -> Path:
     """Fetch a trial's config.yaml and checkpoints/last.pt into `dst` (a run directory)."""
     client = connect(uri)

@@ -10,6 +10,9 @@ SWEEP = "cobra.sweep"  # the sweep's name, on its parent run, its trials and its
 METRIC = "cobra.metric"  # on the parent run: the metric the sweep ranks by...
 MODE = "cobra.mode"  # ...and whether higher (max) or lower (min) is better
 BEST_RUN = "cobra.best_run_id"  # on the parent run once the sweep ended
+# on the parent run: a digest of the sweep's base config (what every trial shares before the
+# searched values and its training seed): sweeps with the same one measure the same seed noise
+BASE_CONFIG = "cobra.base_config"
 SOURCE_RUN = "source_run_id"  # on a final run: the trial it continued
 MODEL_PREFIX = "cobra.model."  # on a final run: `cobra.model.<registered name>` = what happened
 
