@@ -208,7 +208,7 @@ def verdict(best: Cell, cell: Cell, seed_noise: SeedNoise | None,
         if test is not None and not test.significant:
             return Verdict("within image noise", f"gap {gap:.2f}; {p}",
                            f"{gap:.2f} behind, {images}; seed noise unmeasured")
-        return Verdict("unknown", f"gap {gap:.2f}; seed noise unmeasured",
+        return Verdict("unknown", f"gap {gap:.2f}; seed noise unknown: add `repeats: 3`",
                        f"{gap:.2f} behind; seed noise unknown: {REPEATS_HINT}; {images}")
     limit = seed_noise.threshold(best.n, cell.n)
     seeds = f"{'≤' if gap <= limit else '>'} {limit:.2f} ({seed_noise.describe()})"

@@ -78,9 +78,19 @@ def table_axes(done: list[TrialRecord], rows: str | None, cols: str | None) -> l
                               f"are: {', '.join(varying_params(done)) or '(none)'}")
     if rows is not None or cols is not None:
         return [k for k in (rows, cols) if k is not None]
-    varying = varying_params(done)
+    varying = searched_first(varying_params(done), done)
     axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
     return axes or [k for k in varying if k not in _BOOKKEEPING]
+
+
+def searched_first(keys: list[str], trials: Sequence[TrialRecord]) -> list[str]:
+    """`keys` in the order the sweep file searched them (tag SEARCHED: the order of the
+    trials' names), then the rest in sorted order."""
+    order: list[str] = []
+    for trial in trials:
+        order += [k for k in trial.tags.get(tag.SEARCHED, "").split(",") if k and k not in order]
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
 
 
 def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = None,
@@ -190,7 +200,7 @@ def _heat_matrix(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str, list[list[tu
 
 # What a heatmap cell says under its value, by verdict label.
 _MARKS = {"best": "best", "behind": "behind", "within seed noise": "≈ seeds",
-          "within image noise": "≈ images", "beyond seed noise": "> seeds?", "unknown": "?"}
+          "within image noise": "≈ images", "beyond seed noise": "> seeds, images ?", "unknown": "seed noise ?"}
 
 
 def noise_band(cells: list[cells_mod.Cell], seed_noise: SeedNoise | None) -> tuple[float, str]:
@@ -232,7 +242,8 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
     vmin, vmax = (best - reach, best) if mode_max else (best, best + reach)
     cmap = "viridis" if mode_max else "viridis_r"
     caption = (f"colours span {reach:.2f}: max(spread {spread:.2f}, 2 x {band_what} "
-               f"{band:.2f}); dashed: within noise of the best" if cells else "")
+               f"{band:.2f}); hatched on the colour bar: that band below the best; dashed: within "
+               f"noise of the best" if cells else "")
     lines = textwrap.wrap(title, 60) + textwrap.wrap(caption, 80)
     width = max(5.0, 1.3 * n_cols + 2.8)
     fig, ax = plt.subplots(figsize=(width, max(2.6, 0.8 * n_rows + 1.2 + 0.25 * len(lines))))
@@ -250,7 +261,7 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
         bar = fig.colorbar(image, ax=ax, label=str(df.attrs.get("metric", "")))
         if band > 0:
             lo, hi = (best - band, best) if mode_max else (best, best + band)
-            bar.ax.axhspan(lo, hi, facecolor="none", edgecolor="white", hatch="//")
+            bar.ax.axhspan(lo, hi, facecolor="none", edgecolor="black", hatch="//")
         fig.text(0.01, 0.01, "\n".join(lines[1:]), fontsize=8, va="bottom")
         fig.tight_layout(rect=(0, 0.03 * len(lines[1:]) + 0.02, 1, 1))
         fig.savefig(path, dpi=120)

@@ -3,6 +3,8 @@ plain `TrialRecord`s, the best of them, and the files `launch.py final` continue
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -134,8 +136,23 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:
     folder, _, name = path.rpartition("/")
     if not any(a.path == path for a in client.list_artifacts(run_id, folder or None)):
         return None
-    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp:
+    # a report reads one small file per trial: MLflow's progress bar for each is noise
+    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, _env(
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def download_trial(uri: str, run_id: str, dst: Path) -> Path:
