@@ -22,12 +22,9 @@ def short_names(keys: Iterable[str]) -> dict[str, str]:
     """{dotted key: its short name}, unique among `keys`."""
     keys = list(keys)
     short = {k: _initials(k) for k in keys}
-    for k in keys:
-        if list(short.values()).count(short[k]) > 1:
-            short[k] = k.rsplit(".", 1)[-1]
-    for k in keys:
-        if list(short.values()).count(short[k]) > 1:
-            short[k] = k
+    for longer in (lambda k: k.rsplit(".", 1)[-1], lambda k: k):
+        taken = list(short.values())
+        short = {k: longer(k) if taken.count(s) > 1 else s for k, s in short.items()}
     return short
 
 
