@@ -94,7 +94,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     tracking.set_description(uri, final_id, describe(uri, source, {}))
     # backbone, initialisation and CRF settings of every stage travel with its results
     reporter.log_params(flatten(cfg))
-    tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg))
+    tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg, POST_TRAIN_STAGES))
     try:
         metrics = run_stages(cfg, layout, reporter, stages=POST_TRAIN_STAGES, force=True)
         mlflow_reporter.log_artifact(layout.config, None)

@@ -109,3 +109,39 @@ def test_without_replicates_anywhere_seed_noise_is_unknown_and_says_how_to_measu
     note = results_markdown(uri, parent, trials_of(uri, parent), "seed_miou", "max", "alone")
     assert "unknown (gap 10.00; seed noise unknown: add `repeats: 3`)" in note
     assert "Seed noise: unmeasured" in note and "add `repeats: 3`" in note
+
+
+def test_a_trial_declares_the_sweep_metric_first_and_the_experiment_its_primary_metric(store):
+    """MLflow's Compare page plots the first shared metric (in logging order) against the
+    params that differ: a trial's first metric is its sweep's, whatever is logged before it."""
+    uri, root, _ = store
+    parent = sweep(uri, root, "declared", "base-d", [])
+    run_id = start_trial_run(uri, EXP, parent, "kcp5", {tag.RAY_TRIAL_ID: "d0"})
+    rep = MlflowReporter(uri, run_id)
+    rep.log_metrics({"system/cpu_utilization_percentage": 50.0, "cls_map_cnn": 90.0})
+    rep.log_epoch(0, {"loss": 1.0})
+    rep.log_summary({"seed_miou": 61.5})
+    rep.close("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert list(run.data.metrics)[0] == "seed_miou" and run.data.metrics["seed_miou"] == 61.5
+    history = client.get_metric_history(run_id, "seed_miou")
+    assert [(m.step, np.isnan(m.value)) for m in history] == [(-1, True), (0, False)]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "seed_miou"
+    assert experiment.tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "true"
+
+
+def test_each_splits_context_names_the_stages_that_used_it(tiny_overrides):
+    from cobra.config import load_config
+    from cobra.provenance import dataset_splits
+    from cobra.stages import POST_TRAIN_STAGES
+
+    cfg = load_config(None, tiny_overrides)
+    contexts = lambda stages: [s["context"] for s in dataset_splits(cfg, stages)]  # noqa: E731
+    assert contexts(("train", "seeds")) == ["training", "validation (mAP)", "scored (seeds)"]
+    assert contexts(("train", "seeds", "ir_labels", "irn", "masks")) == [
+        "training", "validation (mAP)", "scored (seeds, masks); trains (irn)"]
+    # the final run trains no CoBra and segments val: it never read the training split
+    assert contexts(POST_TRAIN_STAGES) == ["validation (segmentation)",
+                                           "scored (seeds, masks); trains (irn, segment)"]

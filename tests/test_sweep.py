@@ -105,11 +105,16 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
         # who ran it, from which commit, on which data
         assert run.data.tags["mlflow.user"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
         contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
-        assert contexts == {"training", "validation", "scored (seeds, masks)"}
+        # the trials ran seeds only: the seed split's context says so
+        assert contexts == {"training", "validation (mAP)", "scored (seeds)"}
+        # the sweep's metric is each trial's first (MLflow's Compare plots it first)
+        assert list(run.data.metrics)[0] == "seed_miou"
         history = client.get_metric_history(run.info.run_id, "loss_cls")
         assert [m.step for m in history] == [0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "checkpoints", "pictures"} <= artifacts
+        assert "seeds/image_counts.npz" in {a.path for a in client.list_artifacts(
+            run.info.run_id, "seeds")}
         tracked = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt",
                                                        str(sweep_env["dir"])), weights_only=True)
         assert tracked["optimizer"] is None  # MLflow keeps the weights alone

@@ -138,7 +138,7 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
                                                        "log_params": lambda self, p: None})())
     monkeypatch.setattr(tuner.tracking, "set_description", lambda *a, **k: None)
     monkeypatch.setattr(tuner.tracking, "log_dataset_inputs", lambda *a, **k: None)
-    monkeypatch.setattr(tuner, "dataset_splits", lambda cfg: [])
+    monkeypatch.setattr(tuner, "dataset_splits", lambda cfg, stages: [])
     monkeypatch.setattr(tuner.tracking, "finish_sweep",
                         lambda *a, status="FINISHED", **k: finished.append(status))
     monkeypatch.setattr(tune, "with_parameters", lambda fn, **k: fn)

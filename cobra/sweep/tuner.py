@@ -166,7 +166,7 @@ def _init_ray() -> None:
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
     uri = _preflight(spec, resume)
-    datasets = tuple(dataset_splits(spec.base))
+    datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,

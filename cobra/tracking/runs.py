@@ -8,6 +8,7 @@ import contextlib
 import functools
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
 from cobra.tracking.mlflow_api import (
+    Metric,
     MlflowClient,
     MlflowException,
     Run,
     dataset_input,
     save_pytorch_model,
 )
-from cobra.tracking.reporter import MlflowReporter, str_tags
+from cobra.tracking.reporter import MlflowReporter, sanitize_key, str_tags
 from cobra.tracking.store import connect, redact, sqlite_path
 
 if TYPE_CHECKING:
@@ -120,6 +122,9 @@ def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path
     """Create the sweep's parent run, log the sweep YAML to it, and return its id."""
     client = connect(uri)
     exp_id = get_or_create_experiment(uri, experiment)
+    # the experiment's Chart view opens on the metric of its latest sweep
+    client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC, metric)
+    client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC_GREATER, str(mode == "max").lower())
     all_tags = {**source_tags(), **str_tags(tags), tag.KIND: "sweep", tag.SWEEP: sweep_name,
                 tag.METRIC: metric, tag.MODE: mode}
     run = client.create_run(exp_id, tags=all_tags, run_name=sweep_name)
@@ -151,7 +156,18 @@ def start_trial_run(uri: str, experiment: str, parent_run_id: str, run_name: str
     all_tags = {**source_tags(), **str_tags(tags), tag.PARENT: parent_run_id, tag.KIND: "trial",
                 tag.SWEEP: parent.data.tags.get(tag.SWEEP, "")}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
+    if parent.data.tags.get(tag.METRIC):
+        declare_metric(client, run.info.run_id, parent.data.tags[tag.METRIC])
     return run.info.run_id
+
+
+def declare_metric(client: MlflowClient, run_id: str, metric: str) -> None:
+    """Make `metric` the run's first metric, before system metrics and losses: MLflow's
+    Compare page plots the selected runs' first shared metric (in logging order) against the
+    params that differ, so a sweep's first Compare shows the swept keys against its metric.
+    The placeholder is NaN at step -1: no value, and never the latest once the score is in."""
+    placeholder = Metric(sanitize_key(metric), float("nan"), int(time.time() * 1000), -1)
+    client.log_batch(run_id, metrics=[placeholder])
 
 
 def find_trial_run(uri: str, parent_run_id: str, ray_trial_id: str) -> str | None:

@@ -29,6 +29,9 @@ LAST_CRASH = "cobra.last_crash"  # the last crash of an attempt Ray may retry
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # the run's description, markdown
 EXPERIMENT_KIND = "mlflow.experimentKind"
+# on the experiment: the metric its Chart view starts from (the latest sweep's)
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+PRIMARY_METRIC_GREATER = "mlflow.experiment.primaryMetric.greaterIsBetter"
 USER = "mlflow.user"
 SOURCE_TYPE = "mlflow.source.type"
 SOURCE_NAME = "mlflow.source.name"
