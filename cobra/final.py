@@ -36,18 +36,54 @@ def final_overrides(overrides: list[str]) -> list[str]:
     return [*forced, *overrides]
 
 
-def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any]) -> str:
-    """The final run's description: where it came from, and why its numbers differ."""
+# Each stage's scores: the name prefix, the metric holding how many images they cover, and
+# whether they are scored on the seed split (else on `segment.eval_split`).
+SCORE_GROUPS = (("seed_", "seed_num_images", True), ("ir_label_", "ir_label_num_images", True),
+                ("mask_", "mask_num_images", True), ("seg_", "seg_num_images", False))
+# Companions of a score (its interval, its image count, the threshold it chose): not rows.
+_COMPANION_SUFFIXES = ("_ci_lo", "_ci_hi", "_num_images", "_threshold", "_percentile",
+                       "_threshold_a", "_threshold_b")
+
+
+def score_rows(cfg: Config, metrics: dict[str, Any]) -> list[list[str]]:
+    """One row per final score: name, value, 95 % interval over images (where the stage
+    computes one), images, split."""
+    rows = []
+    for key, value in metrics.items():
+        group = next((g for g in SCORE_GROUPS if key.startswith(g[0])), None)
+        if (group is None or key.endswith(_COMPANION_SUFFIXES) or "threshold" in key
+                or not isinstance(value, (int, float))):
+            continue
+        _, images_key, on_seed_split = group
+        lo, hi = metrics.get(f"{key}_ci_lo"), metrics.get(f"{key}_ci_hi")
+        images = metrics.get(images_key)
+        split = cfg.data.seed_split if on_seed_split else cfg.segment.eval_split
+        rows.append([f"`{FINAL_PREFIX}{key}`", f"{value:.2f}",
+                     f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "—",
+                     str(int(images)) if images is not None else "?", split])
+    return rows
+
+
+def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any],
+             cfg: Config | None = None) -> str:
+    """The final run's description: where it came from, and each score with its split, its
+    images and its interval (a trial's scores cover a sample of the seed split)."""
     sweep = source.tags.get(tag.SWEEP, "?")
     trial_images = source.metrics.get("seed_num_images")
     trial_scope = f"{int(trial_images)} images" if trial_images else "a sample of images"
-    final_images = metrics.get("seed_num_images")
-    final_scope = f"{int(final_images)} images" if final_images else "the whole seed split"
-    return (f"Final stage of trial {tracking.run_link(uri, source.run_id)} (sweep `{sweep}`): "
+    head = (f"Final stage of trial {tracking.run_link(uri, source.run_id)} (sweep `{sweep}`): "
             f"seeds → IR labels → IRN → masks → segmentation from its checkpoint.\n\n"
-            f"Metrics are named `{FINAL_PREFIX}…`: they cover {final_scope}, while the trial's "
-            f"`seed_miou` covers {trial_scope}; compare them with each other, not with the "
-            f"sweep's trials.")
+            f"Metrics are named `{FINAL_PREFIX}…`: each covers the images of its split below, "
+            f"while the trial's `seed_miou` covers {trial_scope}; compare them with each "
+            f"other, not with the sweep's trials.")
+    rows = score_rows(cfg, metrics) if cfg is not None else []
+    if not rows:
+        return head
+    table = ["| score | value | 95% CI (images) | images | split |", "|---|---|---|---|---|",
+             *("| " + " | ".join(row) + " |" for row in rows)]
+    return (head + "\n\n" + "\n".join(table) + "\n\n*95% CI*: bootstrap over images, for "
+            "each stage's headline score (— : not computed). Seeds, IR labels and masks are "
+            "scored on the seed split; segmentation on `segment.eval_split`.")
 
 
 def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[str, str]:
@@ -102,7 +138,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     except BaseException:
         reporter.close("FAILED")
         raise
-    tracking.set_description(uri, final_id, describe(uri, source, metrics))
+    tracking.set_description(uri, final_id, describe(uri, source, metrics, cfg))
     mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
                              for name, what in models.items()})
     reporter.close("FINISHED")

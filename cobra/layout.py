@@ -9,14 +9,14 @@
       checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
       seeds/<id>.npz         per-image CAMs (stage `seeds`)
       seeds/eval.json        seed mIoU per threshold protocol
-      seeds/image_counts.npz each scored image's (3, K) IoU counts at the chosen threshold
       ir_labels/<id>.png     IR labels, palette PNG, 255 = unknown (stage `ir_labels`)
       irn/model.pt           refinement network (stage `irn`)
       masks/rw/<id>.npz      random-walk class probabilities (stage `masks`)
       masks/png/<id>.png     pseudo masks (stage `masks`)
-      masks/image_counts.npz each scored mask's (3, K) IoU counts (the chosen rule)
       segment/model.pt       segmentation network (stage `segment`)
       segment/pred/<id>.png  segmentation predictions
+      image_counts/<stage>.npz  each scored image's (3, K) IoU counts behind the stage's
+                             headline score (seeds, masks, segment)
       pictures/*.png         overlays for humans
 """
 
@@ -36,7 +36,11 @@ from cobra.errors import CobraError
 
 # Each image's IoU counts behind a headline score, by metric: a path of the run directory and,
 # the same, of its MLflow run's artifacts (what the sweep's paired test over images reads).
-IMAGE_COUNTS = {"seed_miou": "seeds/image_counts.npz", "mask_miou": "masks/image_counts.npz"}
+# Not inside seeds/ or masks/, whose *.npz are one image each.
+IMAGE_COUNTS_DIR = "image_counts"
+IMAGE_COUNTS = {"seed_miou": f"{IMAGE_COUNTS_DIR}/seeds.npz",
+                "mask_miou": f"{IMAGE_COUNTS_DIR}/masks.npz",
+                "seg_miou": f"{IMAGE_COUNTS_DIR}/segment.npz"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ class RunLayout:
     @property
     def segment_checkpoint(self) -> Path:
         return self.segment / "model.pt"
+
+    @property
+    def seg_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["seg_miou"]
 
     # --- helpers
     def read_summary(self) -> dict[str, Any]:

@@ -310,6 +310,45 @@ def heldout_note(cells: list[cells_mod.Cell]) -> str:
             f"threshold {', '.join(f'{t:g}' for t in chosen)}, the same as the whole set.")
 
 
+def heldout_sentence(metrics: dict[str, Any]) -> str:
+    """What `seed_miou_heldout` is, and why it equals `seed_miou` when it does: the threshold
+    each half of the images chose for the other."""
+    heldout, score = metrics.get("seed_miou_heldout"), metrics.get("seed_miou")
+    folds = (metrics.get("seed_heldout_threshold_a"), metrics.get("seed_heldout_threshold_b"))
+    if heldout is None or score is None:
+        return ""
+    text = (f"`seed_miou_heldout` {heldout:.2f}: each half of the images scored at the "
+            f"threshold chosen on the other half")
+    if None not in folds:
+        text += f" ({folds[0]:g} and {folds[1]:g})"
+    if heldout == score and None not in folds and folds[0] == folds[1] == metrics.get(
+            "seed_threshold"):
+        text += (f"; equal to `seed_miou` because both halves chose {folds[0]:g}, the "
+                 f"threshold the whole set chose")
+    return text + "."
+
+
+def trial_note(metrics: dict[str, Any]) -> str:
+    """A trial run's description: each headline score with the images it covers, its interval
+    over them, and where its threshold was chosen."""
+    lines = []
+    for metric, prefix in cells_mod.COMPANIONS.items():
+        if metrics.get(metric) is None:
+            continue
+        line = f"`{metric}` {metrics[metric]:.2f}"
+        if metrics.get(f"{prefix}_num_images") is not None:
+            line += f" on {int(metrics[f'{prefix}_num_images'])} images"
+        lo, hi = metrics.get(f"{metric}_ci_lo"), metrics.get(f"{metric}_ci_hi")
+        if lo is not None and hi is not None:
+            line += f" (95% CI over images [{lo:.2f}, {hi:.2f}])"
+        if metric == "seed_miou" and metrics.get("seed_threshold") is not None:
+            line += (f", background threshold {metrics['seed_threshold']:g} chosen on these "
+                     f"images' ground truth (the paper's protocol)")
+        lines.append(line + ".")
+    lines.append(heldout_sentence(metrics))
+    return "\n\n".join(line for line in lines if line)
+
+
 def _pad(text: str) -> str:
     # MLflow's description renders tables without cell padding: "1" and "200" in adjacent
     # columns read "1 200", and headers run together; non-breaking spaces keep them apart.

@@ -51,7 +51,7 @@ def sweep(uri: str, root: Path, name: str, base: str,
         if image_counts is not None:
             path = root / run_id / IMAGE_COUNTS["seed_miou"]
             image_counts.save(path)
-            rep.log_artifact(path, "seeds")
+            rep.log_artifact(path, path.parent.name)
         rep.close("FINISHED")
     return parent
 
@@ -145,3 +145,46 @@ def test_each_splits_context_names_the_stages_that_used_it(tiny_overrides):
     # the final run trains no CoBra and segments val: it never read the training split
     assert contexts(POST_TRAIN_STAGES) == ["validation (segmentation)",
                                            "scored (seeds, masks); trains (irn, segment)"]
+
+
+def test_the_final_runs_description_gives_every_score_its_split_images_and_interval(store):
+    from cobra.config import load_config
+    from cobra.final import describe
+    from cobra.tracking import get_trial
+
+    uri, root, _ = store
+    parent = sweep(uri, root, "finals", "base-f", [(5, 0, 56.0, None)])
+    source = get_trial(uri, trials_of(uri, parent)[0].run_id)
+    metrics = {"seed_miou": 56.7, "seed_miou_ci_lo": 55.1, "seed_miou_ci_hi": 58.2,
+               "seed_num_images": 1000, "seed_threshold": 0.35, "seed_miou_heldout": 56.5,
+               "ir_label_precision": 96.2, "ir_label_num_images": 1000,
+               "mask_miou": 71.1, "mask_miou_ci_lo": 70.0, "mask_miou_ci_hi": 72.3,
+               "mask_num_images": 1000, "mask_miou_nocrf": 69.0,
+               "seg_miou": 67.8, "seg_miou_ci_lo": 65.9, "seg_miou_ci_hi": 69.6,
+               "seg_num_images": 200}
+    note = describe(uri, source, metrics, load_config(None, []))
+    rows = {line.split(" | ")[0].strip("| `"): line for line in note.splitlines()
+            if line.startswith("| `final/")}
+    assert set(rows) == {"final/seed_miou", "final/seed_miou_heldout",
+                         "final/ir_label_precision", "final/mask_miou",
+                         "final/mask_miou_nocrf", "final/seg_miou"}
+    # segmentation is scored on val's 200 images, the rest on the seed split's 1000
+    assert rows["final/seg_miou"].endswith("| 67.80 | [65.90, 69.60] | 200 | val |")
+    assert rows["final/seed_miou"].endswith("| 56.70 | [55.10, 58.20] | 1000 | train |")
+    assert rows["final/mask_miou_nocrf"].endswith("| 69.00 | — | 1000 | train |")
+    assert "while the trial's `seed_miou` covers 40 images" in note
+    assert "cover 1000 images" not in note
+
+
+def test_a_trials_note_says_why_heldout_equals_the_score():
+    from cobra.results import trial_note
+
+    metrics = {"seed_miou": 56.4, "seed_num_images": 200, "seed_miou_ci_lo": 54.9,
+               "seed_miou_ci_hi": 57.9, "seed_threshold": 0.35, "seed_miou_heldout": 56.4,
+               "seed_heldout_threshold_a": 0.35, "seed_heldout_threshold_b": 0.35}
+    note = trial_note(metrics)
+    assert "`seed_miou` 56.40 on 200 images (95% CI over images [54.90, 57.90])" in note
+    assert "equal to `seed_miou` because both halves chose 0.35" in note
+    # halves that chose differently: no such claim
+    other = trial_note({**metrics, "seed_miou_heldout": 55.1, "seed_heldout_threshold_b": 0.4})
+    assert "(0.35 and 0.4)" in other and "equal to" not in other

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cobra.config import Config, resolved, switch
 from cobra.data import build_source, normalize_image
-from cobra.layout import RunLayout
+from cobra.layout import IMAGE_COUNTS_DIR, RunLayout
 from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
 from cobra.noise import ImageCounts
 from cobra.ops.cams import cams_to_label
@@ -231,7 +231,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     reporter.log_table({"class": names, "iou": [None if np.isnan(v) else round(float(v), 3)
                                                 for v in per_class]},
                        "masks/per_class_iou.json")
-    reporter.log_artifact(layout.mask_image_counts, "masks")
+    reporter.log_artifact(layout.mask_image_counts, IMAGE_COUNTS_DIR)
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics

@@ -22,7 +22,7 @@ from cobra.checkpoint import check_model_matches, checkpoint_config, load_checkp
 from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.errors import DataError, StageInputError
-from cobra.layout import RunLayout, atomic_write_text
+from cobra.layout import IMAGE_COUNTS_DIR, RunLayout, atomic_write_text
 from cobra.metrics import bootstrap_miou_ci
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
@@ -367,7 +367,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     reporter.log_table(per_class_table(evaluation["fixed"]["per_class"]),
                        "seeds/per_class_iou.json")
     reporter.log_artifact(layout.seeds_eval, "seeds")
-    reporter.log_artifact(layout.seed_image_counts, "seeds")
+    reporter.log_artifact(layout.seed_image_counts, IMAGE_COUNTS_DIR)
     curve_png = layout.pictures / "seed_threshold_curve.png"
     save_threshold_curve(evaluation["fixed"], curve_png)
     reporter.log_artifact(curve_png, "seeds")

@@ -66,11 +66,11 @@ TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou
 # adds to a trial's report.
 TRIAL_STAGES = POST_TRAIN_STAGES
 STAGE_METRICS = {
-    "ir_labels": ("ir_label_precision", "ir_label_coverage"),
+    "ir_labels": ("ir_label_precision", "ir_label_coverage", "ir_label_num_images"),
     "irn": (),
     "masks": ("mask_miou", "mask_miou_nocrf", "mask_miou_irn", "mask_miou_relative",
               "mask_miou_ci_lo", "mask_miou_ci_hi", "mask_num_images"),
-    "segment": ("seg_miou",),
+    "segment": ("seg_miou", "seg_miou_ci_lo", "seg_miou_ci_hi", "seg_num_images"),
 }
 MAX_REPEATS = 100
 REPLICATE_KEY = "train.seed"
