@@ -86,8 +86,30 @@ def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any],
             "scored on the seed split; segmentation on `segment.eval_split`.")
 
 
-def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[str, str]:
+# What a logged network is shown taking: one normalized image, small enough to run at once.
+EXAMPLE_SIZE = 64
+
+
+def version_info(source: tracking.TrialRecord, metrics: dict[str, Any], cfg: Config,
+                 final_id: str) -> tracking.ModelVersionInfo:
+    """A model version's description and tags: its source trial and sweep, its final run,
+    and every final score with the images and split it covers."""
+    rows = score_rows(cfg, metrics)
+    scores = "; ".join(f"{r[0].strip('`')} {r[1]} {r[2] if r[2] != '—' else ''} on {r[3]} "
+                       f"{r[4]} images".replace("  ", " ") for r in rows)
+    sweep = source.tags.get(tag.SWEEP, "?")
+    description = (f"Trained by final run {final_id} from trial {source.run_name} "
+                   f"({source.run_id}) of sweep {sweep}; the run's config.yaml is in the model. "
+                   f"Scores: {scores}.")
+    tags = {tag.SOURCE_RUN: source.run_id, "final_run_id": final_id, tag.SWEEP: sweep,
+            **{r[0].strip("`"): r[1] for r in rows}}
+    return tracking.ModelVersionInfo(description, tags)
+
+
+def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout,
+               version: tracking.ModelVersionInfo) -> dict[str, str]:
     """The segmentation network and the boundary network (IRN) as MLflow models, registered."""
+    import numpy as np
     import torch
 
     from cobra.checkpoint import load_checkpoint
@@ -97,17 +119,19 @@ def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[st
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "timm",
                     "segmentation-models-pytorch", "cobra-sweeps"]
+    example = np.zeros((1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE), dtype=np.float32)
     outcome = {}
     if layout.irn_checkpoint.exists():
         net = load_boundary_net(layout, torch.device("cpu"))
-        outcome[IRN_MODEL] = tracking.log_torch_model(uri, run_id, net, "models/irn", IRN_MODEL,
-                                                      requirements)
+        outcome[IRN_MODEL] = tracking.log_torch_model(
+            uri, run_id, net, "irn", IRN_MODEL, example, requirements, [layout.config], version)
     if layout.segment_checkpoint.exists():
         num_classes = build_source(cfg, cfg.data.seed_split).num_classes
         model = build_segmenter(cfg.segment, num_classes)
         model.load_state_dict(load_checkpoint(layout.segment_checkpoint, "cpu")["model"])
         outcome[SEGMENTATION_MODEL] = tracking.log_torch_model(
-            uri, run_id, model.eval(), "models/segmentation", SEGMENTATION_MODEL, requirements)
+            uri, run_id, model.eval(), "segmentation", SEGMENTATION_MODEL, example,
+            requirements, [layout.config], version)
     return outcome
 
 
@@ -134,7 +158,8 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     try:
         metrics = run_stages(cfg, layout, reporter, stages=POST_TRAIN_STAGES, force=True)
         mlflow_reporter.log_artifact(layout.config, None)
-        models = log_models(uri, final_id, cfg, layout)
+        models = log_models(uri, final_id, cfg, layout,
+                            version_info(source, metrics, cfg, final_id))
     except BaseException:
         reporter.close("FAILED")
         raise

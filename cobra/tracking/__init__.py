@@ -37,6 +37,7 @@ from cobra.tracking.queries import (
 )
 from cobra.tracking.reporter import MlflowReporter, sanitize_key
 from cobra.tracking.runs import (
+    ModelVersionInfo,
     find_sweep_run,
     find_trial_run,
     finish_sweep,
@@ -54,7 +55,7 @@ from cobra.tracking.runs import (
 from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
 
 __all__ = [
-    "MlflowReporter", "TrialRecord", "artifact_bytes", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "best_trial", "check_reachable", "connect",
     "download_trial", "find_sweep_run", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",

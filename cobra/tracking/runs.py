@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,8 @@ from cobra.tracking.mlflow_api import (
     MlflowException,
     Run,
     dataset_input,
-    save_pytorch_model,
+    log_pytorch_model,
+    process_tracking_uri,
 )
 from cobra.tracking.reporter import MlflowReporter, sanitize_key, str_tags
 from cobra.tracking.store import connect, redact, sqlite_path
@@ -262,31 +263,44 @@ def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None =
         reporter.log_artifact(Path(path), subdir)
 
 
-def log_torch_model(uri: str, run_id: str, model, artifact_path: str, registered_name: str,
-                    pip_requirements: list[str]) -> str:
-    """Save `model` as an MLflow PyTorch model (MLmodel + pickled module: loads with
-    `mlflow.pytorch.load_model("models:/<name>/<version>")`), upload it to the run and register
-    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a file
-    store has no model registry; the model stays logged with the run)."""
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """What a registered model version says about itself: where it came from and how good it
+    is (MLflow's registry shows the description and tags beside each version)."""
+
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def log_torch_model(uri: str, run_id: str, model, name: str, registered_name: str,
+                    input_example, pip_requirements: list[str], extra_files: list[Path] = (),
+                    version: ModelVersionInfo = ModelVersionInfo()) -> str:
+    """Log `model` as an MLflow PyTorch model of the run (signature and input example
+    included; loads with `mlflow.pytorch.load_model("models:/<name>/<version>")`) and register
+    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a store
+    without a model registry; the model stays logged with the run)."""
     client = connect(uri)
-    with tempfile.TemporaryDirectory(prefix="cobra-model-") as tmp:
-        model_dir = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
-        save_pytorch_model(model, model_dir, pip_requirements)
-        client.log_artifacts(run_id, str(model_dir), artifact_path=artifact_path)
-    try:
-        return _register(client, run_id, artifact_path, registered_name)
-    except Exception as exc:  # file stores: "Model Registry is not supported"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"not registered: this store has no model registry ({first[:200]})"
+    experiment = get_run(client, uri, run_id).info.experiment_id
+    with process_tracking_uri(uri):
+        model_uri, model_id = log_pytorch_model(client, experiment, run_id, model, name,
+                                                input_example, pip_requirements,
+                                                list(extra_files), str_tags(version.tags))
+        try:
+            return _register(client, run_id, model_uri, model_id, registered_name, version)
+        except Exception as exc:  # file stores: "Model Registry is not supported"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"not registered: this store has no model registry ({first[:200]})"
 
 
-def _register(client: MlflowClient, run_id: str, artifact_path: str, name: str) -> str:
-    """A new version of registered model `name` (created on first use) from the run's model."""
+def _register(client: MlflowClient, run_id: str, model_uri: str, model_id: str, name: str,
+              version: ModelVersionInfo) -> str:
+    """A new version of registered model `name` (created on first use) from the logged model."""
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}",
-                                          run_id=run_id)
-    return f"registered {name} v{version.version}"
+    made = client.create_model_version(name, model_uri, run_id=run_id,
+                                       tags=str_tags(version.tags),
+                                       description=version.description, model_id=model_id)
+    return f"registered {name} v{made.version}"
