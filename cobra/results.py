@@ -397,7 +397,9 @@ def earlier_seed_noise(sweeps: list[tuple[TrialRecord, list[TrialRecord]]],
     for parent, trials in sweeps:
         done = scored_trials(trials, metric)
         searched = {k for t in done for k in t.tags.get(tag.SEARCHED, "").split(",") if k}
-        axes = sorted(k for k in searched if not _is_replicate(k))
+        # trials logged before the tag existed: every param that varies is an axis
+        axes = sorted(k for k in searched or varying_params(done)
+                      if not _is_replicate(k) and k not in _BOOKKEEPING)
         replicated = [c.values for c in cells_mod.group_cells(done, metric, axes) if c.n >= 2]
         if replicated:
             groups += replicated

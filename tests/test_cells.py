@@ -238,3 +238,21 @@ def test_threshold_chosen_on_the_other_images():
     at_02_high = confusion_matrix(np.array([[0, 1], [1, 1]]), gt_high, 2)
     assert heldout == pytest.approx(mean_iou(at_08_low + at_02_high)[0])
     assert heldout < sweep.best()[1]  # picking on the scored images flatters
+
+
+def test_earlier_sweeps_replicates_are_grouped_by_their_own_points():
+    from cobra.results import earlier_seed_noise
+
+    def old(k: int, seed: int, value: float, searched: bool) -> TrialRecord:
+        tags = {"cobra.searched": "loss.k_cap_pos,train.seed"} if searched else {}
+        return TrialRecord(f"o{k}{seed}", "x", {"loss.k_cap_pos": str(k), "train.seed": str(seed)},
+                           {"seed_miou": value}, "FINISHED", tags)
+
+    parent = TrialRecord("p", "calib", tags={"cobra.sweep": "calib"})
+    for searched in (True, False):  # with the searched-keys tag, and from before it existed
+        trials = [old(5, s, 60.0 + s, searched) for s in range(3)]
+        trials += [old(10, s, 40.0 + s, searched) for s in range(3)]
+        noise = earlier_seed_noise([(parent, trials)], "seed_miou")
+        # per point: std 1 (not the 10-point spread between the two k values)
+        assert noise.std == pytest.approx(1.0) and (noise.df, noise.cells) == (4, 2)
+        assert noise.source == "sweep calib (same base config)"
