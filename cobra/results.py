@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cobra import cells as cells_mod
@@ -215,6 +216,15 @@ def noise_band(cells: list[cells_mod.Cell], seed_noise: SeedNoise | None) -> tup
     return 0.0, "no noise estimate"
 
 
+def colour_range(values: np.ndarray, band: float, mode_max: bool) -> tuple[float, float]:
+    """(vmin, vmax) of a heatmap's colours: from the best value over the observed spread or
+    twice the noise band, whichever is wider, so cells within noise of the best stay close to
+    its colour instead of spanning the whole scale."""
+    best = float(values.max() if mode_max else values.min())
+    reach = max(float(values.max() - values.min()), 2 * band, 1e-6)
+    return (best - reach, best) if mode_max else (best, best + reach)
+
+
 def write_heatmap(df: pd.DataFrame, path: Path, title: str,
                   cells: list[cells_mod.Cell] | None = None,
                   seed_noise: SeedNoise | None = None) -> None:
@@ -238,15 +248,17 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
     band, band_what = noise_band(cells, seed_noise) if cells else (0.0, "")
     best = finite.max() if mode_max else finite.min()
     spread = float(finite.max() - finite.min()) if finite.size else 0.0
-    reach = max(spread, 2 * band, 1e-6)
-    vmin, vmax = (best - reach, best) if mode_max else (best, best + reach)
+    vmin, vmax = colour_range(finite, band, mode_max)
+    reach = vmax - vmin
     cmap = "viridis" if mode_max else "viridis_r"
     caption = (f"colours span {reach:.2f}: max(spread {spread:.2f}, 2 x {band_what} "
                f"{band:.2f}); hatched on the colour bar: that band below the best; dashed: within "
                f"noise of the best" if cells else "")
-    lines = textwrap.wrap(title, 60) + textwrap.wrap(caption, 80)
+    # wrapped, not clipped: a sweep's title is often wider than its grid
+    title_lines, lines = textwrap.wrap(title, 48), textwrap.wrap(caption, 80)
     width = max(5.0, 1.3 * n_cols + 2.8)
-    fig, ax = plt.subplots(figsize=(width, max(2.6, 0.8 * n_rows + 1.2 + 0.25 * len(lines))))
+    height = max(2.6, 0.8 * n_rows + 1.2 + 0.25 * (len(lines) + len(title_lines)))
+    fig, ax = plt.subplots(figsize=(width, height))
     try:
         image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
         ax.set_xticks(range(n_cols), [str(c) for c in mat.columns],
@@ -254,7 +266,7 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
         ax.set_yticks(range(n_rows), [str(i) for i in mat.index])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(lines[0] if lines else "", fontsize=10)
+        ax.set_title("\n".join(title_lines), fontsize=10)
         for i in range(n_rows):
             for j in range(n_cols):
                 _annotate(ax, i, j, values[i, j], by_key.get(keys[i][j]), vmin, vmax, Rectangle)
@@ -262,8 +274,8 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
         if band > 0:
             lo, hi = (best - band, best) if mode_max else (best, best + band)
             bar.ax.axhspan(lo, hi, facecolor="none", edgecolor="black", hatch="//")
-        fig.text(0.01, 0.01, "\n".join(lines[1:]), fontsize=8, va="bottom")
-        fig.tight_layout(rect=(0, 0.03 * len(lines[1:]) + 0.02, 1, 1))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, va="bottom")
+        fig.tight_layout(rect=(0, 0.03 * len(lines) + 0.02, 1, 1))
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)

@@ -188,3 +188,13 @@ def test_a_trials_note_says_why_heldout_equals_the_score():
     # halves that chose differently: no such claim
     other = trial_note({**metrics, "seed_miou_heldout": 55.1, "seed_heldout_threshold_b": 0.4})
     assert "(0.35 and 0.4)" in other and "equal to" not in other
+
+
+def test_heatmap_colours_do_not_dramatise_a_spread_inside_noise():
+    from cobra.results import colour_range
+
+    demo = np.array([56.4, 57.9, 57.2, 56.8])  # spread 1.5, inside a seed-noise band of 3.9
+    assert colour_range(demo, 3.9, True) == pytest.approx((57.9 - 7.8, 57.9))
+    # a spread beyond the noise keeps the full range; a loss (min) counts from its best
+    assert colour_range(np.array([50.0, 70.0]), 3.9, True) == (50.0, 70.0)
+    assert colour_range(np.array([0.2, 0.3]), 0.5, False) == pytest.approx((0.2, 1.2))

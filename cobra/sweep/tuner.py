@@ -103,7 +103,9 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
 def _note(spec: SweepSpec, results: str | None = None) -> str:
     """The parent run's description in the MLflow UI: what varies, how to read it, and (once
     the sweep ended) the results table with links to the trials."""
-    space = "\n".join(f"- `{key}`: {d.describe()}" for key, d in spec.space.items())
+    short = naming.short_names(spec.space)
+    space = "\n".join(f"- `{key}` (`{short[key]}` in run names): {d.describe()}"
+                      for key, d in spec.space.items())
     repeats = (f", each point with {spec.repeats} training seeds (`train.seed`)"
                if spec.repeats > 1 else "")
     note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), "
