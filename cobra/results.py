@@ -201,7 +201,8 @@ def _heat_matrix(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str, list[list[tu
 
 # What a heatmap cell says under its value, by verdict label.
 _MARKS = {"best": "best", "behind": "behind", "within seed noise": "≈ seeds",
-          "within image noise": "≈ images", "beyond seed noise": "> seeds, images ?", "unknown": "seed noise ?"}
+          "within image noise": "≈ images", "beyond seed noise": "> seeds, images ?",
+          "unknown": "seed noise ?"}
 
 
 def noise_band(cells: list[cells_mod.Cell], seed_noise: SeedNoise | None) -> tuple[float, str]:
