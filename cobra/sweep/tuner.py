@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cobra import pretrain, tracking
+from cobra import naming, pretrain, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
@@ -60,8 +60,9 @@ def _optuna_search(spec: SweepSpec):
 
 
 def _readable_name(trial) -> str:
-    """`k_sap_neg=5,k_cap_pos=20_a1b2c3d4`: the console and the results directory say what was tried."""
-    return f"{trial_name(trial.config)}_{trial.trial_id}"
+    """`ksn5-kcp20_a1b2c3d4`: the console and the results directory say what was tried (in
+    ASCII: the name is a directory, maybe on remote storage)."""
+    return f"{trial_name(trial.config).replace(naming.SEPARATOR, '-')}_{trial.trial_id}"
 
 
 def _scheduler(spec: SweepSpec):
@@ -102,7 +103,9 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
 def _note(spec: SweepSpec, results: str | None = None) -> str:
     """The parent run's description in the MLflow UI: what varies, how to read it, and (once
     the sweep ended) the results table with links to the trials."""
-    space = "\n".join(f"- `{key}`: {d.describe()}" for key, d in spec.space.items())
+    short = naming.short_names(spec.space)
+    space = "\n".join(f"- `{key}` (`{short[key]}` in run names): {d.describe()}"
+                      for key, d in spec.space.items())
     repeats = (f", each point with {spec.repeats} training seeds (`train.seed`)"
                if spec.repeats > 1 else "")
     note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), "
@@ -165,7 +168,7 @@ def _init_ray() -> None:
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
     uri = _preflight(spec, resume)
-    datasets = tuple(dataset_splits(spec.base))
+    datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
@@ -203,7 +206,8 @@ def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
         tracking.reopen_run(uri, parent)
         return parent
     parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
-                                      spec.metric, spec.mode)
+                                      spec.metric, spec.mode,
+                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest()})
     tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
     tracking.set_description(uri, parent, _note(spec))
     tracking.log_dataset_inputs(uri, parent, datasets)
@@ -266,7 +270,7 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best_run = best.run_id if best else None
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
     tracking.set_description(uri, parent, _note(spec, results_markdown(
-        uri, trials, spec.metric, spec.mode, spec.name)))
+        uri, parent, trials, spec.metric, spec.mode, spec.name)))
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results),
