@@ -29,7 +29,14 @@ from cobra.tracking import TrialRecord, sanitize_key
 # Where a metric's image count and bootstrap interval over images are reported.
 COMPANIONS = {"seed_miou": "seed", "mask_miou": "mask"}
 # Other scores of the same stage a reader wants beside the metric: column title → metric.
-SIDE_SCORES = {"seed_miou": {"heldout": "seed_miou_heldout", "A_obj": "seed_miou_aobj"}}
+# The `diag/*` columns are the mechanism's own health (cobra/diagnostics.py, last epoch): how
+# precise L_cap's and L_sap's positives are on object anchors, and each loss's gradient on its
+# branch as a multiple of L_cls's, so a k or λ cell that wins or loses says why.
+SIDE_SCORES = {"seed_miou": {"heldout": "seed_miou_heldout", "A_obj": "seed_miou_aobj",
+                             "CAP⁺ prec": "diag/cap_pos_precision_fg",
+                             "SAP⁺ prec": "diag/sap_pos_precision_fg",
+                             "CAP/cls grad": "diag/ratio_cnn_cap",
+                             "SAP/cls grad": "diag/ratio_vit_sap"}}
 # What a verdict of "unknown" asks for: enough seeds to measure the seed spread at all.
 REPEATS_HINT = "add `repeats: 3` to the sweep file"
 

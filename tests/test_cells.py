@@ -256,3 +256,17 @@ def test_earlier_sweeps_replicates_are_grouped_by_their_own_points():
         # per point: std 1 (not the 10-point spread between the two k values)
         assert noise.std == pytest.approx(1.0) and (noise.df, noise.cells) == (4, 2)
         assert noise.source == "sweep calib (same base config)"
+
+
+def test_a_cell_carries_its_runs_mechanism_diagnostics_beside_the_score():
+    """The report shows why a k cell wins or loses: the last epoch's selection precision and
+    gradient ratios of its runs, averaged over replicates; runs without them leave a gap."""
+    runs = [trial(4, 0, 55.0, 54.0, 56.0), trial(4, 1, 54.0, 53.0, 55.0),
+            trial(14, 0, 40.0, 39.0, 41.0)]
+    runs[0].metrics.update({"diag/cap_pos_precision_fg": 0.7, "diag/ratio_cnn_cap": 0.4})
+    runs[1].metrics.update({"diag/cap_pos_precision_fg": 0.6, "diag/ratio_cnn_cap": 0.2})
+    by_k = {c.point["loss.k_cap_pos"]: c
+            for c in cells.group_cells(runs, "seed_miou", ["loss.k_cap_pos"])}
+    assert by_k[4].side_mean("CAP⁺ prec") == pytest.approx(0.65)
+    assert by_k[4].side_mean("CAP/cls grad") == pytest.approx(0.3)
+    assert by_k[14].side_mean("CAP⁺ prec") is None
