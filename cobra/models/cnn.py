@@ -23,18 +23,19 @@ def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _stages_above(cnn: str, reductions: list[int], names: list[str], stride: int) -> list[str]:
-    """The stages that take the CNN beyond `stride`: each must halve the resolution once, so
+    """The stages that take the CNN beyond `stride`. Each must halve the resolution once, so
     that setting its stride to 1 lands the output exactly on `stride`."""
-    if stride not in reductions or reductions[-1] != stride * 2 ** (len(reductions) - 1
-                                                                     - reductions.index(stride)):
+    later = reductions[reductions.index(stride):] if stride in reductions else []
+    if not later or any(b != 2 * a for a, b in zip(later, later[1:], strict=False)):
         raise ValueError(f"{cnn}'s stages reduce by {reductions}, which does not pass through "
                          f"stride {stride} and then halve once per stage; use "
                          f"model.cnn_downsample=dilate")
-    return names[reductions.index(stride) + 1:]
+    return names[len(reductions) - len(later) + 1:]
 
 
 class CNNBranch(nn.Module):
-    """features (B, F, H/s, W/s), s = model.cnn_stride → CAM (B, C+1, ·) and CAP vectors (B, D, ·), L2-normalised."""
+    """features (B, F, H/s, W/s), s = model.cnn_stride → CAM (B, C+1, ·) and CAP vectors
+    (B, D, ·), L2-normalised."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int, single_branch: bool) -> None:
         super().__init__()
