@@ -212,10 +212,12 @@ class SeedsConfig:
         "batch (memory grows with it; the seed pass keeps only the class token's attention row, so "
         "a VOC image at scale 2.0 costs activations, not T × T attention maps)")
     aobj_weighting: str | None = _f(
-        None, choices=("normalized", "raw"),
+        None, choices=("normalized", "raw", "none"),
         help="A_obj weighing M_tran in the sum over scales: normalized = divided by its maximum "
         "in each pass, so every scale counts alike; raw = as the network gives it (the "
-        "authors), whose mean falls like 1/tokens, so small scales weigh most (~16× 0.5 vs 2.0)")
+        "authors), whose mean falls like 1/tokens, so small scales weigh most (~16× 0.5 vs 2.0); "
+        "none = M_tran alone, for a ViT whose class token attends to a few sink patches (A_obj "
+        "is still made for the percentile protocol)")
     fixed_bg: float = _f(0.15, ge=0.0, le=1.0, help="IRN's fixed background score")
     threshold_grid: list[float] = _f([round(0.05 * i, 2) for i in range(1, 20)],
                                      help="fixed background scores swept on ground truth")

@@ -104,3 +104,24 @@ def test_batched_seeds_equal_one_image_and_one_pass_at_a_time():
             np.testing.assert_allclose(got[name], want[name], atol=1e-4)
     groups = size_groups(["a", "b", "c", "d"], [(2, 3), (3, 2), (2, 3), (2, 3)], batch=2)
     assert sorted(groups) == [["a", "c"], ["b"], ["d"]]
+
+
+class SpikyViT(HalvesViT):
+    """HalvesViT whose class token attends to one corner patch only (a sink)."""
+
+    def forward(self, x: torch.Tensor, affinity: bool = True) -> CoBraOutput:
+        out = super().forward(x, affinity)
+        out.cam_vit[:, 1] = 1.0
+        out.a_obj.zero_()
+        out.a_obj[:, 0, 0] = 1.0
+        return out
+
+
+def test_unweighted_tran_keeps_the_cam_where_a_sink_holds_all_of_a_obj():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    weighted, unweighted = (
+        multiscale_cams(SpikyViT(), image, np.array([1]), [1.0], flip=False, aobj_weighting=w)
+        for w in ("normalized", "none"))
+    assert weighted["cam_tran"][0, 60, 60] == 0.0  # far from the sink, A_obj zeroes M_tran
+    np.testing.assert_allclose(unweighted["cam_tran"][0], 1.0, rtol=1e-4)  # the CAM, everywhere
+    np.testing.assert_allclose(unweighted["a_obj"], weighted["a_obj"])  # still there for θ

@@ -62,13 +62,14 @@ def _scale_weight(a_obj: torch.Tensor, weighting: str) -> torch.Tensor:
 
     A_obj's raw mean falls like 1/tokens (each layer's class-token row sums to at most 1), so
     `raw` (the authors) lets small scales dominate the sum over scales; `normalized` divides
-    each pass by its own maximum so that every scale counts alike.
+    each pass by its own maximum so that every scale counts alike; `none` keeps that A_obj for
+    the percentile protocol but leaves M_tran unweighted.
     """
     if weighting == "raw":
         return a_obj
-    if weighting == "normalized":
+    if weighting in ("normalized", "none"):
         return a_obj / a_obj.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
-    raise ValueError(f"aobj weighting must be 'normalized' or 'raw', got '{weighting}'")
+    raise ValueError(f"aobj weighting must be 'normalized', 'raw' or 'none', got '{weighting}'")
 
 
 @torch.no_grad()
@@ -113,7 +114,8 @@ def multiscale_cams_batch(model: CoBra, images: list[np.ndarray], keys: list[np.
                 maps["cam_cnn"] = F.relu(out.cam_cnn[views_of_i][:, image_keys])
             if weight is not None:
                 a = weight[views_of_i]
-                maps["cam_tran"] = F.relu(out.cam_vit[views_of_i][:, image_keys] * a[:, None])
+                tran = out.cam_vit[views_of_i][:, image_keys]
+                maps["cam_tran"] = F.relu(tran if aobj_weighting == "none" else tran * a[:, None])
                 maps["a_obj"] = a[:, None]
             _accumulate(sums[i], maps, padded, size, (h, w), flip)
     return [_normalised(total) for total in sums]
