@@ -6,6 +6,7 @@
       summary.json           headline metrics of every stage that finished
       status.json            how the last command on the run ended: FINISHED or FAILED
       error.log              traceback of an unexpected error (the `error:` line names it)
+      .lock                  held (flock) by the command working on the run (`cobra.locks`)
       checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
       seeds/<id>.npz         per-image CAMs (stage `seeds`)
       seeds/eval.json        seed mIoU per threshold protocol
@@ -23,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -53,6 +55,10 @@ class RunLayout:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def error_log(self) -> Path:
@@ -137,6 +143,28 @@ class RunLayout:
         atomic_write_text(self.status, json.dumps(record, indent=2))
 
 
+# What a run name must not hold: it is one directory under run.dir, so no path separator (an
+# absolute path or `../x` would leave run.dir) and no control character.
+NOT_IN_RUN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def check_run_name(name: str, parent: Path) -> None:
+    """Refuse a run name that would not be one new directory inside `parent`."""
+    if not name.strip() or name in (".", "..") or NOT_IN_RUN_NAME.search(name):
+        raise CobraError(f"run name {name!r} must be one directory name (no '/', '\\', "
+                         f"control characters, '.' or '..'): it is made under run.dir; "
+                         f"choose another --name (run.name)")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # run.dir is made later: ask the filesystem it will be on
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(name.encode()) > limit:
+        raise CobraError(f"run name is {len(name.encode())} bytes but the filesystem of "
+                         f"'{parent}' allows {limit}; choose a shorter --name (run.name)")
+
+
 def new_run(parent: str | Path, name: str | None) -> RunLayout:
     """Create a fresh run directory that this process alone owns.
 
@@ -145,6 +173,8 @@ def new_run(parent: str | Path, name: str | None) -> RunLayout:
     (timestamped) name gets a random suffix and a fresh one on the rare collision.
     """
     parent = Path(parent).expanduser().resolve()
+    if name is not None:
+        check_run_name(name, parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

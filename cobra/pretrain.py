@@ -13,16 +13,13 @@ pretraining leaves no weights file that would be used and two trials starting to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from cobra.data.synthetic import cache_dir
 from cobra.data.transforms import normalize
 from cobra.errors import ConfigError
 from cobra.layout import atomic_write_text
+from cobra.locks import locked
 from cobra.models.backbones import undo_last_stride
 from cobra.runtime import resolve_device
 
@@ -87,7 +85,7 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
     for role, name in missing:  # before any work, and only for what is to be trained
         check_supported(role, name)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):
         # checked again under the lock: another process may have made some meanwhile
         todo = [(role, name) for role, name in roles
                 if not (folder / f"{name}.safetensors").is_file()]
@@ -140,14 +138,6 @@ def check_supported(role: str, name: str) -> None:
                           f"it has no convolutional feature maps; use a timm CNN such as "
                           f"resnet18, or set model.pretrained to true, false or a weights "
                           f"directory")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` for the duration of a `with` block (one node)."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
 
 
 def _corpus(cfg: PretrainConfig) -> dict[str, dict[str, np.ndarray]]:

@@ -1,0 +1,253 @@
+"""Hostile inputs (issue 21): each table is one class of finding, each row one input a probe
+tried. The promise under test: bad input gets exit code 2 and one `error:` line naming the
+problem (no traceback), nothing is lost or overwritten, no secret is printed, no result is
+silently wrong. A later probe extends a table with a row.
+
+Most rows run `launch.py` as a subprocess, as the user does; rows whose command imports torch
+run `cli.main` in this process (same code path, seconds cheaper) and say so.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cobra.errors import DataError, TrackingError
+
+LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
+SECRET = "hunter2-s3cret"
+
+
+def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python launch.py ARGS` as the user runs it."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(LAUNCH), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(code: int, err: str, *needles: str) -> None:
+    """Exit code 2 and exactly one `error:` line on stderr, holding each needle."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Secrets in URIs: never printed, wherever they sit; a login in the URI is a login.
+
+SECRET_URIS = [
+    f"http://alice:{SECRET}@127.0.0.1:9",
+    f"http://127.0.0.1:9/?token={SECRET}",
+    f"https://127.0.0.1:9/?api_key={SECRET}&x=1",
+    f"postgresql://bob@127.0.0.1:9/mlflow?password={SECRET}",
+    f"sqlite:////nonexistent-dir/mlflow.db?password={SECRET}",
+]
+
+
+@pytest.mark.parametrize("uri", SECRET_URIS)
+def test_a_secret_anywhere_in_the_tracking_uri_is_never_printed(uri, tmp_path):
+    done = launch(["report"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert_refused(done.returncode, done.stderr, "***")
+    assert SECRET not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("text", [
+    f"could not connect to postgresql://bob@db:5432/x?sslpassword={SECRET}",
+    f"GET http://h:5000/api?X-Amz-Signature={SECRET}: 403",
+    f"'http://u:{SECRET}@h:5000/health' failed",
+])
+def test_the_redactor_finds_secrets_in_any_uri_quoted_in_a_message(text):
+    from cobra.uris import redact
+
+    assert SECRET not in redact(text) and "***" in redact(text)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """A tiny web server: `mlflow` mode answers like MLflow behind basic auth (alice/SECRET);
+    `web` mode answers 200 with a web page for every path, as any web server does."""
+
+    mode = "mlflow"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.mode == "web":
+            self._answer(200, b"<html>hello</html>", "text/html")
+            return
+        login = base64.b64encode(f"alice:{SECRET}".encode()).decode()
+        if self.path != "/health" and self.headers.get("Authorization") != f"Basic {login}":
+            self._answer(401, b"login required", "text/plain")
+            return
+        self._answer(200, b"OK" if self.path == "/health" else b"{}", "application/json")
+
+    def _answer(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def web_server() -> Iterator[Callable[[str], str]]:
+    """Start a server in `mode`; returns its base URL."""
+    servers = []
+
+    def start(mode: str) -> str:
+        handler = type("Handler", (_Handler,), {"mode": mode})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_login_written_into_the_uri_passes_the_reachability_check(web_server, monkeypatch):
+    from cobra.tracking import check_reachable
+
+    host = web_server("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    check_reachable(f"http://alice:{SECRET}@{host}")  # the server takes the URI's login
+    with pytest.raises(TrackingError, match="refused user 'alice'") as info:
+        check_reachable(f"http://alice:wrong-{SECRET}@{host}")
+    assert SECRET not in str(info.value)
+
+
+def test_a_web_server_that_is_not_mlflow_is_one_line(web_server, tmp_path):
+    uri = f"http://{web_server('web')}"
+    done = launch(["report"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert_refused(done.returncode, done.stderr, "not an MLflow tracking server")
+
+
+# ------------------------------------------------------------------------------------------------
+# Text files: one reader, UTF-8 with or without a BOM; anything else named with its encoding.
+
+LATIN1 = "loss:\n  tau: 0.1  # café\n".encode("latin-1")
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("content, needles", [
+    (LATIN1, ["not UTF-8", "line 2", "save it as UTF-8"]),
+    (b"loss:\n  tau: 0.1\ntrain:\n  epochs: 2\nloss:\n  tau: 0.2\n",
+     ["sets 'loss' twice", "lines 1 and 5"]),
+    (b"loss:\n  tau: 0.1\n  tau: 0.2\n", ["sets 'tau' twice"]),
+    (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+     + b"".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n"
+                .encode() for i in range(6)), ["expands to more than"]),
+])
+def test_a_bad_config_file_is_one_line(content, needles, tmp_path):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    done = launch(["config", "bad.yaml"], tmp_path)
+    assert_refused(done.returncode, done.stderr, "bad.yaml", *needles)
+
+
+def test_a_config_with_a_bom_is_read(tmp_path):
+    (tmp_path / "bom.yaml").write_bytes(BOM + b"loss:\n  tau: 0.25\n")
+    done = launch(["config", "bom.yaml"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["loss"]["tau"] == 0.25
+
+
+def test_a_directory_given_as_config_is_named_as_a_directory(tmp_path):
+    done = launch(["config", str(tmp_path)], tmp_path)
+    assert_refused(done.returncode, done.stderr, "is a directory")
+
+
+def _voc_copy(tiny_data_root: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_data_root, root)
+    return root
+
+
+def _repeat_first_id(split: Path) -> None:
+    """The split's first id four times, as the probe wrote it (a one-image "interval")."""
+    first = split.read_text().split()[0]
+    split.write_text("\n".join([first] * 4) + "\n")
+
+
+@pytest.mark.parametrize("write, error, needles", [
+    (lambda r: (r / "classes.txt").write_bytes("background\nbo\xeete\n".encode("latin-1")),
+     DataError, ["classes.txt", "not UTF-8"]),
+    (lambda r: (r / "ImageSets/Segmentation/train.txt").write_bytes(b"\xff\xfe0\x001\x00"),
+     DataError, ["train.txt", "not UTF-8"]),
+    (lambda r: _repeat_first_id(r / "ImageSets/Segmentation/train.txt"),
+     DataError, ["train.txt", "twice", "lines 1 and 2"]),
+])
+def test_a_bad_text_file_in_a_dataset_is_named(write, error, needles, tiny_data_root, tmp_path):
+    from cobra.data.voc import VOCSource
+
+    root = _voc_copy(tiny_data_root, tmp_path)
+    write(root)
+    with pytest.raises(error) as info:
+        VOCSource(root, "train")
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_a_classes_file_with_a_bom_keeps_background_first(tiny_data_root, tmp_path):
+    from cobra.data.voc import read_class_names
+
+    root = _voc_copy(tiny_data_root, tmp_path)
+    (root / "classes.txt").write_bytes(BOM + b"background\nkite\nboat\n")
+    assert read_class_names(root) == ["background", "kite", "boat"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Command-line values that used to crash with a traceback (or escape run.dir).
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train", "--name", "a/b"], ["must be one directory name"]),
+    (["train", "--name", "../escaped"], ["must be one directory name"]),
+    (["train", "--name", "/tmp/absolute-run"], ["must be one directory name"]),
+    (["train", "--name", "x" * 300], ["300 bytes", "shorter --name"]),
+    (["train", "--set", "run.name=../escaped"], ["must be one directory name"]),
+    (["train", "cfg.yaml", "--resume", "runs/x"], ["would be ignored"]),
+    (["train", "--resume", "runs/x", "--name", "other"], ["would be ignored"]),
+    (["report", "--out", "a-file"], ["is a file"]),
+    (["report", "--out", "/proc/cobra-report"], ["cannot create report --out"]),
+    (["bench", "--bogus"], ["--bogus"]),
+])
+def test_a_bad_command_line_value_is_one_line(args, needles, tmp_path):
+    (tmp_path / "a-file").write_text("keep me")
+    (tmp_path / "cfg.yaml").write_text("loss: {tau: 0.1}\n")
+    # model.pretrained=false and no data: a name check that passed would go on to fail elsewhere
+    done = launch(args, tmp_path)
+    assert_refused(done.returncode, done.stderr, *needles)
+    assert not (tmp_path.parent / "escaped").exists() and not Path("/tmp/absolute-run").exists()
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("make_cache, needles", [
+    (lambda d: (d / "cache").write_text("a file"), ["COBRA_CACHE", "is a file"]),
+    (lambda d: None, ["COBRA_CACHE", "/proc"]),
+    (lambda d: ((d / "cache").mkdir(), (d / "cache").chmod(0o500)), ["COBRA_CACHE",
+                                                                     "not writable"]),
+])
+def test_an_unusable_cobra_cache_is_one_line(make_cache, needles, tmp_path):
+    if os.geteuid() == 0 and "not writable" in needles:
+        pytest.skip("root writes anywhere")
+    make_cache(tmp_path)
+    cache = "/proc/cobra-cache" if "/proc" in needles else str(tmp_path / "cache")
+    done = launch(["train", "--set", "train.epochs=0"], tmp_path, {"COBRA_CACHE": cache})
+    assert_refused(done.returncode, done.stderr, *needles)
