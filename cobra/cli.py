@@ -12,13 +12,15 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cobra.errors import CobraError, NonFiniteLossError
+from cobra.errors import CobraError, NonFiniteLossError, Terminated
 from cobra.reporting import jsonable
 
 
@@ -121,11 +123,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.config import load_config
     from cobra.layout import open_run
-    from cobra.pipeline import run_stages
-    from cobra.reporting import FileReporter
 
     layout = open_run(args.run_dir)
     _lock_run(layout)
+    from cobra.pipeline import run_stages  # torch: once the run is known to be free
+    from cobra.reporting import FileReporter
+
     cfg = load_config(layout.config, args.overrides, saved=True)
     reporter = FileReporter(layout.metrics)
     try:
@@ -351,6 +354,24 @@ def _error_log_of(exc: BaseException) -> Path | None:
     return exc.cobra_error_log  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """For one command: SIGTERM raises Terminated (a KeyboardInterrupt), so every path that
+    handles Ctrl+C (status KILLED, a resumable checkpoint, the sweep's resume hint) handles it;
+    and the locks the command took are given back when it ends."""
+    from cobra.locks import release_all
+
+    def terminate(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark has its own flags (benchmarks/bench.py --help)
@@ -361,18 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in CACHE_COMMANDS:
             check_cache_dir()
-        try:
+        with _sigterm_as_interrupt():
             result = args.func(args)
-        finally:
-            from cobra.locks import release_all
-
-            release_all()
     except CobraError as exc:
         _say_error(one_line(exc))
         return 2
     except NonFiniteLossError as exc:
         _say_error(one_line(exc))
         return 1
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as the shell reports a process SIGTERM ended
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import run_cli
 
 from cobra.errors import DataError, TrackingError
 
@@ -251,3 +254,82 @@ def test_an_unusable_cobra_cache_is_one_line(make_cache, needles, tmp_path):
     cache = "/proc/cobra-cache" if "/proc" in needles else str(tmp_path / "cache")
     done = launch(["train", "--set", "train.epochs=0"], tmp_path, {"COBRA_CACHE": cache})
     assert_refused(done.returncode, done.stderr, *needles)
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks and weights: a name in the wrong branch, weights of another network, a damaged cache.
+
+
+def _tiny(tiny_overrides: list[str], *extra: str) -> list[str]:
+    return [arg for o in (*tiny_overrides, *extra) for arg in ("--set", o)]
+
+
+def _swapped_weights(directory: Path) -> Path:
+    """resnet18.safetensors holding deit_tiny's weights and the other way round."""
+    import timm
+    from safetensors.torch import save_file
+
+    directory.mkdir()
+    for file_name, net in (("resnet18", "deit_tiny_patch16_224"),
+                           ("deit_tiny_patch16_224", "resnet18")):
+        state = timm.create_model(net, pretrained=False).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  str(directory / f"{file_name}.safetensors"))
+    return directory
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["model.cnn=deit_tiny_patch16_224"], ["model.cnn 'deit_tiny_patch16_224'", "not a CNN"]),
+    (["model.vit=resnet18"], ["model.vit 'resnet18'", "not a plain timm ViT"]),
+    (["model.pretrained=WEIGHTS"], ["resnet18.safetensors", "does not fit 'resnet18'"]),
+])
+def test_a_network_or_weights_in_the_wrong_place_is_one_line(extra, needles, tiny_overrides,
+                                                            tmp_path, capsys):
+    """In-process (torch is loaded already): refused before the first epoch, run removed."""
+    if "model.pretrained=WEIGHTS" in extra:
+        extra = [f"model.pretrained={_swapped_weights(tmp_path / 'weights')}"]
+    code, _, err = run_cli(["train", *_tiny(tiny_overrides, *extra)], capsys)
+    assert_refused(code, err, *needles)
+    assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_damaged_cached_weights_are_made_again_not_used(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from cobra import pretrain
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    weights = folder / "net.safetensors"
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(weights))
+    # a file cached before records were kept: adopted (recorded) when it reads whole
+    assert pretrain._usable(folder, "net", repair=True)
+    assert json.loads((folder / "net.safetensors.sha256").read_text())["size"] == \
+        weights.stat().st_size
+    # overwritten in place with the same size: caught by the hash, removed, named
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\xff\xff\xff\xff"
+    weights.write_bytes(bytes(data))
+    assert load_file(str(weights))  # still a readable file: only the record can tell
+    assert not pretrain._usable(folder, "net", repair=True)
+    assert not weights.exists() and "net.safetensors' are damaged" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Data that can be known bad before training.
+
+
+def test_a_seed_split_without_one_labelled_pixel_is_refused_before_training(
+        tiny_data_root, tiny_overrides, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = _voc_copy(tiny_data_root, tmp_path)
+    for mask in (root / "SegmentationClass").glob("*.png"):
+        with Image.open(mask) as img:
+            ignored = Image.fromarray(np.full_like(np.asarray(img), 255), mode="P")
+            ignored.putpalette(img.getpalette())
+        ignored.save(mask)
+    code, _, err = run_cli(["train", *_tiny(tiny_overrides, f"data.root={root}")], capsys)
+    assert_refused(code, err, "ignore (255)", "data.seed_split")
+    assert not list((tmp_path / "runs").glob("*"))

@@ -168,7 +168,8 @@ def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
 def check_inputs(cfg: Config, source) -> None:
     """What would make this stage fail, found from file headers alone so a run can refuse before
     training: an image too large for multi-scale CAMs, a mask not the size of its image."""
-    for image_id in stage_ids(cfg, source):
+    ids = stage_ids(cfg, source)
+    for image_id in ids:
         h, w = source.image_size(image_id)
         if max(h, w) > cfg.seeds.max_side:
             raise DataError(f"image '{source.image_path(image_id)}' is {w}x{h}, larger than "
@@ -176,6 +177,11 @@ def check_inputs(cfg: Config, source) -> None:
                             f"seeds.max_side (memory grows with the image's area)")
         if source.has_masks and hasattr(source, "check_mask_size"):
             source.check_mask_size(image_id)
+    if source.has_masks and not any((source.load_mask(i) != 255).any() for i in ids):
+        # seeds are scored on labelled pixels: with none, every score is NaN after training
+        raise DataError(f"every mask of split '{source.split}' is ignore (255) on every pixel, "
+                        f"so its seeds cannot be scored; fix the masks or set data.seed_split "
+                        f"to a split with labels")
 
 
 def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[str]:
