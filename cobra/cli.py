@@ -193,9 +193,9 @@ def cmd_final(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from cobra import results, tracking
-
     out = _writable_directory(Path(args.out or "reports"), "report --out")
+    from cobra import results, tracking  # mlflow: once the command line is known to be good
+
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
     result = results.make_report(uri, args.experiment, args.sweep, out,

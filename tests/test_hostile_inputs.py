@@ -61,10 +61,15 @@ SECRET_URIS = [
 
 
 @pytest.mark.parametrize("uri", SECRET_URIS)
-def test_a_secret_anywhere_in_the_tracking_uri_is_never_printed(uri, tmp_path):
-    done = launch(["report"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
-    assert_refused(done.returncode, done.stderr, "***")
-    assert SECRET not in done.stderr + done.stdout
+def test_a_secret_anywhere_in_the_tracking_uri_is_never_printed(uri, tmp_path, capsys,
+                                                                monkeypatch):
+    """In-process (mlflow loads once for the table); the subprocess rows below show the same
+    `report` path as the user runs it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, err = run_cli(["report"], capsys)
+    assert_refused(code, err, "***")
+    assert SECRET not in err
 
 
 @pytest.mark.parametrize("text", [
@@ -135,9 +140,10 @@ def test_a_login_written_into_the_uri_passes_the_reachability_check(web_server, 
 
 
 def test_a_web_server_that_is_not_mlflow_is_one_line(web_server, tmp_path):
-    uri = f"http://{web_server('web')}"
+    uri = f"http://alice:{SECRET}@{web_server('web')}"
     done = launch(["report"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
-    assert_refused(done.returncode, done.stderr, "not an MLflow tracking server")
+    assert_refused(done.returncode, done.stderr, "not an MLflow tracking server", "alice:***@")
+    assert SECRET not in done.stderr + done.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,3 +339,156 @@ def test_a_seed_split_without_one_labelled_pixel_is_refused_before_training(
     code, _, err = run_cli(["train", *_tiny(tiny_overrides, f"data.root={root}")], capsys)
     assert_refused(code, err, "ignore (255)", "data.seed_split")
     assert not list((tmp_path / "runs").glob("*"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Two processes on one run or one sweep: the second is refused with one line.
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], int]]:
+    """Hold `cobra.locks.hold(path)` in another process (as a running command would)."""
+    holders = []
+
+    def hold(path: Path) -> int:
+        code = ("import sys; from pathlib import Path; from cobra.locks import hold; "
+                f"hold(Path({str(path)!r}), 'x'); print('held', flush=True); sys.stdin.read()")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(LAUNCH.parent)})
+        assert proc.stdout.readline().strip() == "held"
+        holders.append(proc)
+        return proc.pid
+
+    yield hold
+    for proc in holders:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def _fake_run(tmp_path: Path) -> Path:
+    from cobra.config import Config, save_config
+
+    run = tmp_path / "runs" / "busy"
+    run.mkdir(parents=True)
+    save_config(Config(), run / "config.yaml")
+    (run / "metrics.jsonl").write_text('{"event": "epoch", "epoch": 0}\n')
+    return run
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--resume", "RUN"],
+    ["stage", "seeds", "--run-dir", "RUN"],
+])
+def test_a_run_in_use_is_refused(args, lock_holder, tmp_path):
+    run = _fake_run(tmp_path)
+    pid = lock_holder(run / ".lock")
+    done = launch([str(run) if a == "RUN" else a for a in args], tmp_path)
+    assert_refused(done.returncode, done.stderr, "in use by another process", f"pid {pid}")
+    assert (run / "metrics.jsonl").read_text() == '{"event": "epoch", "epoch": 0}\n'
+
+
+def _sweep_file(tmp_path: Path, tiny_overrides: list[str], **keys) -> Path:
+    overrides = dict(o.split("=", 1) for o in tiny_overrides)
+    spec = {"name": "hostile", "base": {}, "space": {"loss.tau": [0.05, 0.1]},
+            "search": {"algorithm": "grid"}, "storage": str(tmp_path / "ray"),
+            "overrides": {k: yaml.safe_load(v) for k, v in overrides.items()}, **keys}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_second_identical_sweep_is_refused(lock_holder, tiny_overrides, tmp_path, capsys,
+                                            monkeypatch):
+    """In-process (Ray and torch load once for the file); the first sweep is another process."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ray").mkdir()
+    pid = lock_holder(tmp_path / "ray" / ".hostile.lock")
+    code, _, err = run_cli(["sweep", str(_sweep_file(tmp_path, tiny_overrides))], capsys)
+    assert_refused(code, err, "sweep 'hostile'", "in use by another process", f"pid {pid}")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before a parent run was made
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweep files and sweep-level refusals, before Ray starts.
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count()
+
+
+@pytest.mark.parametrize("keys, needles", [
+    ({"space": {"loss.tau": [0.1, 0.1]}}, ["space.loss.tau", "lists 0.1 twice"]),
+    ({"space": {"loss.k_cap_pos": [2, 3, 2]}}, ["lists 2 twice"]),
+    ({"mlflow": {"experiment": ""}}, ["mlflow.experiment", "is empty"]),
+    ({"mlflow": {"experiment": "  "}}, ["mlflow.experiment", "is empty"]),
+    ({"resources": {"cpu": 4096}}, ["resources.cpu", "this machine has"]),
+    ({"resources": {"gpu": 64}}, ["resources.gpu", "this machine has"]),
+])
+def test_a_sweep_that_cannot_run_is_refused_before_ray(keys, needles, tiny_overrides, tmp_path,
+                                                       capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, _, err = run_cli(["sweep", str(_sweep_file(tmp_path, tiny_overrides, **keys))], capsys)
+    assert_refused(code, err, *needles)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resuming_a_sweep_the_store_does_not_hold_is_refused(tiny_overrides, tmp_path, capsys,
+                                                             monkeypatch):
+    """Ray's directory of the sweep is there (a copy, or another working directory's store),
+    but the MLflow store this command uses has no such sweep: resuming would start a new one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ray" / "hostile").mkdir(parents=True)
+    (tmp_path / "ray" / "hostile" / "tuner.pkl").write_bytes(b"")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    code, _, err = run_cli(["sweep", str(_sweep_file(tmp_path, tiny_overrides)), "--resume"],
+                           capsys)
+    assert_refused(code, err, "no sweep 'hostile' to resume in MLflow experiment 'cobra'")
+
+
+def test_a_trials_input_error_ends_the_sweep_as_one_line():
+    """A trial whose input is bad reports it (no traceback); the stopper ends every trial and
+    the driver finds the message (Ray's own Stopper and Result classes)."""
+    from ray.tune import Result
+
+    from cobra.sweep.trainable import INPUT_ERROR, InputErrorStopper
+    from cobra.sweep.tuner import first_input_error
+
+    stopper = InputErrorStopper()
+    assert not stopper("a", {"epoch": 1}) and not stopper.stop_all()
+    assert stopper("b", {INPUT_ERROR: "trial tau=0.1: image 'x.jpg' is empty"})
+    assert stopper.stop_all() and stopper("a", {"epoch": 2})
+    results = [Result(metrics={"epoch": 1}, checkpoint=None, error=None, path="/a"),
+               Result(metrics={INPUT_ERROR: "trial tau=0.1: image 'x.jpg' is empty"},
+                      checkpoint=None, error=None, path="/b")]
+    assert first_input_error(results) == "trial tau=0.1: image 'x.jpg' is empty"
+    assert first_input_error(results[:1]) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Signals: SIGTERM (Ray, SLURM, Kubernetes, `kill`) ends a run as Ctrl+C does.
+
+
+def test_sigterm_during_training_marks_the_run_killed_and_keeps_it_resumable(tiny_overrides,
+                                                                           tmp_path):
+    import signal
+    import time
+
+    args = ["train", "--name", "term", "--no-seeds",
+            *_tiny(tiny_overrides, "train.epochs=200", "train.diagnostics=false")]
+    proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    checkpoint = tmp_path / "runs" / "term" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), proc.stderr.read() if proc.poll() is not None else "no epoch"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    status = json.loads((tmp_path / "runs" / "term" / "status.json").read_text())
+    assert status["status"] == "KILLED"
+    assert checkpoint.exists()
