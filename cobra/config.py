@@ -201,9 +201,11 @@ class SeedsConfig:
                                       help="A_obj percentiles θ swept (the paper's protocol)")
     max_images: int | None = _f(None, ge=1, help="make seeds for only the first N images")
     max_side: int = _f(
-        2048, ge=16, help="largest image side the seeds stage accepts: multi-scale CAMs of a "
-        "larger image need memory growing with its area (a 6000 px side asks for hundreds of "
-        "GB); checked before training starts, so downscale such images or raise this")
+        4096, ge=16, help="largest side the seed pass runs at: an image's side times the "
+        "largest of seeds.scales (the default admits a 2048 px image at scale 2.0). Multi-scale "
+        "CAMs need memory growing with that area (a 6000 px side, or scale 100, asks for "
+        "hundreds of GB), so it is checked before training starts; downscale such images, drop "
+        "the scale or raise this")
 
 
 @dataclass

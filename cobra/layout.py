@@ -127,6 +127,12 @@ class RunLayout:
         return self.segment / "model.pt"
 
     # --- helpers
+    def directories(self) -> tuple[Path, ...]:
+        """Every directory a stage writes into."""
+        return (self.checkpoints, self.seeds, self.ir_labels, self.irn, self.masks,
+                self.masks / "rw", self.masks / "png", self.segment, self.segment / "pred",
+                self.pictures)
+
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text()) if self.summary.exists() else {}
 
@@ -165,12 +171,15 @@ def check_run_name(name: str, parent: Path) -> None:
                          f"'{parent}' allows {limit}; choose a shorter --name (run.name)")
 
 
-def new_run(parent: str | Path, name: str | None) -> RunLayout:
+def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False
+            ) -> RunLayout:
     """Create a fresh run directory that this process alone owns.
 
     The directory is made with an exclusive `mkdir` (no exist-check beforehand), so two
-    processes can never share one: with an explicit `name` the second one is refused; a default
-    (timestamped) name gets a random suffix and a fresh one on the rare collision.
+    processes can never share one: with an explicit `name` the second one is refused (or, with
+    `stamp_if_taken`, gets the name plus a timestamp and a random suffix: a command the user
+    cannot name, such as `final`); a default (timestamped) name gets a random suffix and a
+    fresh one on the rare collision.
     """
     parent = Path(parent).expanduser().resolve()
     if name is not None:
@@ -180,12 +189,16 @@ def new_run(parent: str | Path, name: str | None) -> RunLayout:
     except OSError as exc:
         raise CobraError(f"cannot create run.dir '{parent}' ({exc.strerror}); set run.dir to "
                          f"a writable directory") from None
-    for _ in range(100):
-        root = parent / (name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    for attempt in range(100):
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        if name is None:
+            root = parent / stamp
+        else:
+            root = parent / (name if attempt == 0 else f"{name}-{stamp}")
         try:
             root.mkdir()
         except FileExistsError:
-            if name:
+            if name and not stamp_if_taken:
                 raise CobraError(f"run directory '{root}' already exists; choose another "
                                  f"--name (run.name) or pass --resume to continue it") from None
             continue
@@ -204,7 +217,12 @@ def open_run(path: str | Path) -> RunLayout:
     if not (root / "config.yaml").is_file():
         raise CobraError(f"'{root}' is not a run directory (no config.yaml); "
                          f"run `launch.py train` first or check the path")
-    return RunLayout(root)
+    layout = RunLayout(root)
+    for directory in layout.directories():
+        if directory.exists() and not directory.is_dir():
+            raise CobraError(f"'{directory}' is a file where the run keeps a directory; move "
+                             f"it out of the run directory")
+    return layout
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

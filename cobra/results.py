@@ -64,15 +64,27 @@ def _finished(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
 
 def table_axes(done: list[TrialRecord], rows: str | None, cols: str | None) -> list[str]:
     """The swept keys a table is laid out by: the given ones, else every varying param except
-    replicate seeds (averaged over) and bookkeeping."""
-    known = sorted({k for t in done for k in t.params})
-    for name, given in (("--rows", rows), ("--cols", cols)):
-        if given is not None and given not in known:
-            raise ConfigError(f"{name} '{given}' is not a param of this sweep; the swept params "
-                              f"are: {', '.join(varying_params(done)) or '(none)'}")
-    if rows is not None or cols is not None:
-        return [k for k in (rows, cols) if k is not None]
+    replicate seeds (averaged over) and bookkeeping. Given ones must be swept and leave no
+    swept key out: trials that differ in a key the table does not show would be averaged as if
+    they were replicates of one setting."""
     varying = varying_params(done)
+    swept = ", ".join(varying) or "(none)"
+    given = [(name, key) for name, key in (("--rows", rows), ("--cols", cols)) if key is not None]
+    for name, key in given:
+        if key not in varying:
+            known = {k for t in done for k in t.params}
+            what = "was not swept (every trial has one value)" if key in known else \
+                "is not a param of this sweep"
+            raise ConfigError(f"{name} '{key}' {what}; the swept params are: {swept}")
+    if given:
+        shown = {key for _, key in given}
+        left_out = [k for k in varying
+                    if k not in shown and not _is_replicate(k) and k not in _BOOKKEEPING]
+        if left_out:
+            raise ConfigError(f"--rows/--cols leave out the swept param '{left_out[0]}': trials "
+                              f"that differ in it would be averaged as replicates; lay the table "
+                              f"out by it too, or leave --rows/--cols out")
+        return [key for _, key in given]
     axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
     return axes or [k for k in varying if k not in _BOOKKEEPING]
 

@@ -24,7 +24,8 @@ import torch
 import yaml
 from conftest import run_cli
 
-from cobra.errors import DataError, TrackingError
+from cobra.errors import CobraError, ConfigError, DataError, StageInputError, TrackingError
+from cobra.tracking.queries import TrialRecord
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
 SECRET = "hunter2-s3cret"
@@ -492,3 +493,108 @@ def test_sigterm_during_training_marks_the_run_killed_and_keeps_it_resumable(tin
     status = json.loads((tmp_path / "runs" / "term" / "status.json").read_text())
     assert status["status"] == "KILLED"
     assert checkpoint.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Results never silently wrong: a report that calls two settings replicates, pixels written over,
+# a wide image decoded to one colour.
+
+
+def _trial(run: str, **params) -> TrialRecord:
+    return TrialRecord(run_id=run, run_name=run, status="FINISHED", metrics={"seed_miou": 50.0},
+                       params={k: str(v) for k, v in params.items()})
+
+
+TRIALS = [_trial(f"r{i}", **{"loss.tau": tau, "loss.k_cap_pos": k, "loss.lambda_cam": 0.1,
+                             "train.seed": 0})
+          for i, (tau, k) in enumerate([(0.1, 2), (0.1, 3), (0.2, 2), (0.2, 3)])]
+
+
+@pytest.mark.parametrize("rows, cols, needles", [
+    ("loss.lambda_cam", None, ["--rows 'loss.lambda_cam' was not swept"]),
+    ("loss.tau", None, ["leave out the swept param 'loss.k_cap_pos'", "replicates"]),
+    ("loss.taux", None, ["is not a param of this sweep"]),
+])
+def test_a_report_never_averages_other_settings_as_replicates(rows, cols, needles):
+    from cobra.results import table_axes
+
+    with pytest.raises(ConfigError) as info:
+        table_axes(TRIALS, rows, cols)
+    for needle in needles:
+        assert needle in str(info.value)
+    assert table_axes(TRIALS, "loss.tau", "loss.k_cap_pos") == ["loss.tau", "loss.k_cap_pos"]
+
+
+def test_decoded_pixels_written_over_in_place_are_decoded_again(tiny_data_root, tmp_path,
+                                                                capsys):
+    from cobra.data.decoded_cache import PIXELS, decoded_images
+    from cobra.data.voc import VOCSource
+
+    source = VOCSource(tiny_data_root, "val")
+    store = decoded_images(source, tmp_path)
+    first = source.ids[0]
+    original = store.load_image(first)
+    pixels = store.folder / PIXELS
+    size = pixels.stat().st_size
+    with open(pixels, "r+b") as fh:  # same size, other bytes: the header kept, pixels zeroed
+        fh.seek(128)
+        fh.write(bytes(size - 128))
+    assert pixels.stat().st_size == size
+    again = decoded_images(source, tmp_path)
+    assert (again.load_image(first) == original).all() and original.any()
+    assert "changed after it was written" in capsys.readouterr().err
+
+
+def test_a_16_bit_image_is_not_decoded_to_one_colour(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cobra.data.source import read_rgb
+
+    ramp = np.linspace(1000, 65000, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    rgb = read_rgb(tmp_path / "wide.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (32, 32, 3)
+    assert rgb[0, 0, 0] < 10 and rgb[-1, -1, 0] > 245 and len(np.unique(rgb)) > 100
+
+
+# ------------------------------------------------------------------------------------------------
+# Run directories: damaged stage outputs named, a failed `final` not blocking the next.
+
+
+def test_seeds_scales_beyond_the_pixel_budget_are_refused_before_training(tiny_overrides,
+                                                                           tmp_path, capsys):
+    code, _, err = run_cli(["train", *_tiny(tiny_overrides, "seeds.scales=[100.0]")], capsys)
+    assert_refused(code, err, "at seeds scale 100", "larger than seeds.max_side")
+    assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_a_stage_directory_that_is_a_file_is_named(tmp_path):
+    run = _fake_run(tmp_path)
+    (run / "seeds").write_text("not a directory")
+    done = launch(["stage", "seeds", "--run-dir", str(run)], tmp_path)
+    assert_refused(done.returncode, done.stderr, f"'{run / 'seeds'}' is a file")
+
+
+def test_a_truncated_seed_file_is_named(tmp_path):
+    import numpy as np
+
+    from cobra.stages.outputs import read_seed_arrays
+
+    path = tmp_path / "seeds" / "img.npz"
+    path.parent.mkdir()
+    np.savez(path, keys=np.arange(3), cam_cnn=np.zeros((3, 8, 8), np.float32))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(StageInputError, match=r"seed file '.*img.npz' is damaged.*stage seeds"):
+        read_seed_arrays(path)
+
+
+def test_a_final_run_directory_left_by_a_failed_final_does_not_block_the_next(tmp_path):
+    from cobra.layout import new_run
+
+    first = new_run(tmp_path, "final-trial-abcd1234", stamp_if_taken=True)
+    second = new_run(tmp_path, "final-trial-abcd1234", stamp_if_taken=True)
+    assert first.root.name == "final-trial-abcd1234"
+    assert second.root.name.startswith("final-trial-abcd1234-") and first.root.is_dir()
+    with pytest.raises(CobraError, match="already exists"):
+        new_run(tmp_path, "final-trial-abcd1234")  # `train --name` still refuses

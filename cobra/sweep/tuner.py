@@ -14,6 +14,7 @@ from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
 from cobra.results import results_markdown
+from cobra.stages import seeds
 from cobra.sweep.spec import SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,
@@ -103,6 +104,8 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     # Written once here (synthetic) and checked: trials must not race to create the dataset.
     build_source(spec.base, resolve_train_split(spec.base))
     build_source(spec.base, spec.base.data.val_split)
+    # the seed split's problems (too large for the seed pass, masks unusable) before any trial
+    seeds.check_inputs(spec.base, build_source(spec.base, spec.base.data.seed_split))
     # Likewise the builtin weights: made once here, not by every trial at once; and checked
     # against the networks here, not by every trial failing alike.
     check_backbones(spec.base)
