@@ -599,3 +599,27 @@ def test_a_final_run_directory_left_by_a_failed_final_does_not_block_the_next(tm
     assert second.root.name.startswith("final-trial-abcd1234-") and first.root.is_dir()
     with pytest.raises(CobraError, match="already exists"):
         new_run(tmp_path, "final-trial-abcd1234")  # `train --name` still refuses
+
+
+@pytest.mark.cluster
+def test_a_sweep_whose_trial_stops_on_bad_data_exits_2_with_one_error_line(tiny_data_root,
+                                                                          tiny_overrides,
+                                                                          tmp_path):
+    """Real Ray (about 40 s, so with the drills: -m cluster). A val image whose header reads
+    but whose pixels are cut passes every check before Ray; the first trial stops on it and
+    the sweep ends with exit 2 and one `error:` line naming the trial and the file (not exit 0
+    with `scored: 0` after a traceback per trial)."""
+    root = _voc_copy(tiny_data_root, tmp_path)
+    first = (root / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    image = next((root / "JPEGImages").glob(f"{first}.*"))
+    image.write_bytes(image.read_bytes()[:120])
+    overrides = [o for o in tiny_overrides if not o.startswith("data.root=")]
+    sweep = _sweep_file(tmp_path, [*overrides, f"data.root={root}"])
+    done = launch(["sweep", str(sweep)], tmp_path,
+                  {"COBRA_CACHE": str(tmp_path / "cache"),
+                   "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}, timeout=300)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert "sweep 'hostile' stopped: trial tau=" in errors[0] and str(image) in errors[0]
+    assert not [ln for ln in done.stdout.splitlines() if ln.startswith("{")]  # no JSON line
