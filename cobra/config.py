@@ -53,15 +53,25 @@ class ModelConfig:
     branches: str = _f("both", choices=("both", "cnn", "vit"),
                        help="`cnn`/`vit` train one branch alone (Table 3's single-branch rows)")
     embed_dim: int = _f(256, ge=1, help="D, the CAP/SAP projection size (Table 11)")
+    proj_head: str = _f(
+        "conv", choices=("conv", "cam"),
+        help="CAP/SAP projection of each branch: conv = a 1x1 conv head to embed_dim (paper); "
+        "cam = the branch's own class map (D = classes + 1), so L_cap and L_sap shape the maps "
+        "seeds are made from rather than a side head the CAM head never reads")
     pretrained: bool | str = _f(
         True, help="true: timm hub weights; false: random init; builtin: backbones pretrained "
         "offline on the procedural corpus (`launch.py pretrain`, cached, made on first use); a "
         "path: a local weights file (single branch) or a directory holding "
         "<timm_name>.safetensors|.pth per backbone")
+    cnn_stride: int = _f(
+        16, choices=(8, 16),
+        help="output stride of the CNN branch: 16 as in the paper, where it equals the ViT's "
+        "16 px patch; set it to the ViT's patch size so both branches share one patch grid "
+        "(an 8 px ViT with a stride-16 CNN leaves L_cap contrasting upsampled CNN vectors)")
     cnn_downsample: str = _f(
         "stride", choices=("stride", "dilate"),
-        help="how the CNN reaches output stride 16: last stage stride 1 without dilation "
-        "(authors) or timm's dilated output_stride=16")
+        help="how the CNN reaches model.cnn_stride: later stages at stride 1 without dilation "
+        "(authors) or timm's dilated output_stride")
     freeze_bn: bool = _f(
         True, help="BatchNorm layers stay in eval mode (frozen running statistics) while their "
         "scale and shift train, as in IRN and the authors' code; the stem's BN follows freeze_stem")
@@ -95,6 +105,18 @@ class LossConfig:
     use_cap: bool = _f(True, help="include L_cap (Table 3)")
     use_sap: bool = _f(True, help="include L_sap (Table 3)")
     exclude_self_pair: bool = _f(False, help="drop the anchor itself from its positive set")
+    sap_bg: float | None = _f(
+        None, gt=0.0, le=1.0,
+        help="L_sap's background: None = the CNN CAM's background channel wins the argmax "
+        "(paper), although no loss teaches that channel where the background is; a score in "
+        "(0, 1) = a patch is background where every present class's max-normalised CNN score "
+        "falls below it (IRN's fixed background score), and background rows rank patches by "
+        "their lowest class score")
+    cap_affinity: str = _f(
+        "attention", choices=("attention", "tokens"),
+        help="L_cap's patch affinity from the ViT: attention = the patch-to-patch attention "
+        "summed over layers (paper); tokens = cosine similarity of the last layer's patch "
+        "tokens, for ViTs whose attention rows all peak on the same few sink tokens")
     cam_form: str | None = _f(
         None, choices=("paper", "code"),
         help="L_cam: paper = mean|ΔM| over all maps + the same over positive classes, "

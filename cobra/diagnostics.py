@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cobra import losses
+from cobra import losses, objective
 from cobra.config import LossConfig
 from cobra.models.output import CoBraOutput
 from cobra.objective import LossTerms
@@ -126,12 +126,12 @@ def selections(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The k± selections the losses make on this output: {"cap": ..., "sap": ...}."""
     chosen = {}
-    if out.affinity is not None:
-        chosen["cap"] = losses.select_pairs(out.affinity, cfg.k_cap_pos, cfg.k_cap_neg,
+    affinity = objective.cap_affinity(out, cfg)
+    if affinity is not None:
+        chosen["cap"] = losses.select_pairs(affinity, cfg.k_cap_pos, cfg.k_cap_neg,
                                             cfg.exclude_self_pair)
     if out.cam_cnn is not None and out.proj_vit is not None:
-        absent = "zero" if cfg.fidelity == "code" else "mask"
-        scores = losses.sap_scores(out.cam_cnn, labels, absent)
+        scores = losses.sap_scores(out.cam_cnn, labels, **objective.sap_options(cfg))
         chosen["sap"] = losses.select_pairs(scores, cfg.k_sap_pos, cfg.k_sap_neg,
                                             cfg.exclude_self_pair)
     return chosen

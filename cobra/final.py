@@ -36,22 +36,80 @@ def final_overrides(overrides: list[str]) -> list[str]:
     return [*forced, *overrides]
 
 
-def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any]) -> str:
-    """The final run's description: where it came from, and why its numbers differ."""
+# Each stage's scores: the name prefix, the metric holding how many images they cover, and
+# whether they are scored on the seed split (else on `segment.eval_split`).
+SCORE_GROUPS = (("seed_", "seed_num_images", True), ("ir_label_", "ir_label_num_images", True),
+                ("mask_", "mask_num_images", True), ("seg_", "seg_num_images", False))
+# Companions of a score (its interval, its image count, the threshold it chose): not rows.
+_COMPANION_SUFFIXES = ("_ci_lo", "_ci_hi", "_num_images", "_threshold", "_percentile",
+                       "_threshold_a", "_threshold_b")
+
+
+def score_rows(cfg: Config, metrics: dict[str, Any]) -> list[list[str]]:
+    """One row per final score: name, value, 95 % interval over images (where the stage
+    computes one), images, split."""
+    rows = []
+    for key, value in metrics.items():
+        group = next((g for g in SCORE_GROUPS if key.startswith(g[0])), None)
+        if (group is None or key.endswith(_COMPANION_SUFFIXES) or "threshold" in key
+                or not isinstance(value, (int, float))):
+            continue
+        _, images_key, on_seed_split = group
+        lo, hi = metrics.get(f"{key}_ci_lo"), metrics.get(f"{key}_ci_hi")
+        images = metrics.get(images_key)
+        split = cfg.data.seed_split if on_seed_split else cfg.segment.eval_split
+        rows.append([f"`{FINAL_PREFIX}{key}`", f"{value:.2f}",
+                     f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "—",
+                     str(int(images)) if images is not None else "?", split])
+    return rows
+
+
+def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any],
+             cfg: Config | None = None) -> str:
+    """The final run's description: where it came from, and each score with its split, its
+    images and its interval (a trial's scores cover a sample of the seed split)."""
     sweep = source.tags.get(tag.SWEEP, "?")
     trial_images = source.metrics.get("seed_num_images")
     trial_scope = f"{int(trial_images)} images" if trial_images else "a sample of images"
-    final_images = metrics.get("seed_num_images")
-    final_scope = f"{int(final_images)} images" if final_images else "the whole seed split"
-    return (f"Final stage of trial {tracking.run_link(uri, source.run_id)} (sweep `{sweep}`): "
+    head = (f"Final stage of trial {tracking.run_link(uri, source.run_id)} (sweep `{sweep}`): "
             f"seeds → IR labels → IRN → masks → segmentation from its checkpoint.\n\n"
-            f"Metrics are named `{FINAL_PREFIX}…`: they cover {final_scope}, while the trial's "
-            f"`seed_miou` covers {trial_scope}; compare them with each other, not with the "
-            f"sweep's trials.")
+            f"Metrics are named `{FINAL_PREFIX}…`: each covers the images of its split below, "
+            f"while the trial's `seed_miou` covers {trial_scope}; compare them with each "
+            f"other, not with the sweep's trials.")
+    rows = score_rows(cfg, metrics) if cfg is not None else []
+    if not rows:
+        return head
+    table = ["| score | value | 95% CI (images) | images | split |", "|---|---|---|---|---|",
+             *("| " + " | ".join(row) + " |" for row in rows)]
+    return (head + "\n\n" + "\n".join(table) + "\n\n*95% CI*: bootstrap over images, for "
+            "each stage's headline score (— : not computed). Seeds, IR labels and masks are "
+            "scored on the seed split; segmentation on `segment.eval_split`.")
 
 
-def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[str, str]:
+# What a logged network is shown taking: one normalized image, small enough to run at once.
+EXAMPLE_SIZE = 64
+
+
+def version_info(source: tracking.TrialRecord, metrics: dict[str, Any], cfg: Config,
+                 final_id: str) -> tracking.ModelVersionInfo:
+    """A model version's description and tags: its source trial and sweep, its final run,
+    and every final score with the images and split it covers."""
+    rows = score_rows(cfg, metrics)
+    scores = "; ".join(f"{r[0].strip('`')} {r[1]} {r[2] if r[2] != '—' else ''} on {r[3]} "
+                       f"{r[4]} images".replace("  ", " ") for r in rows)
+    sweep = source.tags.get(tag.SWEEP, "?")
+    description = (f"Trained by final run {final_id} from trial {source.run_name} "
+                   f"({source.run_id}) of sweep {sweep}; the run's config.yaml is in the model. "
+                   f"Scores: {scores}.")
+    tags = {tag.SOURCE_RUN: source.run_id, "final_run_id": final_id, tag.SWEEP: sweep,
+            **{r[0].strip("`"): r[1] for r in rows}}
+    return tracking.ModelVersionInfo(description, tags)
+
+
+def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout,
+               version: tracking.ModelVersionInfo) -> dict[str, str]:
     """The segmentation network and the boundary network (IRN) as MLflow models, registered."""
+    import numpy as np
     import torch
 
     from cobra.checkpoint import load_checkpoint
@@ -61,17 +119,19 @@ def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout) -> dict[st
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "timm",
                     "segmentation-models-pytorch", "cobra-sweeps"]
+    example = np.zeros((1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE), dtype=np.float32)
     outcome = {}
     if layout.irn_checkpoint.exists():
         net = load_boundary_net(layout, torch.device("cpu"))
-        outcome[IRN_MODEL] = tracking.log_torch_model(uri, run_id, net, "models/irn", IRN_MODEL,
-                                                      requirements)
+        outcome[IRN_MODEL] = tracking.log_torch_model(
+            uri, run_id, net, "irn", IRN_MODEL, example, requirements, [layout.config], version)
     if layout.segment_checkpoint.exists():
         num_classes = build_source(cfg, cfg.data.seed_split).num_classes
         model = build_segmenter(cfg.segment, num_classes)
         model.load_state_dict(load_checkpoint(layout.segment_checkpoint, "cpu")["model"])
         outcome[SEGMENTATION_MODEL] = tracking.log_torch_model(
-            uri, run_id, model.eval(), "models/segmentation", SEGMENTATION_MODEL, requirements)
+            uri, run_id, model.eval(), "segmentation", SEGMENTATION_MODEL, example,
+            requirements, [layout.config], version)
     return outcome
 
 
@@ -97,15 +157,16 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     tracking.set_description(uri, final_id, describe(uri, source, {}))
     # backbone, initialisation and CRF settings of every stage travel with its results
     reporter.log_params(flatten(cfg))
-    tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg))
+    tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg, POST_TRAIN_STAGES))
     try:
         metrics = run_stages(cfg, layout, reporter, stages=POST_TRAIN_STAGES, force=True)
         mlflow_reporter.log_artifact(layout.config, None)
-        models = log_models(uri, final_id, cfg, layout)
+        models = log_models(uri, final_id, cfg, layout,
+                            version_info(source, metrics, cfg, final_id))
     except BaseException:
         reporter.close("FAILED")
         raise
-    tracking.set_description(uri, final_id, describe(uri, source, metrics))
+    tracking.set_description(uri, final_id, describe(uri, source, metrics, cfg))
     mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
                              for name, what in models.items()})
     reporter.close("FINISHED")

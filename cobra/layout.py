@@ -16,6 +16,8 @@
       masks/png/<id>.png     pseudo masks (stage `masks`)
       segment/model.pt       segmentation network (stage `segment`)
       segment/pred/<id>.png  segmentation predictions
+      image_counts/<stage>.npz  each scored image's (3, K) IoU counts behind the stage's
+                             headline score (seeds, masks, segment)
       pictures/*.png         overlays for humans
 """
 
@@ -33,6 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from cobra.errors import CobraError
+
+# Each image's IoU counts behind a headline score, by metric: a path of the run directory and,
+# the same, of its MLflow run's artifacts (what the sweep's paired test over images reads).
+# Not inside seeds/ or masks/, whose *.npz are one image each.
+IMAGE_COUNTS_DIR = "image_counts"
+IMAGE_COUNTS = {"seed_miou": f"{IMAGE_COUNTS_DIR}/seeds.npz",
+                "mask_miou": f"{IMAGE_COUNTS_DIR}/masks.npz",
+                "seg_miou": f"{IMAGE_COUNTS_DIR}/segment.npz"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ class RunLayout:
     def seeds_eval(self) -> Path:
         return self.seeds / "eval.json"
 
+    @property
+    def seed_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["seed_miou"]
+
     # --- stage `ir_labels`
     @property
     def ir_labels(self) -> Path:
@@ -117,6 +131,10 @@ class RunLayout:
     def mask_file(self, image_id: str) -> Path:
         return self.masks / "png" / f"{image_id}.png"
 
+    @property
+    def mask_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["mask_miou"]
+
     # --- stage `segment`
     @property
     def segment(self) -> Path:
@@ -125,6 +143,10 @@ class RunLayout:
     @property
     def segment_checkpoint(self) -> Path:
         return self.segment / "model.pt"
+
+    @property
+    def seg_image_counts(self) -> Path:
+        return self.root / IMAGE_COUNTS["seg_miou"]
 
     # --- helpers
     def directories(self) -> tuple[Path, ...]:

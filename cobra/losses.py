@@ -125,6 +125,12 @@ def select_pairs(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: boo
     return pos_idx, neg_idx
 
 
+def token_affinity(patches: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pair of ViT patch tokens: (B, E, N_h, N_w) → (B, M, M)."""
+    z = _flatten_patches(patches.float())
+    return torch.bmm(z, z.transpose(1, 2))
+
+
 @full_precision
 def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int, tau: float,
              *, exclude_self: bool = False) -> torch.Tensor:
@@ -138,48 +144,67 @@ def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int
     return info_nce(z, pos_idx, neg_idx, tau)
 
 
-def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
-                      ) -> torch.Tensor:
-    """Pseudo class per patch: argmax of the softmax over background + the image's classes.
+def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask",
+                      bg: float | None = None) -> torch.Tensor:
+    """Pseudo class per patch: the argmax of `sap_class_scores` (B, M) long in 0..C.
 
-    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M) long in 0..C. `absent="zero"`
-    reproduces the authors' code, which zeroes absent classes instead of removing them, so an
-    absent class can still win where every present score is negative.
+    With the background channel (`bg=None`) the argmax is taken after a softmax over
+    background + the image's classes, as the paper writes it (the softmax does not change it).
     """
-    present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1) > 0.5
-    scores = cam_cnn.flatten(2)  # (B, C+1, M)
-    if absent == "mask":
-        scores = scores.masked_fill(~present[:, :, None], float("-inf"))
-    elif absent == "zero":
-        scores = scores * present[:, :, None]
-    else:
+    return sap_class_scores(cam_cnn, labels, absent, bg).argmax(dim=1)
+
+
+def sap_class_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask",
+                     bg: float | None = None) -> torch.Tensor:
+    """Per-patch scores of background and every class that L_sap ranks by: (B, C+1, M).
+
+    `bg=None`: the CNN CAM's own channels, background channel included; absent classes are
+    removed (-inf) or, with `absent="zero"`, zeroed as in the authors' code, so an absent class
+    can still win where every present score is negative.
+    `bg=t`: each present class's ReLU'd map max-normalised over the image (as seeds are), absent
+    classes removed, and background scored 2t − max_c s_c, which wins the argmax exactly where
+    every class score is below t and ranks patches by how far they are from every class.
+    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C).
+    """
+    if absent not in ("mask", "zero"):
         raise ValueError(f"absent must be 'mask' or 'zero', got '{absent}'")
-    return scores.softmax(dim=1).argmax(dim=1)
+    scores = cam_cnn.flatten(2)  # (B, C+1, M)
+    if bg is not None:
+        classes = scores[:, 1:].relu()
+        classes = classes / classes.amax(dim=2, keepdim=True).clamp_min(1e-5)
+        classes = classes.masked_fill(labels[:, :, None] <= 0.5, float("-inf"))
+        return torch.cat([2 * bg - classes.amax(dim=1, keepdim=True), classes], dim=1)
+    present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1) > 0.5
+    if absent == "mask":
+        return scores.masked_fill(~present[:, :, None], float("-inf"))
+    return scores * present[:, :, None]
 
 
-def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
-               ) -> torch.Tensor:
-    """L_sap's ranking scores: row i holds every patch's CNN score for anchor i's pseudo class.
+def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask",
+               bg: float | None = None) -> torch.Tensor:
+    """L_sap's ranking scores: row i holds every patch's score for anchor i's pseudo class.
 
     cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M, M).
     """
-    pseudo = sap_pseudo_labels(cam_cnn, labels, absent)  # (B, M)
-    class_scores = cam_cnn.flatten(2)  # (B, C+1, M)
+    class_scores = sap_class_scores(cam_cnn, labels, absent, bg)  # (B, C+1, M)
+    pseudo = class_scores.argmax(dim=1)  # (B, M)
+    if bg is None:  # the raw channels: absent classes must not leak -inf into a row
+        class_scores = cam_cnn.flatten(2)
     return class_scores.gather(1, pseudo[:, :, None].expand(-1, -1, class_scores.shape[2]))
 
 
 @full_precision
 def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k_pos: int,
-             k_neg: int, tau: float, *, absent: str = "mask", exclude_self: bool = False,
-             neg_exp_over_tau: bool = False) -> torch.Tensor:
+             k_neg: int, tau: float, *, absent: str = "mask", bg: float | None = None,
+             exclude_self: bool = False, neg_exp_over_tau: bool = False) -> torch.Tensor:
     """L_sap (Eq. 2): every ViT patch vector is an anchor; for its pseudo class c (from the CNN's
     CAM), positives / negatives are the patches with the highest / lowest CNN score for c.
 
     z_vit: (B, M, D) or (B, D, N_h, N_w); cam_cnn: (B, C+1, N_h, N_w), detached here (one-way);
-    labels: (B, C) multi-hot.
+    labels: (B, C) multi-hot; `bg`: see `sap_class_scores`.
     """
     z = _flatten_patches(z_vit)
-    rows = sap_scores(cam_cnn.detach(), labels, absent)
+    rows = sap_scores(cam_cnn.detach(), labels, absent, bg)
     pos_idx, neg_idx = select_pairs(rows, k_pos, k_neg, exclude_self)
     return info_nce(z, pos_idx, neg_idx, tau, neg_exp_over_tau=neg_exp_over_tau)
 

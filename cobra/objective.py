@@ -60,6 +60,18 @@ def active_terms(cfg: LossConfig, epoch: int, both_branches: bool) -> dict[str, 
     }
 
 
+def cap_affinity(out: CoBraOutput, cfg: LossConfig) -> torch.Tensor | None:
+    """The ViT patch affinity L_cap ranks by (`loss.cap_affinity`), None when not computed."""
+    if cfg.cap_affinity == "tokens":
+        return losses.token_affinity(out.features_vit) if out.features_vit is not None else None
+    return out.affinity
+
+
+def sap_options(cfg: LossConfig) -> dict:
+    """How L_sap reads the CNN CAM: the authors' quirks under `fidelity: code`, the background."""
+    return {"absent": "zero" if cfg.fidelity == "code" else "mask", "bg": cfg.sap_bg}
+
+
 def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoch: int,
                    input_size: tuple[int, int]) -> LossTerms:
     """All loss terms for one batch. labels: (B, C) multi-hot; input_size: (H, W) of the batch."""
@@ -78,12 +90,12 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
             out.cam_cnn, out.cam_vit, labels, input_size,
             form=fidelity_choice("loss.cam_form", cfg.cam_form, cfg.fidelity))
     if on["cap"]:
-        cap = losses.cap_loss(out.proj_cnn, out.affinity, cfg.k_cap_pos, cfg.k_cap_neg, cfg.tau,
-                              exclude_self=cfg.exclude_self_pair)
+        cap = losses.cap_loss(out.proj_cnn, cap_affinity(out, cfg), cfg.k_cap_pos,
+                              cfg.k_cap_neg, cfg.tau, exclude_self=cfg.exclude_self_pair)
     if on["sap"]:
         sap = losses.sap_loss(out.proj_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
-                              cfg.tau, absent="zero" if code else "mask",
-                              exclude_self=cfg.exclude_self_pair, neg_exp_over_tau=code)
+                              cfg.tau, **sap_options(cfg), exclude_self=cfg.exclude_self_pair,
+                              neg_exp_over_tau=code)
     terms = LossTerms(total=zero, cls=cls, cam=cam, cap=cap, sap=sap)
     terms.total = sum(terms.weighted(cfg).values())
     return terms

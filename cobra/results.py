@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cobra import cells as cells_mod
+from cobra import naming
 from cobra.errors import ConfigError, TrackingError
+from cobra.layout import IMAGE_COUNTS
+from cobra.noise import ImageCounts, SeedNoise, pooled_seed_noise
 from cobra.paper import paper_table
 from cobra.tracking import (
     TrialRecord,
+    artifact_bytes,
     get_trial,
     list_trials,
     log_files,
     run_link,
     sanitize_key,
     scored_trials,
+    sweeps_with_base,
 )
 from cobra.tracking import tags as tag
 
@@ -85,8 +92,19 @@ def table_axes(done: list[TrialRecord], rows: str | None, cols: str | None) -> l
                               f"that differ in it would be averaged as replicates; lay the table "
                               f"out by it too, or leave --rows/--cols out")
         return [key for _, key in given]
+    varying = searched_first(varying, done)
     axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
     return axes or [k for k in varying if k not in _BOOKKEEPING]
+
+
+def searched_first(keys: list[str], trials: Sequence[TrialRecord]) -> list[str]:
+    """`keys` in the order the sweep file searched them (tag SEARCHED: the order of the
+    trials' names), then the rest in sorted order."""
+    order: list[str] = []
+    for trial in trials:
+        order += [k for k in trial.tags.get(tag.SEARCHED, "").split(",") if k and k not in order]
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
 
 
 def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = None,
@@ -173,91 +191,311 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     df.to_csv(path, index=df.attrs.get("kind") != "flat", float_format="%.6g")
 
 
-def _heat_matrix(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
-    """The table as a numeric matrix plus axis labels; 1-D tables become a single row."""
+def _heat_matrix(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str, list[list[tuple]]]:
+    """The table as a numeric matrix, its axis labels, and each position's cell key (the
+    swept values, in the table's axes order); 1-D tables become a single row."""
     kind = df.attrs.get("kind")
     metric = str(df.attrs.get("metric", ""))
     if kind == "grid":
-        return df.astype(float), str(df.index.name or ""), str(df.columns.name or "")
+        keys = [[(r, c) for c in df.columns] for r in df.index]
+        return df.astype(float), str(df.index.name or ""), str(df.columns.name or ""), keys
     if kind == "flat":
         axes = df.attrs.get("axes", [])
         # Column by column: iterrows would upcast int params to float (k=5 -> 5.0).
-        labels = [", ".join(f"{a}={df[a].iloc[i]}" for a in axes) for i in range(len(df))]
+        points = [tuple(df[a].iloc[i] for a in axes) for i in range(len(df))]
+        labels = [", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, p, strict=True))
+                  for p in points]
         row = pd.DataFrame([df[metric].to_numpy(dtype=float)], columns=labels, index=[metric])
-        return row, "", "trial group"
+        return row, "", "cell", [points]
     row = df.T.astype(float)
-    return row, "", str(df.index.name or "")
+    keys = [[(c,) for c in df.index]] if df.attrs.get("axes") else [[()]]
+    return row, "", str(df.index.name or ""), keys
 
 
-def write_heatmap(df: pd.DataFrame, path: Path, title: str) -> None:
-    """An annotated heatmap PNG of the table."""
+# What a heatmap cell says under its value, by verdict label.
+_MARKS = {"best": "best", "behind": "behind", "within seed noise": "≈ seeds",
+          "within image noise": "≈ images", "beyond seed noise": "> seeds, images ?",
+          "unknown": "seed noise ?"}
+
+
+def noise_band(cells: list[cells_mod.Cell], seed_noise: SeedNoise | None) -> tuple[float, str]:
+    """The gap to the best a heatmap's colours should not dramatise, and what it is: the
+    seed-noise limit for two cells of the best's size when seed noise is known, else the
+    half-width of the best's 95 % interval over images (a lower bound of the noise)."""
+    best = cells[0]
+    if seed_noise is not None:
+        return seed_noise.threshold(best.n, best.n), "seed-noise limit"
+    if best.interval:
+        return (best.interval[1] - best.interval[0]) / 2, "image-noise half-width (seeds unknown)"
+    return 0.0, "no noise estimate"
+
+
+def colour_range(values: np.ndarray, band: float, mode_max: bool) -> tuple[float, float]:
+    """(vmin, vmax) of a heatmap's colours: from the best value over the observed spread or
+    twice the noise band, whichever is wider, so cells within noise of the best stay close to
+    its colour instead of spanning the whole scale."""
+    best = float(values.max() if mode_max else values.min())
+    reach = max(float(values.max() - values.min()), 2 * band, 1e-6)
+    return (best - reach, best) if mode_max else (best, best + reach)
+
+
+def write_heatmap(df: pd.DataFrame, path: Path, title: str,
+                  cells: list[cells_mod.Cell] | None = None,
+                  seed_noise: SeedNoise | None = None) -> None:
+    """An annotated heatmap PNG of the table: each cell's value and verdict; the colour range
+    spans at least twice the noise band below the best, so a spread inside noise stays pale."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")  # headless: sweeps run on servers without a display
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
-    mat, ylabel, xlabel = _heat_matrix(df)
+    mat, ylabel, xlabel, keys = _heat_matrix(df)
     values = mat.to_numpy(dtype=float)
     n_rows, n_cols = values.shape
-    # Wide enough for the cells and for the title, which is often longer than the grid.
-    width = max(4.0, 1.1 * n_cols + 2.5, 0.085 * len(title) + 1.0)
-    fig, ax = plt.subplots(figsize=(width, max(2.0, 0.6 * n_rows + 1.6)))
+    axes = df.attrs.get("axes", [])
+    by_key = {tuple(c.point[a] for a in axes): c for c in cells or []}
+    mode_max = not cells or len(cells) < 2 or cells[0].mean >= cells[-1].mean
+    finite = values[~pd.isna(values)]
+    band, band_what = noise_band(cells, seed_noise) if cells else (0.0, "")
+    best = finite.max() if mode_max else finite.min()
+    spread = float(finite.max() - finite.min()) if finite.size else 0.0
+    vmin, vmax = colour_range(finite, band, mode_max)
+    reach = vmax - vmin
+    cmap = "viridis" if mode_max else "viridis_r"
+    caption = (f"colours span {reach:.2f}: max(spread {spread:.2f}, 2 x {band_what} "
+               f"{band:.2f}); hatched on the colour bar: that band below the best; dashed: within "
+               f"noise of the best" if cells else "")
+    # wrapped, not clipped: a sweep's title is often wider than its grid
+    title_lines, lines = textwrap.wrap(title, 48), textwrap.wrap(caption, 80)
+    width = max(5.0, 1.3 * n_cols + 2.8)
+    height = max(2.6, 0.8 * n_rows + 1.2 + 0.25 * (len(lines) + len(title_lines)))
+    fig, ax = plt.subplots(figsize=(width, height))
     try:
-        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
         ax.set_xticks(range(n_cols), [str(c) for c in mat.columns],
                       rotation=30 if n_cols > 4 else 0, ha="right" if n_cols > 4 else "center")
         ax.set_yticks(range(n_rows), [str(i) for i in mat.index])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        finite = values[~pd.isna(values)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        ax.set_title("\n".join(title_lines), fontsize=10)
         for i in range(n_rows):
             for j in range(n_cols):
-                v = values[i, j]
-                if not math.isnan(v):
-                    # Dark text on the bright end of viridis, light text on the dark end.
-                    ax.text(j, i, f"{v:.3f}", ha="center", va="center",
-                            color="black" if v > mid else "white", fontsize=9)
-        fig.colorbar(image, ax=ax, label=str(df.attrs.get("metric", "")))
-        fig.tight_layout()
+                _annotate(ax, i, j, values[i, j], by_key.get(keys[i][j]), vmin, vmax, Rectangle)
+        bar = fig.colorbar(image, ax=ax, label=str(df.attrs.get("metric", "")))
+        if band > 0:
+            lo, hi = (best - band, best) if mode_max else (best, best + band)
+            bar.ax.axhspan(lo, hi, facecolor="none", edgecolor="black", hatch="//")
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, va="bottom")
+        fig.tight_layout(rect=(0, 0.03 * len(lines) + 0.02, 1, 1))
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def _annotate(ax, i: int, j: int, value: float, cell: cells_mod.Cell | None, vmin: float,
+              vmax: float, rectangle) -> None:
+    """Value (± seed std where n >= 2) and verdict in heatmap position (i, j); within-noise
+    cells get a dashed outline."""
+    if math.isnan(value):
+        return
+    bright = (value - vmin) / max(vmax - vmin, 1e-9) > 0.5
+    colour = "black" if bright else "white"
+    text = f"{value:.2f}"
+    if cell is not None:
+        if cell.n >= 2:
+            text += f" ± {cell.std:.2f}"
+        text += f"\n{_MARKS.get(cell.verdict.label, cell.verdict.label)}"
+        if cell.verdict.label.startswith("within") or cell.verdict.label == "best":
+            ax.add_patch(rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
+                                   edgecolor=colour, linestyle="--", linewidth=1.2))
+    ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
 
 
 def threshold_note(metric: str) -> str:
     """Where a metric's threshold was chosen: said under every table that shows it."""
     if metric.startswith("seed_miou") and metric != "seed_miou_heldout":
         return (f"`{metric}`: background threshold chosen on the scored images' ground truth "
-                f"(the paper's protocol); `seed_miou_heldout` scores each image at a threshold "
-                f"chosen on the other images.")
+                f"(the paper's protocol); *heldout* (`seed_miou_heldout`) scores each half of "
+                f"the images at the threshold chosen on the other half, so it equals "
+                f"`{metric}` when both halves chose the same threshold as the whole set.")
     return ""
 
 
+def heldout_note(cells: list[cells_mod.Cell]) -> str:
+    """Why a cell's heldout score equals its score, where it does: the thresholds chosen."""
+    same = [c for c in cells if c.heldout_thresholds and c.thresholds
+            and all(a == b == t for (a, b), t in zip(c.heldout_thresholds, c.thresholds,
+                                                    strict=False))]
+    if not same:
+        return ""
+    chosen = sorted({t for c in same for t in c.thresholds})
+    return (f"*heldout* = score in {len(same)} of {len(cells)} cells: there both halves chose "
+            f"threshold {', '.join(f'{t:g}' for t in chosen)}, the same as the whole set.")
+
+
+def heldout_sentence(metrics: dict[str, Any]) -> str:
+    """What `seed_miou_heldout` is, and why it equals `seed_miou` when it does: the threshold
+    each half of the images chose for the other."""
+    heldout, score = metrics.get("seed_miou_heldout"), metrics.get("seed_miou")
+    folds = (metrics.get("seed_heldout_threshold_a"), metrics.get("seed_heldout_threshold_b"))
+    if heldout is None or score is None:
+        return ""
+    text = (f"`seed_miou_heldout` {heldout:.2f}: each half of the images scored at the "
+            f"threshold chosen on the other half")
+    if None not in folds:
+        text += f" ({folds[0]:g} and {folds[1]:g})"
+    if heldout == score and None not in folds and folds[0] == folds[1] == metrics.get(
+            "seed_threshold"):
+        text += (f"; equal to `seed_miou` because both halves chose {folds[0]:g}, the "
+                 f"threshold the whole set chose")
+    return text + "."
+
+
+def trial_note(metrics: dict[str, Any]) -> str:
+    """A trial run's description: each headline score with the images it covers, its interval
+    over them, and where its threshold was chosen."""
+    lines = []
+    for metric, prefix in cells_mod.COMPANIONS.items():
+        if metrics.get(metric) is None:
+            continue
+        line = f"`{metric}` {metrics[metric]:.2f}"
+        if metrics.get(f"{prefix}_num_images") is not None:
+            line += f" on {int(metrics[f'{prefix}_num_images'])} images"
+        lo, hi = metrics.get(f"{metric}_ci_lo"), metrics.get(f"{metric}_ci_hi")
+        if lo is not None and hi is not None:
+            line += f" (95% CI over images [{lo:.2f}, {hi:.2f}])"
+        if metric == "seed_miou" and metrics.get("seed_threshold") is not None:
+            line += (f", background threshold {metrics['seed_threshold']:g} chosen on these "
+                     f"images' ground truth (the paper's protocol)")
+        lines.append(line + ".")
+    lines.append(heldout_sentence(metrics))
+    return "\n\n".join(line for line in lines if line)
+
+
+def _pad(text: str) -> str:
+    # MLflow's description renders tables without cell padding: "1" and "200" in adjacent
+    # columns read "1 200", and headers run together; non-breaking spaces keep them apart.
+    return f"&nbsp;{text}&nbsp;" if text else text
+
+
 def cells_markdown(cells: list[cells_mod.Cell], axes: list[str], metric: str,
-                   link=None) -> str:
+                   link=None, padded: bool = False) -> str:
     header, body = cells_mod.rows(cells, axes, metric, link)
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in header) + " |",
+    cell = (lambda s: _pad(s.replace("|", "\\|"))) if padded else (  # noqa: E731
+        lambda s: s.replace("|", "\\|"))
+    lines = ["| " + " | ".join(cell(c) for c in header) + " |",
              "|" + "|".join([" --- "] * len(header)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in body])
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in body])
+
+
+@dataclass
+class SweepNoise:
+    """What a sweep's verdicts count besides the values: each run's per-image counts (by run
+    id) and a seed-noise estimate measured outside the sweep (None: none found)."""
+
+    image_counts: dict[str, ImageCounts] = field(default_factory=dict)
+    earlier_seed_noise: SeedNoise | None = None
+
+
+def gather_noise(uri: str, parent_run_id: str, trials: list[TrialRecord],
+                 metric: str) -> SweepNoise:
+    """Read from MLflow what the verdicts need: the trials' per-image counts of `metric`
+    (artifact IMAGE_COUNTS[metric]) and the replicates of earlier sweeps on the same base
+    config (tag BASE_CONFIG of the parent run)."""
+    noise = SweepNoise()
+    path = IMAGE_COUNTS.get(metric)
+    for trial in scored_trials(trials, metric) if path else []:
+        data = artifact_bytes(uri, trial.run_id, path)
+        if data is not None:
+            noise.image_counts[trial.run_id] = ImageCounts.from_bytes(data)
+    noise.earlier_seed_noise = earlier_seed_noise(sweeps_with_base(uri, parent_run_id), metric)
+    return noise
+
+
+def earlier_seed_noise(sweeps: list[tuple[TrialRecord, list[TrialRecord]]],
+                       metric: str) -> SeedNoise | None:
+    """Seed noise pooled over the replicate cells of other sweeps on the same base config:
+    each sweep's trials grouped by its searched keys, the training seed left out."""
+    groups, names = [], []
+    for parent, trials in sweeps:
+        done = scored_trials(trials, metric)
+        searched = {k for t in done for k in t.tags.get(tag.SEARCHED, "").split(",") if k}
+        # trials logged before the tag existed: every param that varies is an axis
+        axes = sorted(k for k in searched or varying_params(done)
+                      if not _is_replicate(k) and k not in _BOOKKEEPING)
+        replicated = [c.values for c in cells_mod.group_cells(done, metric, axes) if c.n >= 2]
+        if replicated:
+            groups += replicated
+            names.append(parent.tags.get(tag.SWEEP, parent.run_name))
+    if not groups:
+        return None
+    return pooled_seed_noise(groups, f"sweep {', '.join(names)} (same base config)")
 
 
 def sweep_cells(trials: list[TrialRecord], metric: str, mode: str, sweep: str | None,
-                rows: str | None = None, cols: str | None = None
-                ) -> tuple[list[cells_mod.Cell], list[str]]:
+                rows: str | None = None, cols: str | None = None,
+                noise: SweepNoise | None = None) -> tuple[list[cells_mod.Cell], list[str]]:
     """The sweep's cells, best first, each with its verdict against the best."""
+    noise = noise or SweepNoise()
     done = _finished(trials, metric)
     axes = table_axes(done, rows, cols)
-    return cells_mod.rank_cells(cells_mod.group_cells(done, metric, axes, sweep), mode), axes
+    cells = cells_mod.group_cells(done, metric, axes, sweep)
+    cells_mod.attach_image_counts(cells, noise.image_counts)
+    return cells_mod.rank_cells(cells, mode, noise.earlier_seed_noise), axes
 
 
-def results_markdown(uri: str, trials: list[TrialRecord], metric: str, mode: str,
-                     sweep: str | None) -> str:
+def seed_noise_used(cells: list[cells_mod.Cell], noise: SweepNoise) -> SeedNoise | None:
+    """The seed noise the verdicts counted (the sweep's own replicates first)."""
+    return cells_mod.seed_noise_of(cells) or noise.earlier_seed_noise
+
+
+def noise_notes(cells: list[cells_mod.Cell], noise: SweepNoise, metric: str) -> list[str]:
+    """How to read the table's n and *vs best*, and which noise each verdict counted."""
+    seeds = seed_noise_used(cells, noise)
+    seed_line = (f"Seed noise: {seeds.describe()}; a gap is beyond it when larger than "
+                 f"t(df={seeds.df}) x std x sqrt(1/n_best + 1/n)." if seeds else
+                 f"Seed noise: unmeasured (one run per cell and no earlier sweep on this base "
+                 f"config with replicates): {cells_mod.REPEATS_HINT} to measure it.")
+    tested = sum(c.has_image_counts for c in cells)
+    image_line = (f"Image noise: paired bootstrap of the mIoU difference over the images both "
+                  f"cells scored (per-image counts, {tested} of {len(cells)} cells)."
+                  if tested else f"Image noise: not tested (the trials logged no per-image "
+                                 f"counts of `{metric}`).")
+    return ["*n*: training seeds (runs) per cell; `± std` over them where n >= 2. *images*: "
+            "images each score covers; *95% CI (images)*: bootstrap over images. *vs best*: "
+            "`behind` only when the gap is beyond both noises.", seed_line, image_line]
+
+
+def point_label(cell: cells_mod.Cell, axes: list[str]) -> str:
+    """`ksn2·kcp8`: a cell named as its trials are, by the swept keys' short names."""
+    return naming.point_name({a: cell.point[a] for a in axes})
+
+
+def headline(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
+    """One line a collapsed description still shows: the best cell and its standing against
+    the runner-up (the verdict that says whether "best" means anything)."""
+    best = cells[0]
+    seeds = f"{best.n} seed{'s' if best.n != 1 else ''}"
+    line = (f"**Best `{metric}`: {point_label(best, axes)} = {cells_mod.format_value(best)}** "
+            f"({seeds})")
+    if len(cells) < 2:
+        return line + "; the only cell."
+    runner = cells[1]
+    beyond = sum(c.verdict.label == "behind" for c in cells[1:])
+    return (f"{line}; runner-up {point_label(runner, axes)} {cells_mod.format_value(runner)}: "
+            f"{runner.verdict.short()}. {beyond} of {len(cells) - 1} other cells behind beyond "
+            f"noise.")
+
+
+def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], metric: str,
+                     mode: str, sweep: str | None) -> str:
     """The parent run's results section: every cell, best first, linked to its runs."""
     try:
-        cells, axes = sweep_cells(trials, metric, mode, sweep)
+        noise = gather_noise(uri, parent_run_id, trials, metric)
+        cells, axes = sweep_cells(trials, metric, mode, sweep, noise=noise)
     except TrackingError:
         return "No trial finished with a score."
     link = lambda c: ", ".join(run_link(uri, r, n) for r, n in zip(  # noqa: E731
@@ -266,27 +504,12 @@ def results_markdown(uri: str, trials: list[TrialRecord], metric: str, mode: str
     shown = cells[:MAX_NOTE_CELLS]  # a run description holds 8,000 characters
     more = (f"{len(cells) - len(shown)} more cells: `launch.py report`."
             if len(cells) > len(shown) else "")
-    notes = [f"Best first by `{metric}` ({mode}); n = runs per cell (training seeds), "
-             f"images = images each score covers. *Within noise*: the gap to the best is under "
-             f"two standard errors of the replicates' means, or (one run per cell) the 95% "
-             f"bootstrap intervals over images overlap.",
-             threshold_note(metric),
+    notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
+             threshold_note(metric), heldout_note(cells),
              f"*paper*: the published value ({paper})." if paper else "", more]
-    return (headline(cells, axes, metric) + "\n\n" + cells_markdown(shown, axes, metric, link)
-            + "\n\n" + "\n".join(n for n in notes if n))
-
-
-def headline(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
-    """One line a collapsed description still shows: the best cell, and each other cell's
-    value and verdict (up to three)."""
-    def name(cell: cells_mod.Cell) -> str:
-        return ",".join(f"{a.rsplit('.', 1)[-1]}={cell.point[a]}" for a in axes) or "all"
-
-    best = cells[0]
-    others = "; ".join(f"{name(c)} {cells_mod.format_value(c)} ({c.verdict.split(' (')[0]})"
-                       for c in cells[1:4])
-    return (f"**Best `{metric}`: {name(best)} = {cells_mod.format_value(best)} "
-            f"(n={best.n}).** {others}")
+    return (headline(cells, axes, metric) + "\n\n"
+            + cells_markdown(shown, axes, metric, link, padded=True)
+            + "\n\n" + "\n\n".join(n for n in notes if n))
 
 
 def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path,
@@ -302,27 +525,33 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
                             f"it was not started by `launch.py sweep`")
     mode = parent.tags.get(tag.MODE, "max")
     table = ablation_table(trials, metric, rows, cols, mode=mode)
-    cells, axes = sweep_cells(trials, metric, mode, name, rows, cols)
+    noise = gather_noise(uri, parent_id, trials, metric)
+    cells, axes = sweep_cells(trials, metric, mode, name, rows, cols, noise)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"sweep {name}: mean {metric} ({mode}) over FINISHED trials"
     files = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.png"]
     write_markdown(table, files[0])
-    notes = [threshold_note(metric), f"paper: {paper_table(name)}" if paper_table(name) else ""]
+    notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
+             threshold_note(metric), heldout_note(cells),
+             f"paper: {paper_table(name)}" if paper_table(name) else ""]
+    notes = [n for n in notes if n]
     with files[0].open("a") as fh:
         fh.write("\n## Cells, best first, with their noise\n\n"
-                 + cells_markdown(cells, axes, metric) + "\n\n"
-                 + "\n".join(n for n in notes if n) + "\n")
+                 + headline(cells, axes, metric) + "\n\n"
+                 + cells_markdown(cells, axes, metric) + "\n\n" + "\n\n".join(notes) + "\n")
     write_csv(table, files[1])
-    write_heatmap(table, files[2], title)
+    write_heatmap(table, files[2], title, cells, seed_noise_used(cells, noise))
     log_files(uri, parent_id, files, subdir="report")
     header, body = cells_mod.rows(cells, axes, metric)
-    cells_text = render_rows(header, body, "cells, best first (mean ± std over training "
-                                           "seeds; vs best: is the gap more than noise?)")
-    text = "\n\n".join(t for t in (render_terminal(table, title), cells_text,
-                                    "\n".join(n for n in notes if n)) if t)
+    cells_text = render_rows(header, body, "cells, best first (vs best: is the gap more than "
+                                           "noise?)")
+    text = "\n\n".join(t for t in (render_terminal(table, title),
+                                    headline(cells, axes, metric).replace("**", ""),
+                                    cells_text, "\n".join(notes)) if t)
     return {"table": text, "files": [str(f) for f in files], "sweep": name,
             "parent_run_id": parent_id,
             "cells": [{"point": c.point, "mean": round(c.mean, 4),
                        "std": None if c.n < 2 else round(c.std, 4), "n": c.n,
-                       "paper": c.paper, "verdict": c.verdict} for c in cells]}
+                       "paper": c.paper, "verdict": str(c.verdict),
+                       "verdict_label": c.verdict.label} for c in cells]}

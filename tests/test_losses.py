@@ -268,3 +268,32 @@ def test_k_larger_than_the_grid_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="k_pos=17 but the patch grid has only 16"):
         losses.cap_loss(unit(1, 16, 4), torch.rand(1, 16, 16), 17, 2, 0.1)
+
+
+def test_sap_threshold_background_follows_the_max_normalised_class_scores():
+    """`bg=t`: a patch is background exactly where every present class's score, ReLU'd and
+    divided by that class's image maximum, is below t; background rows rank patches by how far
+    their best class score is from any class."""
+    cam = torch.zeros(1, 3, 1, 4)
+    cam[0, 0] = torch.tensor([9.0, 9.0, 9.0, 9.0])  # a background channel that would win anywhere
+    cam[0, 1] = torch.tensor([4.0, 1.0, -2.0, 0.4])  # max 4 → 1.0, 0.25, 0, 0.1
+    cam[0, 2] = torch.tensor([5.0, 5.0, 5.0, 5.0])  # an absent class never wins
+    labels = torch.tensor([[1.0, 0.0]])
+    assert losses.sap_pseudo_labels(cam, labels).tolist() == [[0, 0, 0, 0]]  # the channel
+    assert losses.sap_pseudo_labels(cam, labels, bg=0.2).tolist() == [[1, 1, 0, 0]]
+    rows = losses.sap_scores(cam, labels, bg=0.2)
+    class_row = torch.tensor([1.0, 0.25, 0.0, 0.1])
+    bg_row = 2 * 0.2 - class_row
+    torch.testing.assert_close(rows[0], torch.stack([class_row, class_row, bg_row, bg_row]))
+
+
+def test_token_affinity_is_the_cosine_similarity_of_every_patch_pair():
+    torch.manual_seed(0)
+    patches = torch.randn(2, 5, 3, 4)  # (B, E, N_h, N_w)
+    got = losses.token_affinity(patches)
+    tokens = patches.flatten(2)
+    for b in range(2):
+        for i in range(12):
+            for j in range(12):
+                want = F.cosine_similarity(tokens[b, :, i], tokens[b, :, j], dim=0)
+                assert got[b, i, j].item() == pytest.approx(want.item(), abs=1e-5)

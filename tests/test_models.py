@@ -277,3 +277,28 @@ def test_adamw_and_warm_up_schedule():
     ramp = [poly_lr(1.0, s, 20, 0.9, warmup=4) for s in range(4)]
     assert ramp == [0.25, 0.5, 0.75, 1.0]
     assert poly_lr(1.0, 10, 20, 0.9, warmup=4) == pytest.approx(0.5**0.9)
+
+
+def test_a_cam_projection_is_the_normalised_class_map_and_adds_no_head():
+    _, model = tiny_model("model.proj_head=cam")
+    _, paper = tiny_model()
+    assert model.cnn.proj_head is None and model.vit.proj_head is None
+    assert sum(p.numel() for p in paper.parameters()) - sum(
+        p.numel() for p in model.parameters()) == sum(
+        p.numel() for b in (paper.cnn, paper.vit) for p in b.proj_head.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 48))
+    for cam, proj in ((out.cam_cnn, out.proj_cnn), (out.cam_vit, out.proj_vit)):
+        want = torch.nn.functional.normalize(cam, dim=1).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(proj, want)
+
+
+@pytest.mark.parametrize("downsample", ["stride", "dilate"])
+def test_cnn_stride_8_puts_the_cnn_on_an_8_px_vit_grid(downsample):
+    _, model = tiny_model("model.vit=cobra_vit_c8_micro", "model.cnn=test_resnet",
+                          "model.cnn_stride=8", f"model.cnn_downsample={downsample}")
+    model.eval()
+    with torch.no_grad():
+        cam, _, feats = model.cnn(torch.randn(1, 3, 72, 56))
+    assert feats.shape[-2:] == cam.shape[-2:] == (9, 7)  # the CNN's own grid, not upsampled

@@ -13,6 +13,7 @@ from cobra.config import SegmentConfig, load_config
 from cobra.data import build_source
 from cobra.data.synthetic import write_synthetic
 from cobra.errors import ConfigError, NonFiniteLossError, StageInputError
+from cobra.metrics import miou_from_counts
 from cobra.pictures import save_label_png
 from cobra.segmenter import (
     MaskDataset,
@@ -142,6 +143,10 @@ def test_train_predict_evaluate(data, tmp_path):
     result = predict_and_score(model, val, val.ids, cfg, tmp_path / "pred", crf_fn=crf, progress=False)
     assert result["num_images"] == len(val.ids) == len(calls)
     assert 0.0 <= result["seg_miou"] <= 100.0
+    # each image's counts, summed, give the score (what the interval over images resamples)
+    counts = result["image_counts"]
+    assert counts.shape == (len(val.ids), 3, train.num_classes + 1)
+    assert miou_from_counts(counts.sum(0)) == pytest.approx(result["seg_miou"])
     assert list(result["per_class"]) == val.class_names
     assert all(v is None or 0.0 <= v <= 100.0 for v in result["per_class"].values())
     for image_id in val.ids:

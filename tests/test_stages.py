@@ -33,6 +33,11 @@ def test_masks_and_segmentation_chain(trained_run, capsys):
                 "mask_miou_irn", "mask_miou_relative", "seg_miou"):
         assert 0.0 <= result[key] <= 100.0, key
     assert result["mask_miou"] == result["mask_miou_irn"]  # the default rule, both scored
+    # the segmentation score with its images and its interval over them, like the others
+    assert result["seg_miou_ci_lo"] <= result["seg_miou"] <= result["seg_miou_ci_hi"]
+    assert result["seg_num_images"] == 3  # segment.max_images of the tiny settings
+    assert result["ir_label_num_images"] == result["mask_num_images"]
+    assert (trained_run / "image_counts" / "segment.npz").exists()
     ids = sorted(p.stem for p in (trained_run / "seeds").glob("*.npz"))
     for image_id in ids:
         ir = np.array(Image.open(trained_run / "ir_labels" / f"{image_id}.png"))

@@ -89,7 +89,7 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["loss.k_cap_pos"] in {"1", "3"}
-        assert run.info.run_name in {"k_cap_pos=1", "k_cap_pos=3"}
+        assert run.info.run_name in {"kcp1", "kcp3"}
         assert {"ray_trial_id", "ray_node_id"} <= set(run.data.tags)
         for key in ("loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
                     "cls_map_vit", "seed_miou", "seed_threshold"):
@@ -105,11 +105,16 @@ def test_grid_sweep_records_every_trial_and_hands_the_best_to_final(sweep_env, c
         # who ran it, from which commit, on which data
         assert run.data.tags["mlflow.user"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
         contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
-        assert contexts == {"training", "validation", "scored (seeds, masks)"}
+        # the trials ran seeds only: the seed split's context says so
+        assert contexts == {"training", "validation (mAP)", "scored (seeds)"}
+        # the sweep's metric is each trial's first (MLflow's Compare plots it first)
+        assert list(run.data.metrics)[0] == "seed_miou"
         history = client.get_metric_history(run.info.run_id, "loss_cls")
         assert [m.step for m in history] == [0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "checkpoints", "pictures"} <= artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "image_counts")} == {
+            "image_counts/seeds.npz"}
         tracked = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt",
                                                        str(sweep_env["dir"])), weights_only=True)
         assert tracked["optimizer"] is None  # MLflow keeps the weights alone
@@ -272,13 +277,15 @@ def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_no
     client = MlflowClient(sweep_env["uri"])
     runs = children(client, result["parent_run_id"])
     names = sorted(r.info.run_name for r in runs)
-    assert names == ["k_cap_pos=1,seed=0", "k_cap_pos=1,seed=1", "k_cap_pos=3,seed=0",
-                     "k_cap_pos=3,seed=1"]
+    assert names == ["kcp1·seed0", "kcp1·seed1", "kcp3·seed0", "kcp3·seed1"]
     for run in runs:  # every trial ran the masks stage and logged its score and noise
         m = run.data.metrics
         assert {"mask_miou", "mask_miou_ci_lo", "mask_miou_ci_hi", "ir_label_precision",
                 "seed_miou"} <= set(m), sorted(m)
         assert m["mask_num_images"] == 4 and m["mask_miou_ci_lo"] <= m["mask_miou"]
+        # each image's counts: the paired test over images the report runs
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "image_counts")} == {
+            "image_counts/seeds.npz", "image_counts/masks.npz"}
     best = max(runs, key=lambda r: r.data.metrics["mask_miou"])
     assert result["best_mask_miou"] == best.data.metrics["mask_miou"]
 
@@ -288,7 +295,8 @@ def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_no
     assert parent.data.params["space.loss.k_cap_pos"] == "[1, 3]"
     note = parent.data.tags["mlflow.note.content"]
     # the results come first (a collapsed description shows its first lines), best cell first
-    assert note.startswith("**Best `mask_miou`: k_cap_pos=") and "mask_miou (mean ± std)" in note
+    assert note.startswith("**Best `mask_miou`: kcp") and "mask_miou mean ± std" in note
+    assert "Seed noise: seed std" in note and "this sweep's replicates" in note
     for run in runs:  # the results table links every trial
         assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in note
 
@@ -302,6 +310,10 @@ def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_no
         assert by_k[k]["n"] == 2
         assert by_k[k]["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
         assert by_k[k]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
-    assert sorted(c["verdict"].split(" (")[0] for c in report["cells"])[0] in {
-        "best", "beyond noise", "within noise"}
+    labels = [c["verdict_label"] for c in report["cells"]]
+    assert labels[0] == "best" and labels[1] in {"behind", "within seed noise",
+                                                 "within image noise"}
+    # the report and the description give the runner-up the same verdict
+    runner_up = report["cells"][1]["verdict"].split(":")[0]
+    assert runner_up in client.get_run(result["parent_run_id"]).data.tags["mlflow.note.content"]
     assert "± " in err and "vs best" in err

@@ -29,8 +29,15 @@ def test_table_4_grid_is_the_papers():
 
 
 def test_trial_names_are_short_and_readable():
-    assert trial_name({"loss.k_sap_neg": 5, "loss.k_cap_pos": 20}) == "k_sap_neg=5,k_cap_pos=20"
-    assert trial_name({"loss.lambda_cam": 0.123456}) == "lambda_cam=0.123"
+    # every searched value fits the ~20 characters MLflow's run list shows of a name
+    assert trial_name({"loss.k_sap_neg": 5, "loss.k_cap_pos": 20}) == "ksn5·kcp20"
+    assert trial_name({"loss.lambda_cam": 0.123456}) == "lc0.123"
+    assert trial_name({"loss.k_cap_pos": 2, "train.seed": 1}) == "kcp2·seed1"
+    assert trial_name({"seeds.fusion": "fuse"}) == "fusion=fuse"
+    # initials that collide keep the key's last part
+    assert trial_name({"loss.k_sap_pos": 5, "loss.k_sap_neg": 20}) == "ksp5·ksn20"
+    assert trial_name({"loss.lambda_sap": 0.1, "model.lambda_sap": 0.2}) == (
+        "loss.lambda_sap0.1·model.lambda_sap0.2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
                                                        "log_params": lambda self, p: None})())
     monkeypatch.setattr(tuner.tracking, "set_description", lambda *a, **k: None)
     monkeypatch.setattr(tuner.tracking, "log_dataset_inputs", lambda *a, **k: None)
-    monkeypatch.setattr(tuner, "dataset_splits", lambda cfg: [])
+    monkeypatch.setattr(tuner, "dataset_splits", lambda cfg, stages: [])
     monkeypatch.setattr(tuner.tracking, "finish_sweep",
                         lambda *a, status="FINISHED", **k: finished.append(status))
     monkeypatch.setattr(tune, "with_parameters", lambda fn, **k: fn)

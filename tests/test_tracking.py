@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,24 +307,57 @@ def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Sto
 
 @pytest.mark.parametrize("backend", ["sqlite", "file"])
 def test_a_model_is_logged_and_registered(tmp_path: Path, monkeypatch, backend: str) -> None:
+    import numpy as np
     import torch
 
-    from cobra.tracking import connect, get_or_create_experiment, log_torch_model
+    from cobra.tracking import (
+        ModelVersionInfo,
+        connect,
+        get_or_create_experiment,
+        log_torch_model,
+    )
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses file stores else
-    uri = (f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite"
-           else (tmp_path / "mlruns").as_uri())
-    run_id = connect(uri).create_run(get_or_create_experiment(uri, EXP)).info.run_id
-    model = torch.nn.Linear(3, 2)
-    outcome = log_torch_model(uri, run_id, model, "models/lin", "cobra-test-lin", ["torch"])
+    uri = (f"sqlite:///{tmp_path / 'store' / 'm.db'}" if backend == "sqlite"
+           else (tmp_path / "store" / "mlruns").as_uri())
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    exp_id = get_or_create_experiment(uri, EXP)
+    run_id = connect(uri).create_run(exp_id).info.run_id
+    config = tmp_path / "config.yaml"
+    config.write_text("segment: {arch: deeplabv3plus}\n")
+    model = torch.nn.Conv2d(3, 2, 1)
+    version = ModelVersionInfo("from trial t0", {"source_run_id": "t0", "final/seg_miou": "67.8"})
+    outcome = log_torch_model(uri, run_id, model, "lin", "cobra-test-lin",
+                              np.zeros((1, 3, 8, 8), np.float32), ["torch"], [config], version)
     client = MlflowClient(uri)
-    names = {Path(a.path).name for a in client.list_artifacts(run_id, "models/lin")}
-    assert "MLmodel" in names
+    # a LoggedModel of the run (the experiment's Models tab), with its signature and example
+    [logged] = client.search_logged_models([exp_id])
+    assert logged.source_run_id == run_id and logged.name == "lin"
+    loaded = mlflow_model_info(f"models:/{logged.model_id}", uri)
+    assert tuple(loaded.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 8, 8)
+    assert loaded.saved_input_example_info is not None
     if outcome.startswith("registered"):  # mlflow 3's file store has a registry too
-        [version] = client.search_model_versions("name = 'cobra-test-lin'")
-        assert version.run_id == run_id and outcome == "registered cobra-test-lin v1"
+        [made] = client.search_model_versions("name = 'cobra-test-lin'")
+        assert made.run_id == run_id and outcome == "registered cobra-test-lin v1"
+        assert made.description == "from trial t0" and made.tags["final/seg_miou"] == "67.8"
     else:
         assert backend == "file" and "no model registry" in outcome
+    # mlflow's process-wide default store was never touched (mlflow's own client opens one
+    # for a file store's registry), and the user's MLFLOW_TRACKING_URI is as it was
+    if backend == "sqlite":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "store"]
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+
+
+def mlflow_model_info(model_uri: str, uri: str):
+    import mlflow
+
+    from cobra.tracking.mlflow_api import process_tracking_uri
+
+    with process_tracking_uri(uri):
+        return mlflow.models.get_model_info(model_uri)
 
 
 def test_final_overrides_turn_progress_bars_on_unless_the_user_says_otherwise() -> None:

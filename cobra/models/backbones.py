@@ -14,8 +14,10 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cobra.config import ModelConfig
 from cobra.errors import ConfigError
 from cobra.models import small_vit  # noqa: F401  (registers the cobra_vit_* models with timm)
 
@@ -74,3 +76,16 @@ def undo_last_stride(stage: nn.Module) -> None:
             module.stride = 1
             module.kernel_size = 1
             module.padding = 0
+
+
+def projection_head(cfg: ModelConfig, channels: int) -> nn.Conv2d | None:
+    """A branch's CAP/SAP head: a 1x1 conv to `model.embed_dim` (paper), or None when
+    `model.proj_head` is `cam` and the branch's class map itself is the projection."""
+    if cfg.proj_head == "cam":
+        return None
+    return nn.Conv2d(channels, cfg.embed_dim, 1, bias=False)
+
+
+def project(head: nn.Conv2d | None, features: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised projection vectors (B, D, N_h, N_w) of one branch."""
+    return F.normalize(head(features) if head is not None else cam, dim=1)

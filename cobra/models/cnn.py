@@ -1,9 +1,9 @@
-"""CAK branch: a timm CNN at output stride 16 with a CAM head and a CAP projection head."""
+"""CAK branch: a timm CNN at output stride 16 (or 8: `model.cnn_stride`) with a CAM head and a
+CAP projection head."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cobra.config import ModelConfig
@@ -22,28 +22,36 @@ def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _stages_above(cnn: str, reductions: list[int], names: list[str], stride: int) -> list[str]:
+    """The stages that take the CNN beyond `stride`: each must halve the resolution once, so
+    that setting its stride to 1 lands the output exactly on `stride`."""
+    if stride not in reductions or reductions[-1] != stride * 2 ** (len(reductions) - 1
+                                                                     - reductions.index(stride)):
+        raise ValueError(f"{cnn}'s stages reduce by {reductions}, which does not pass through "
+                         f"stride {stride} and then halve once per stage; use "
+                         f"model.cnn_downsample=dilate")
+    return names[reductions.index(stride) + 1:]
+
+
 class CNNBranch(nn.Module):
-    """features (B, F, H/16, W/16) → CAM (B, C+1, ·) and CAP vectors (B, D, ·), L2-normalised."""
+    """features (B, F, H/s, W/s), s = model.cnn_stride → CAM (B, C+1, ·) and CAP vectors (B, D, ·), L2-normalised."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int, single_branch: bool) -> None:
         super().__init__()
         kwargs = {"features_only": True}
         if cfg.cnn_downsample == "dilate":
-            kwargs["output_stride"] = 16
+            kwargs["output_stride"] = cfg.cnn_stride
         self.backbone = backbones.create(cfg.cnn, cfg.pretrained, single_branch, **kwargs)
         info = self.backbone.feature_info
-        reductions = info.reduction()
-        if cfg.cnn_downsample == "stride":
-            if reductions[-1] != 32 or reductions[-2] != 16:
-                raise ValueError(f"{cfg.cnn} does not end in a stride-32 stage after a stride-16 "
-                                 f"one; use model.cnn_downsample=dilate")
-            backbones.undo_last_stride(self.backbone.get_submodule(info.module_name()[-1]))
         names = info.module_name()
+        if cfg.cnn_downsample == "stride":
+            for name in _stages_above(cfg.cnn, info.reduction(), names, cfg.cnn_stride):
+                backbones.undo_last_stride(self.backbone.get_submodule(name))
         self.stem_names = self._stem(names[0])
         self.detach_after = names[2] if detaches_stage2(cfg) and len(names) > 2 else None
         channels = info.channels()[-1]
         self.cam_head = nn.Conv2d(channels, num_classes + 1, 1, bias=False)
-        self.proj_head = nn.Conv2d(channels, cfg.embed_dim, 1, bias=False)
+        self.proj_head = backbones.projection_head(cfg, channels)
         # freeze_bn freezes statistics only: scale and shift still train (IRN's FixedBatchNorm)
         self.freeze_bn = cfg.freeze_bn
         if cfg.freeze_stem:
@@ -67,7 +75,7 @@ class CNNBranch(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → last-stage features (B, F, ⌈H/16⌉, ⌈W/16⌉)."""
+        """(B, 3, H, W) → last-stage features (B, F, ⌈H/s⌉, ⌈W/s⌉)."""
         for name, module in self.backbone.items():
             x = module(x)
             if name == self.detach_after:
@@ -78,8 +86,9 @@ class CNNBranch(nn.Module):
         """x: (B, 3, H, W) → CAM, CAP vectors and the features both heads read."""
         feats = self.features(x)
         cam = self.cam_head(feats)
-        proj = F.normalize(self.proj_head(feats), dim=1)
+        proj = backbones.project(self.proj_head, feats, cam)
         return cam, proj, feats
 
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
-        return {"cam": list(self.cam_head.parameters()), "proj": list(self.proj_head.parameters())}
+        proj = list(self.proj_head.parameters()) if self.proj_head is not None else []
+        return {"cam": list(self.cam_head.parameters()), "proj": proj}

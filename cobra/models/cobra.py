@@ -11,8 +11,6 @@ from cobra.models.cnn import CNNBranch
 from cobra.models.output import CoBraOutput
 from cobra.models.vit import ViTBranch
 
-CNN_STRIDE = 16
-
 
 def _gap_logits(cam: torch.Tensor) -> torch.Tensor:
     """Classification logits = global average of the CAM's foreground channels: (B, C)."""
@@ -29,13 +27,14 @@ class CoBra(nn.Module):
         super().__init__()
         single = cfg.branches != "both"
         self.num_classes = num_classes
+        self.cnn_stride = cfg.cnn_stride
         self.cnn = CNNBranch(cfg, num_classes, single) if cfg.branches in ("both", "cnn") else None
         self.vit = ViTBranch(cfg, num_classes, single) if cfg.branches in ("both", "vit") else None
 
     @property
     def patch_size(self) -> int:
         """Input pixels per grid cell (the ViT's patch; the CNN runs at the same stride)."""
-        return self.vit.patch_size if self.vit is not None else CNN_STRIDE
+        return self.vit.patch_size if self.vit is not None else self.cnn_stride
 
     def patch_grid(self, h: int, w: int) -> tuple[int, int]:
         """(N_h, N_w) for an (h, w) input."""
@@ -51,7 +50,8 @@ class CoBra(nn.Module):
         feats_cnn = feats_vit = None
         if self.cnn is not None:
             cam_cnn, proj_cnn, feats_cnn = self.cnn(x)
-            if cam_cnn.shape[-2:] != grid:  # a CNN whose padding rounds differently
+            # a CNN whose padding rounds differently, or whose stride is not the ViT's patch
+            if cam_cnn.shape[-2:] != grid:
                 cam_cnn = F.interpolate(cam_cnn, size=grid, mode="bilinear", align_corners=False)
                 proj_cnn = F.normalize(F.interpolate(proj_cnn, size=grid, mode="bilinear",
                                                      align_corners=False), dim=1)

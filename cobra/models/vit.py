@@ -4,7 +4,6 @@ attention maps of every layer give the patch affinity and A_obj."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cobra.config import ModelConfig
@@ -33,7 +32,7 @@ class ViTBranch(nn.Module):
         k = cfg.vit_cam_kernel
         self.cam_head = nn.Conv2d(width, num_classes + 1, k, padding=k // 2,
                                   bias=cfg.vit_cam_bias)
-        self.proj_head = nn.Conv2d(width, cfg.embed_dim, 1, bias=False)
+        self.proj_head = backbones.projection_head(cfg, width)
         self._captured: list[torch.Tensor] = []
         self._class_row_only = False
         self._query: torch.Tensor | None = None
@@ -80,8 +79,9 @@ class ViTBranch(nn.Module):
         patches = tokens[:, self.num_prefix:].transpose(1, 2)  # (B, E, M)
         patches = patches.reshape(x.shape[0], -1, nh, nw)
         cam = self.cam_head(patches)
-        proj = F.normalize(self.proj_head(patches), dim=1)
+        proj = backbones.project(self.proj_head, patches, cam)
         return cam, proj, attention, patches
 
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
-        return {"cam": list(self.cam_head.parameters()), "proj": list(self.proj_head.parameters())}
+        proj = list(self.proj_head.parameters()) if self.proj_head is not None else []
+        return {"cam": list(self.cam_head.parameters()), "proj": proj}

@@ -15,7 +15,7 @@ from cobra.config import SegmentConfig
 from cobra.data.source import Source
 from cobra.data.transforms import normalize_image, resize
 from cobra.errors import DataError
-from cobra.metrics import confusion_matrix, mean_iou
+from cobra.metrics import confusion_matrix, iou_counts, mean_iou
 from cobra.pictures import save_label_png
 
 
@@ -55,7 +55,8 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
 
     Writes `out_dir/<id>.png` palette PNGs when out_dir is set; scores one confusion matrix over
     all pixels when the source has masks. Returns {"seg_miou": % or None, "per_class":
-    {name: IoU % or None (class absent)}, "num_images": n}; without masks both scores are empty.
+    {name: IoU % or None (class absent)}, "num_images": n, "image_counts": (n, 3, K) each
+    image's `iou_counts` (for an interval over images)}; without masks the scores are empty.
     """
     ids = list(ids)
     if cfg.max_images is not None:
@@ -63,6 +64,7 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
     num_labels = source.num_classes + 1
     scored = bool(getattr(source, "has_masks", False))
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    image_counts = []
     for image_id in tqdm(ids, desc="segment eval", disable=not progress, leave=False):
         image = source.load_image(image_id)
         probs = predict(model, image, cfg.scales, cfg.flip)
@@ -77,13 +79,17 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
                 raise DataError(f"ground-truth mask of '{image_id}' is {gt.shape[1]}x"
                                 f"{gt.shape[0]} but its image is {label.shape[1]}x"
                                 f"{label.shape[0]}; fix the dataset")
-            confusion += confusion_matrix(label, gt, num_labels)
+            image_confusion = confusion_matrix(label, gt, num_labels)
+            confusion += image_confusion
+            image_counts.append(iou_counts(image_confusion))
     if not scored:
-        return {"seg_miou": None, "per_class": {}, "num_images": len(ids)}
+        return {"seg_miou": None, "per_class": {}, "num_images": len(ids), "image_counts": None}
     miou, per_class = mean_iou(confusion)
     return {
         "seg_miou": None if np.isnan(miou) else miou,
         "per_class": {name: None if np.isnan(v) else float(v)
                       for name, v in zip(source.class_names, per_class, strict=True)},
         "num_images": len(ids),
+        "image_counts": np.stack(image_counts) if image_counts else np.zeros(
+            (0, 3, num_labels), dtype=np.int64),
     }

@@ -88,7 +88,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     confident, correct, total = counts
     metrics = {} if total == 0 else {
         "ir_label_precision": round(100.0 * correct / max(confident, 1), 4),
-        "ir_label_coverage": round(100.0 * confident / total, 4)}
+        "ir_label_coverage": round(100.0 * confident / total, 4),
+        "ir_label_num_images": len(ids)}
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics

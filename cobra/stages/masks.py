@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from cobra.config import Config, resolved, switch
 from cobra.data import build_source, normalize_image
-from cobra.layout import RunLayout
+from cobra.layout import IMAGE_COUNTS_DIR, RunLayout
 from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
+from cobra.noise import ImageCounts
 from cobra.ops.cams import cams_to_label
 from cobra.ops.crf import crf_label, crf_probs
 from cobra.ops.random_walk import masks_from_rw, random_walk, relative_labels
@@ -198,7 +199,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     k = source.num_classes + 1
     conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
             for crf in (False, True)}
-    image_counts = []  # the written masks' per-image counts: a bootstrap interval over images
+    # the written masks' per-image counts: a bootstrap interval over images, and a sweep's
+    # paired test of two trials over the images both scored
+    image_counts: dict[str, np.ndarray] = {}
     # The walk and the CRFs (most of the time) run on `masks.workers` processes; the boundary
     # network stays here, on the device, and makes each image's map as the pool takes it in.
     jobs = _boundary_jobs(net, source, ids, device, cfg.masks.walk.scale)
@@ -207,7 +210,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
         for key, counts in result["confusions"].items():
             conf[key] += counts
         if (chosen, True) in result["confusions"]:
-            image_counts.append(iou_counts(result["confusions"][chosen, True]))
+            image_counts[result["image_id"]] = iou_counts(result["confusions"][chosen, True])
         if result["mask"] is not None and source.has_masks:
             image_id = result["image_id"]
             _picture(layout, reporter, image_id, source.load_image(image_id),
@@ -217,7 +220,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     if not source.has_masks:
         return {}
     metrics = _metrics(cfg, conf)
-    lo, hi = bootstrap_miou_ci(np.stack(image_counts))
+    scored = ImageCounts(tuple(image_counts), np.stack(list(image_counts.values())))
+    scored.save(layout.mask_image_counts)
+    lo, hi = bootstrap_miou_ci(scored.counts)
     metrics.update(mask_miou_ci_lo=round(lo, 4), mask_miou_ci_hi=round(hi, 4),
                    mask_num_images=len(ids))
     names = list(source.class_names)
@@ -226,6 +231,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     reporter.log_table({"class": names, "iou": [None if np.isnan(v) else round(float(v), 3)
                                                 for v in per_class]},
                        "masks/per_class_iou.json")
+    reporter.log_artifact(layout.mask_image_counts, IMAGE_COUNTS_DIR)
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics

@@ -22,10 +22,11 @@ from cobra.checkpoint import check_model_matches, checkpoint_config, load_checkp
 from cobra.config import Config, switch
 from cobra.data import build_source, normalize_image
 from cobra.errors import DataError, StageInputError
-from cobra.layout import RunLayout, atomic_write_text
+from cobra.layout import IMAGE_COUNTS_DIR, RunLayout, atomic_write_text
 from cobra.metrics import bootstrap_miou_ci
 from cobra.models import build_model
 from cobra.models.cobra import CoBra
+from cobra.noise import ImageCounts
 from cobra.ops.cams import (
     ThresholdSweep,
     cams_to_label,
@@ -243,7 +244,8 @@ def _per_class(names: list[str], iou: np.ndarray) -> dict[str, float | None]:
             for name, v in zip(names, iou, strict=True)}
 
 
-def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
+def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]
+                ) -> tuple[dict, ImageCounts]:
     """Seed mIoU under both background protocols, over one confusion matrix per threshold.
 
     fixed: IRN's fixed background score, swept over `seeds.threshold_grid` (plus `fixed_bg`);
@@ -251,6 +253,8 @@ def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
     a ViT branch only). Both thresholds are chosen on ground truth of the scored images, as
     the paper does; `miou_heldout` scores each image at a threshold chosen on the other images
     (two folds), and `ci95` is a bootstrap interval over images at the chosen threshold.
+    Also returns each image's counts at the chosen threshold (a sweep's paired test of two
+    trials over the images both scored).
     """
     num_classes = source.num_classes + 1
     thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
@@ -285,7 +289,7 @@ def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]) -> dict:
         theta, miou_a, per_class_a = aobj.best()
         result["aobj"] = {"percentile": theta, "miou": miou_a,
                           "per_class": _per_class(names, per_class_a), "curve": aobj.curve()}
-    return result
+    return result, ImageCounts(tuple(ids), fixed.counts_at(threshold))
 
 
 def headline(evaluation: dict) -> dict[str, float]:
@@ -293,9 +297,13 @@ def headline(evaluation: dict) -> dict[str, float]:
     it is defined for every branch setup (the A_obj protocol needs the ViT)."""
     fixed, aobj = evaluation["fixed"], evaluation["aobj"]
     lo, hi = fixed.get("ci95", [float("nan")] * 2)
+    # the two halves' thresholds say why `seed_miou_heldout` may equal `seed_miou`: both
+    # halves chose the threshold the whole set chose
+    folds = [*fixed.get("heldout_thresholds", []), float("nan"), float("nan")][:2]
     metrics = {"seed_miou": fixed["miou"], "seed_threshold": fixed["threshold"],
                "seed_miou_ci_lo": lo, "seed_miou_ci_hi": hi,
                "seed_miou_heldout": fixed.get("miou_heldout", float("nan")),
+               "seed_heldout_threshold_a": folds[0], "seed_heldout_threshold_b": folds[1],
                "seed_num_images": evaluation.get("num_images", float("nan")),
                "seed_miou_default_bg": fixed["miou_at_default"],
                "seed_miou_aobj": aobj["miou"] if aobj else float("nan"),
@@ -361,14 +369,16 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     ids = make(cfg, layout, source, force=force)
     if not source.has_masks:
         return {}
-    evaluation = score_seeds(cfg, layout, source, ids)
+    evaluation, image_counts = score_seeds(cfg, layout, source, ids)
     atomic_write_text(layout.seeds_eval, json.dumps(jsonable(evaluation), indent=2))
+    image_counts.save(layout.seed_image_counts)
     save_pictures(cfg, layout, source, ids, evaluation["fixed"]["threshold"], reporter)
     metrics = headline(evaluation)
     # per-class IoU is in seeds/eval.json (and a table in MLflow), not one chart per class
     reporter.log_table(per_class_table(evaluation["fixed"]["per_class"]),
                        "seeds/per_class_iou.json")
     reporter.log_artifact(layout.seeds_eval, "seeds")
+    reporter.log_artifact(layout.seed_image_counts, IMAGE_COUNTS_DIR)
     curve_png = layout.pictures / "seed_threshold_curve.png"
     save_threshold_curve(evaluation["fixed"], curve_png)
     reporter.log_artifact(curve_png, "seeds")

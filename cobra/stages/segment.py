@@ -10,7 +10,9 @@ from cobra import pretrain
 from cobra.checkpoint import load_checkpoint, save_checkpoint
 from cobra.config import Config
 from cobra.data import build_source
-from cobra.layout import RunLayout
+from cobra.layout import IMAGE_COUNTS_DIR, RunLayout
+from cobra.metrics import bootstrap_miou_ci
+from cobra.noise import ImageCounts
 from cobra.ops.crf import crf_probs
 from cobra.reporting import Reporter
 from cobra.runtime import resolve_device
@@ -91,13 +93,25 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     eval_ids = list(eval_source.ids)[: s.max_images] if s.max_images else list(eval_source.ids)
     result = predict_and_score(model, eval_source, eval_ids, s, layout.segment / "pred",
                                _crf_fn(cfg), progress=cfg.train.progress)
-    metrics = {"seg_miou": round(float(result["seg_miou"]), 4)} if eval_source.has_masks else {}
+    metrics = _scores(result, eval_ids, layout) if eval_source.has_masks else {}
     if s.test_split:
         test_source = build_source(cfg, s.test_split)
         predict_and_score(model, test_source, list(test_source.ids), s,
                           layout.segment / f"{s.test_split}_png", _crf_fn(cfg),
                           progress=cfg.train.progress)
     current.write()
+    if metrics:
+        reporter.log_artifact(layout.seg_image_counts, IMAGE_COUNTS_DIR)
     reporter.log_summary(metrics)
     layout.update_summary(metrics)
     return metrics
+
+
+def _scores(result: dict, ids: list[str], layout: RunLayout) -> dict[str, float]:
+    """seg_miou with the images it covers and its bootstrap interval over them; each image's
+    counts are kept (`image_counts/segment.npz`) for a paired comparison of two runs."""
+    counts = ImageCounts(tuple(ids[:len(result["image_counts"])]), result["image_counts"])
+    counts.save(layout.seg_image_counts)
+    lo, hi = bootstrap_miou_ci(counts.counts)
+    return {"seg_miou": round(float(result["seg_miou"]), 4), "seg_miou_ci_lo": round(lo, 4),
+            "seg_miou_ci_hi": round(hi, 4), "seg_num_images": result["num_images"]}

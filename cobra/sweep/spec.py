@@ -27,7 +27,9 @@ Every mistake is a ConfigError naming the key, with a close match when there is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra import config as config_mod
+from cobra import naming
 from cobra.config import suggest
 from cobra.errors import ConfigError
 from cobra.objective import projections_never_start
@@ -57,19 +60,23 @@ EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_ma
 # (`cobra.stages.seeds.headline`); a sweep can rank only on these.
 TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou_default_bg",
                  "seed_miou_aobj", "seed_percentile", "seed_miou_ci_lo", "seed_miou_ci_hi",
-                 "seed_miou_heldout", "seed_num_images")
+                 "seed_miou_heldout", "seed_heldout_threshold_a", "seed_heldout_threshold_b",
+                 "seed_num_images")
 # Stages a trial may run after training, in pipeline order, and the headline metrics each
 # adds to a trial's report.
 TRIAL_STAGES = POST_TRAIN_STAGES
 STAGE_METRICS = {
-    "ir_labels": ("ir_label_precision", "ir_label_coverage"),
+    "ir_labels": ("ir_label_precision", "ir_label_coverage", "ir_label_num_images"),
     "irn": (),
     "masks": ("mask_miou", "mask_miou_nocrf", "mask_miou_irn", "mask_miou_relative",
               "mask_miou_ci_lo", "mask_miou_ci_hi", "mask_num_images"),
-    "segment": ("seg_miou",),
+    "segment": ("seg_miou", "seg_miou_ci_lo", "seg_miou_ci_hi", "seg_num_images"),
 }
 MAX_REPEATS = 100
 REPLICATE_KEY = "train.seed"
+# Config keys (prefixes) that change where or how a run goes, not what it measures.
+NOT_MEASURED = ("run.", "train.progress", "train.device", "data.num_workers",
+                "data.decoded_cache", "masks.workers", "seeds.batch_images")
 # A sweep's name is a directory under `storage` and an MLflow run name: no way out of storage.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -122,6 +129,15 @@ class SweepSpec:
     def experiment_dir(self) -> str:
         """Where Ray keeps the sweep: a path all nodes must see (shared FS) or a storage URI."""
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def base_digest(self) -> str:
+        """A digest of what every trial shares: the base config without the keys that only
+        say where and how a run goes (`NOT_MEASURED`) and without the replicate seed. Two
+        sweeps with the same digest measure the same training-seed noise."""
+        kept = {k: v for k, v in config_mod.flatten(self.base).items()
+                if k != REPLICATE_KEY and not k.startswith(NOT_MEASURED)}
+        text = json.dumps(sorted(kept.items()), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def projection_warning(self) -> str | None:
         """A warning when some trial's projection losses start after its last epoch: the
@@ -420,13 +436,9 @@ def _positive_int(value: Any, where: str) -> int:
 
 
 def trial_name(params: dict[str, Any]) -> str:
-    """`k_sap_neg=6,k_cap_pos=2`: a trial's searched values under their config names (the last
-    part of the dotted key), so the run list reads like the sweep file."""
-    parts = []
-    for key, value in params.items():
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{key.rsplit('.', 1)[-1]}={shown}")
-    return ",".join(parts)
+    """`ksn6·kcp2`: a trial's searched values under short names of their keys
+    (`cobra.naming`), so MLflow's run list shows every value without cutting the name."""
+    return naming.point_name(params)
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:

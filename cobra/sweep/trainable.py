@@ -27,6 +27,7 @@ from cobra.errors import CobraError, NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
 from cobra.reporting import FileReporter, MultiReporter, Reporter
+from cobra.results import trial_note
 from cobra.sweep.spec import trial_name
 from cobra.tracking import tags as tag
 
@@ -242,7 +243,8 @@ def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # the worker's pid lets an operator (or a fault drill) find the process of a trial
     mlflow_reporter.set_tags({tag.SEARCHED: ",".join(params), tag.RAY_WORKER_PID: os.getpid()})
     try:
-        run_trial(cfg, layout, reporter, resume_from=_restore(layout), stages=ctx.stages)
+        metrics = run_trial(cfg, layout, reporter, resume_from=_restore(layout),
+                            stages=ctx.stages)
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would diverge again. End this trial as
         # failed with its reason and let the sweep go on.
@@ -262,5 +264,6 @@ def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         raise
     mlflow_reporter.log_artifact(layout.config, None)
     _log_weights(mlflow_reporter, layout)
+    mlflow_reporter.set_tags({tag.NOTE: trial_note(metrics)})
     ray_reporter.final_report()
     mlflow_reporter.close("FINISHED")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cobra import pretrain, tracking
+from cobra import naming, pretrain, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
@@ -64,8 +64,9 @@ def _optuna_search(spec: SweepSpec):
 
 
 def _readable_name(trial) -> str:
-    """`k_sap_neg=5,k_cap_pos=20_a1b2c3d4`: the console and the results directory say what was tried."""
-    return f"{trial_name(trial.config)}_{trial.trial_id}"
+    """`ksn5-kcp20_a1b2c3d4`: the console and the results directory say what was tried (in
+    ASCII: the name is a directory, maybe on remote storage)."""
+    return f"{trial_name(trial.config).replace(naming.SEPARATOR, '-')}_{trial.trial_id}"
 
 
 def _scheduler(spec: SweepSpec):
@@ -163,7 +164,9 @@ def _check_cluster_resources(spec: SweepSpec) -> None:
 def _note(spec: SweepSpec, results: str | None = None) -> str:
     """The parent run's description in the MLflow UI: what varies, how to read it, and (once
     the sweep ended) the results table with links to the trials."""
-    space = "\n".join(f"- `{key}`: {d.describe()}" for key, d in spec.space.items())
+    short = naming.short_names(spec.space)
+    space = "\n".join(f"- `{key}` (`{short[key]}` in run names): {d.describe()}"
+                      for key, d in spec.space.items())
     repeats = (f", each point with {spec.repeats} training seeds (`train.seed`)"
                if spec.repeats > 1 else "")
     note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), "
@@ -240,7 +243,7 @@ def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     _init_ray()
     if os.environ.get("RAY_ADDRESS"):
         _check_cluster_resources(spec)
-    datasets = tuple(dataset_splits(spec.base))
+    datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
@@ -282,7 +285,8 @@ def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
         tracking.reopen_run(uri, parent)
         return parent
     parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
-                                      spec.metric, spec.mode)
+                                      spec.metric, spec.mode,
+                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest()})
     tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
     tracking.set_description(uri, parent, _note(spec))
     tracking.log_dataset_inputs(uri, parent, datasets)
@@ -355,7 +359,7 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best_run = best.run_id if best else None
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
     tracking.set_description(uri, parent, _note(spec, results_markdown(
-        uri, trials, spec.metric, spec.mode, spec.name)))
+        uri, parent, trials, spec.metric, spec.mode, spec.name)))
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results),

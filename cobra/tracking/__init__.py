@@ -18,22 +18,26 @@ The modules, by concern:
     reporter    MlflowReporter: Reporter hooks buffered into one run
     runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
                 source tags, dataset inputs, files and models
-    queries     reading sweeps back: TrialRecord, the best trial, a trial's files
+    queries     reading sweeps back: TrialRecord, the best trial, a trial's files, the sweeps
+                on the same base config
 """
 
 from cobra.tracking import tags
 from cobra.tracking.queries import (
     TrialRecord,
+    artifact_bytes,
     best_trial,
     download_trial,
     get_trial,
     list_trials,
     pick_best,
     scored_trials,
+    sweeps_with_base,
     trials_of,
 )
 from cobra.tracking.reporter import MlflowReporter, sanitize_key
 from cobra.tracking.runs import (
+    ModelVersionInfo,
     find_sweep_run,
     find_trial_run,
     finish_sweep,
@@ -51,10 +55,10 @@ from cobra.tracking.runs import (
 from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
 
 __all__ = [
-    "MlflowReporter", "TrialRecord", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "best_trial", "check_reachable", "connect",
     "download_trial", "find_sweep_run", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
     "sanitize_key", "scored_trials", "set_description", "start_final_run", "start_sweep_run",
-    "start_trial_run", "tags", "trials_of",
+    "start_trial_run", "sweeps_with_base", "tags", "trials_of",
 ]

@@ -7,8 +7,11 @@ most processes never need them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -19,7 +22,7 @@ from cobra.tracking import tags
 
 __all__ = ["MAX_METRICS_PER_BATCH", "MAX_PARAMS_PER_BATCH", "MAX_PARAM_VALUE", "MAX_TAG_VALUE",
            "Metric", "MlflowClient", "MlflowException", "Param", "Run", "RunTag", "dataset_input",
-           "save_pytorch_model", "system_metrics_monitor"]
+           "log_pytorch_model", "process_tracking_uri", "system_metrics_monitor"]
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes log_batch fail outright.
 MAX_PARAMS_PER_BATCH = 100
@@ -53,16 +56,51 @@ def dataset_input(name: str, digest: str, source: str, num_images: int, context:
     return DatasetInput(dataset, tags=[InputTag(tags.DATA_CONTEXT, context)])
 
 
-def save_pytorch_model(model, model_dir: Path, pip_requirements: list[str]) -> None:
-    """`model` as an MLflow PyTorch model directory (MLmodel + pickled module)."""
-    import mlflow.pytorch
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow's model logging and registry resolve `models:/` URIs through the process-wide
+    tracking URI, not a client's: inside this block it is `uri` (CoBra passes URIs explicitly,
+    and a default `./mlflow.db` must never appear in the caller's directory)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+    # mlflow mirrors the URI into MLFLOW_TRACKING_URI and unsets it afterwards: the user's own
+    # setting comes back
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if user_setting is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = user_setting
+
+
+def log_pytorch_model(client: MlflowClient, experiment_id: str, run_id: str, model, name: str,
+                      input_example, pip_requirements: list[str], extra_files: list[Path],
+                      tags: dict[str, str]) -> tuple[str, str]:
+    """`model` logged as an MLflow PyTorch model of run `run_id` (a LoggedModel of its
+    experiment: the Models tab lists it) with the signature of `input_example` (a numpy array
+    the model takes) and its output. Call inside `process_tracking_uri`. Returns (model URI,
+    model id)."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example)).cpu().numpy()
+    # made here, not by log_model: it would file the model under the process's default
+    # experiment, not the run's
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                        tags=tags, model_type="pytorch")
     # pickle: the models hold data-dependent control flow that a pt2 trace would freeze;
     # mlflow warns about pickle on every save, which says nothing new here
     quiet = logging.getLogger("mlflow.pytorch")
     level, quiet.level = quiet.level, logging.ERROR
     try:
-        mlflow.pytorch.save_model(model, str(model_dir), serialization_format="pickle",
-                                  pip_requirements=pip_requirements)
+        info = mlflow.pytorch.log_model(
+            model, name=name, run_id=run_id, model_id=logged.model_id,
+            serialization_format="pickle", signature=infer_signature(input_example, output),
+            input_example=input_example, pip_requirements=pip_requirements,
+            extra_files=[str(f) for f in extra_files])
     finally:
         quiet.setLevel(level)
+    return info.model_uri, info.model_id

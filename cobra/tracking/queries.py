@@ -3,6 +3,8 @@ plain `TrialRecord`s, the best of them, and the files `launch.py final` continue
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -112,6 +114,45 @@ def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
             f"metric '{metric}' ({len(trials)} trials in all); wait for a trial to finish or "
             f"pick one with --run")
     return best
+
+
+def sweeps_with_base(uri: str, parent_run_id: str) -> list[tuple[TrialRecord, list[TrialRecord]]]:
+    """The other sweeps of `parent_run_id`'s experiment on the same base config (tag
+    BASE_CONFIG), newest first, each with its trials: where seed noise was measured before."""
+    client = connect(uri)
+    parent = get_run(client, uri, parent_run_id)
+    digest = parent.data.tags.get(tag.BASE_CONFIG)
+    if not digest:
+        return []
+    return [(_record(run), [_record(r) for r in children(client, run)])
+            for run in sweep_runs(client, parent.info.experiment_id)
+            if run.data.tags.get(tag.BASE_CONFIG) == digest
+            and run.info.run_id != parent_run_id]
+
+
+def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact file of a run, or None when the run has no such file."""
+    client = connect(uri)
+    folder, _, name = path.rpartition("/")
+    if not any(a.path == path for a in client.list_artifacts(run_id, folder or None)):
+        return None
+    # a report reads one small file per trial: MLflow's progress bar for each is noise
+    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, _env(
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def download_trial(uri: str, run_id: str, dst: Path) -> Path:

@@ -7,21 +7,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import tempfile
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
 from cobra.tracking.mlflow_api import (
+    Metric,
     MlflowClient,
     MlflowException,
     Run,
     dataset_input,
-    save_pytorch_model,
+    log_pytorch_model,
+    process_tracking_uri,
 )
-from cobra.tracking.reporter import MlflowReporter, str_tags
+from cobra.tracking.reporter import MlflowReporter, sanitize_key, str_tags
 from cobra.tracking.store import connect, redact, sqlite_path
 
 if TYPE_CHECKING:
@@ -120,6 +123,9 @@ def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path
     """Create the sweep's parent run, log the sweep YAML to it, and return its id."""
     client = connect(uri)
     exp_id = get_or_create_experiment(uri, experiment)
+    # the experiment's Chart view opens on the metric of its latest sweep
+    client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC, metric)
+    client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC_GREATER, str(mode == "max").lower())
     all_tags = {**source_tags(), **str_tags(tags), tag.KIND: "sweep", tag.SWEEP: sweep_name,
                 tag.METRIC: metric, tag.MODE: mode}
     run = client.create_run(exp_id, tags=all_tags, run_name=sweep_name)
@@ -151,7 +157,18 @@ def start_trial_run(uri: str, experiment: str, parent_run_id: str, run_name: str
     all_tags = {**source_tags(), **str_tags(tags), tag.PARENT: parent_run_id, tag.KIND: "trial",
                 tag.SWEEP: parent.data.tags.get(tag.SWEEP, "")}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
+    if parent.data.tags.get(tag.METRIC):
+        declare_metric(client, run.info.run_id, parent.data.tags[tag.METRIC])
     return run.info.run_id
+
+
+def declare_metric(client: MlflowClient, run_id: str, metric: str) -> None:
+    """Make `metric` the run's first metric, before system metrics and losses: MLflow's
+    Compare page plots the selected runs' first shared metric (in logging order) against the
+    params that differ, so a sweep's first Compare shows the swept keys against its metric.
+    The placeholder is NaN at step -1: no value, and never the latest once the score is in."""
+    placeholder = Metric(sanitize_key(metric), float("nan"), int(time.time() * 1000), -1)
+    client.log_batch(run_id, metrics=[placeholder])
 
 
 def find_trial_run(uri: str, parent_run_id: str, ray_trial_id: str) -> str | None:
@@ -246,31 +263,44 @@ def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None =
         reporter.log_artifact(Path(path), subdir)
 
 
-def log_torch_model(uri: str, run_id: str, model, artifact_path: str, registered_name: str,
-                    pip_requirements: list[str]) -> str:
-    """Save `model` as an MLflow PyTorch model (MLmodel + pickled module: loads with
-    `mlflow.pytorch.load_model("models:/<name>/<version>")`), upload it to the run and register
-    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a file
-    store has no model registry; the model stays logged with the run)."""
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """What a registered model version says about itself: where it came from and how good it
+    is (MLflow's registry shows the description and tags beside each version)."""
+
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def log_torch_model(uri: str, run_id: str, model, name: str, registered_name: str,
+                    input_example, pip_requirements: list[str], extra_files: list[Path] = (),
+                    version: ModelVersionInfo = ModelVersionInfo()) -> str:
+    """Log `model` as an MLflow PyTorch model of the run (signature and input example
+    included; loads with `mlflow.pytorch.load_model("models:/<name>/<version>")`) and register
+    it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a store
+    without a model registry; the model stays logged with the run)."""
     client = connect(uri)
-    with tempfile.TemporaryDirectory(prefix="cobra-model-") as tmp:
-        model_dir = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
-        save_pytorch_model(model, model_dir, pip_requirements)
-        client.log_artifacts(run_id, str(model_dir), artifact_path=artifact_path)
-    try:
-        return _register(client, run_id, artifact_path, registered_name)
-    except Exception as exc:  # file stores: "Model Registry is not supported"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"not registered: this store has no model registry ({first[:200]})"
+    experiment = get_run(client, uri, run_id).info.experiment_id
+    with process_tracking_uri(uri):
+        model_uri, model_id = log_pytorch_model(client, experiment, run_id, model, name,
+                                                input_example, pip_requirements,
+                                                list(extra_files), str_tags(version.tags))
+        try:
+            return _register(client, run_id, model_uri, model_id, registered_name, version)
+        except Exception as exc:  # file stores: "Model Registry is not supported"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"not registered: this store has no model registry ({first[:200]})"
 
 
-def _register(client: MlflowClient, run_id: str, artifact_path: str, name: str) -> str:
-    """A new version of registered model `name` (created on first use) from the run's model."""
+def _register(client: MlflowClient, run_id: str, model_uri: str, model_id: str, name: str,
+              version: ModelVersionInfo) -> str:
+    """A new version of registered model `name` (created on first use) from the logged model."""
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}",
-                                          run_id=run_id)
-    return f"registered {name} v{version.version}"
+    made = client.create_model_version(name, model_uri, run_id=run_id,
+                                       tags=str_tags(version.tags),
+                                       description=version.description, model_id=model_id)
+    return f"registered {name} v{made.version}"

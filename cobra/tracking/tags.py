@@ -10,6 +10,9 @@ SWEEP = "cobra.sweep"  # the sweep's name, on its parent run, its trials and its
 METRIC = "cobra.metric"  # on the parent run: the metric the sweep ranks by...
 MODE = "cobra.mode"  # ...and whether higher (max) or lower (min) is better
 BEST_RUN = "cobra.best_run_id"  # on the parent run once the sweep ended
+# on the parent run: a digest of the sweep's base config (what every trial shares before the
+# searched values and its training seed): sweeps with the same one measure the same seed noise
+BASE_CONFIG = "cobra.base_config"
 SOURCE_RUN = "source_run_id"  # on a final run: the trial it continued
 MODEL_PREFIX = "cobra.model."  # on a final run: `cobra.model.<registered name>` = what happened
 
@@ -26,6 +29,9 @@ LAST_CRASH = "cobra.last_crash"  # the last crash of an attempt Ray may retry
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # the run's description, markdown
 EXPERIMENT_KIND = "mlflow.experimentKind"
+# on the experiment: the metric its Chart view starts from (the latest sweep's)
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+PRIMARY_METRIC_GREATER = "mlflow.experiment.primaryMetric.greaterIsBetter"
 USER = "mlflow.user"
 SOURCE_TYPE = "mlflow.source.type"
 SOURCE_NAME = "mlflow.source.name"
