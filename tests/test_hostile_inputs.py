@@ -516,14 +516,15 @@ TRIALS = [_trial(f"r{i}", **{"loss.tau": tau, "loss.k_cap_pos": k, "loss.lambda_
     ("loss.tau", None, ["leave out the swept param 'loss.k_cap_pos'", "replicates"]),
     ("loss.taux", None, ["is not a param of this sweep"]),
 ])
-def test_a_report_never_averages_other_settings_as_replicates(rows, cols, needles):
-    from cobra.results import table_axes
+def test_a_report_never_counts_other_settings_as_replicates(rows, cols, needles):
+    from cobra.results import sweep_cells
 
     with pytest.raises(ConfigError) as info:
-        table_axes(TRIALS, rows, cols)
+        sweep_cells(TRIALS, "seed_miou", "max", "s", rows, cols)
     for needle in needles:
         assert needle in str(info.value)
-    assert table_axes(TRIALS, "loss.tau", "loss.k_cap_pos") == ["loss.tau", "loss.k_cap_pos"]
+    cells, axes = sweep_cells(TRIALS, "seed_miou", "max", "s", "loss.tau", "loss.k_cap_pos")
+    assert axes == ["loss.tau", "loss.k_cap_pos"] and len(cells) == 4
 
 
 def test_decoded_pixels_written_over_in_place_are_decoded_again(tiny_data_root, tmp_path,
