@@ -83,7 +83,7 @@ def _scheduler(spec: SweepSpec):
 def _preflight(spec: SweepSpec, resume: bool) -> str:
     """Everything that can fail fast does, before Ray starts: the resources a trial asks for,
     the tracker, the data, the weights, the experiment directory. Returns the tracking URI."""
-    if not os.environ.get("RAY_ADDRESS"):  # a local Ray gets this machine's CPUs and GPUs
+    if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
         check_resources(spec, os.cpu_count() or 1, _local_gpus(), "this machine")
     warning = spec.projection_warning()
     if warning:
@@ -214,16 +214,24 @@ def _sweep_exists(spec: SweepSpec) -> bool:
     return (Path(spec.experiment_dir) / "tuner.pkl").exists()
 
 
+def _cluster_address() -> str | None:
+    """RAY_ADDRESS when it names a cluster; None for a local Ray ("" or "local")."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
+
+
 def _init_ray() -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = _cluster_address()
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": a Ray of this sweep's own, never a cluster someone started on this machine
+        # (plain ray.init() joins one), whose resources the preflight did not check
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
@@ -241,7 +249,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     uri = _preflight(spec, resume)
     _init_ray()
-    if os.environ.get("RAY_ADDRESS"):
+    if _cluster_address():
         _check_cluster_resources(spec)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume)
