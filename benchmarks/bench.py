@@ -13,7 +13,6 @@ only by the rows that need them, so the GPU rows run where none is installed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,6 +30,7 @@ import torch  # noqa: E402
 
 from benchmarks import baselines  # noqa: E402
 from cobra import accel  # noqa: E402
+from cobra.cli import OneLineParser  # noqa: E402
 from cobra.config import Config, load_config  # noqa: E402
 
 # Dense bf16 Tensor-Core peak (FLOP/s) per device name, for MFU.
@@ -551,7 +551,8 @@ def gpu_rows(wanted: set[str], add: Add) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    # a usage mistake is one line, as for every other launch.py command
+    parser = OneLineParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
                         help="comma-separated: train, seeds, masks, miou, losses")
     parser.add_argument("--gpu-only", action="store_true",

@@ -12,17 +12,19 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cobra.errors import CobraError, NonFiniteLossError
+from cobra.errors import CobraError, NonFiniteLossError, Terminated
 from cobra.reporting import jsonable
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and still exit code 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -54,24 +56,44 @@ def _record_failure(layout, reporter, exc: BaseException) -> None:
                             None if interrupted else one_line(exc))
 
 
+def _lock_run(layout) -> None:
+    """One command at a time on a run directory: a second `train --resume` or `stage` on a
+    run in use is refused, so nothing is written twice."""
+    from cobra.locks import hold
+
+    hold(layout.lock, f"run directory '{layout.root}'")
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.config import load_config, with_overrides
+    from cobra.errors import ConfigError
     from cobra.layout import new_run, open_run
-    from cobra.objective import projections_never_start
-    from cobra.pipeline import run_trial
-    from cobra.reporting import FileReporter
-    from cobra.stages import train
 
+    if args.resume and (args.config or args.name):
+        given = "a config file" if args.config else "--name"
+        raise ConfigError(f"--resume continues '{args.resume}' with its own config.yaml and "
+                          f"directory, so {given} would be ignored; drop it (or start a new "
+                          f"run without --resume)")
     if args.resume:
         layout = open_run(args.resume)
-        cfg = train.resume_config(layout, args.overrides)
-        resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
+        _lock_run(layout)
     else:
         cfg = load_config(args.config, args.overrides)
         if args.name:
             cfg = with_overrides(cfg, {"run.name": args.name})
         # exclusive create: this process owns `layout.root`, so it alone may remove it
         layout = new_run(cfg.run.dir, cfg.run.name)
+        _lock_run(layout)
+    # torch and the models: imported once the command line is known to be good
+    from cobra.objective import projections_never_start
+    from cobra.pipeline import run_trial
+    from cobra.reporting import FileReporter
+    from cobra.stages import train
+
+    if args.resume:
+        cfg = train.resume_config(layout, args.overrides)
+        resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
+    else:
         resume_from = None
     warning = projections_never_start(cfg.loss, cfg.train.epochs, cfg.model.branches == "both")
     if warning:
@@ -101,10 +123,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.config import load_config
     from cobra.layout import open_run
-    from cobra.pipeline import run_stages
-    from cobra.reporting import FileReporter
 
     layout = open_run(args.run_dir)
+    _lock_run(layout)
+    from cobra.pipeline import run_stages  # torch: once the run is known to be free
+    from cobra.reporting import FileReporter
+
     cfg = load_config(layout.config, args.overrides, saved=True)
     reporter = FileReporter(layout.metrics)
     try:
@@ -169,20 +193,49 @@ def cmd_final(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from cobra import results, tracking
+    out = _writable_directory(Path(args.out or "reports"), "report --out")
+    from cobra import results, tracking  # mlflow: once the command line is known to be good
 
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
-    out = Path(args.out) if args.out else None
-    result = results.make_report(uri, args.experiment, args.sweep, out or Path("reports"),
+    result = results.make_report(uri, args.experiment, args.sweep, out,
                                 rows=args.rows, cols=args.cols)
     print(result.pop("table"), file=sys.stderr)
     return result
 
 
+def _writable_directory(path: Path, what: str) -> Path:
+    """`path` as a directory this process can write into (made if missing), else a CobraError
+    naming it: found before any work, not when the first file is written."""
+    from cobra.errors import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a file, not a directory; give a directory "
+                          f"(it receives several files)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} directory '{path}' ({exc.strerror}); give a "
+                          f"writable directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} directory '{path}' is not writable; give a writable one")
+    return path
+
+
+# Commands that write under $COBRA_CACHE (the synthetic dataset, builtin weights, the decoded
+# image cache): its problems are found before they start.
+CACHE_COMMANDS = ("train", "stage", "pretrain", "sweep", "final")
+
+
+def check_cache_dir() -> None:
+    """$COBRA_CACHE (default ~/.cache/cobra) must be a directory this process can write."""
+    raw = os.environ.get("COBRA_CACHE", "~/.cache/cobra")
+    _writable_directory(Path(raw).expanduser(), "COBRA_CACHE")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="launch.py", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="launch.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", help="train CoBra, then make and score seeds")
     p.add_argument("config", nargs="?", help="run config YAML (default: built-in defaults)")
@@ -264,7 +317,17 @@ def one_line(exc: BaseException) -> str:
 
 
 def _traceback_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    from cobra.uris import redact  # no mlflow import on the error path
+
+    return redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def _say_error(text: str) -> None:
+    """The one `error:` line, with every secret of a URI in it hidden (a library's message
+    may quote MLFLOW_TRACKING_URI whole)."""
+    from cobra.uris import redact
+
+    print(f"error: {redact(text)}", file=sys.stderr)
 
 
 def write_error_log(exc: BaseException, path: Path) -> None:
@@ -291,6 +354,24 @@ def _error_log_of(exc: BaseException) -> Path | None:
     return exc.cobra_error_log  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """For one command: SIGTERM raises Terminated (a KeyboardInterrupt), so every path that
+    handles Ctrl+C (status KILLED, a resumable checkpoint, the sweep's resume hint) handles it;
+    and the locks the command took are given back when it ends."""
+    from cobra.locks import release_all
+
+    def terminate(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark has its own flags (benchmarks/bench.py --help)
@@ -299,21 +380,29 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        if args.command in CACHE_COMMANDS:
+            check_cache_dir()
+        with _sigterm_as_interrupt():
+            result = args.func(args)
     except CobraError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        _say_error(one_line(exc))
         return 2
     except NonFiniteLossError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        _say_error(one_line(exc))
         return 1
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as the shell reports a process SIGTERM ended
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, a log
         log = _error_log_of(exc)
         where = f" (traceback in {log})" if log else ""
-        print(f"error: {type(exc).__name__}: {one_line(exc)}{where}", file=sys.stderr)
+        _say_error(f"{type(exc).__name__}: {one_line(exc)}{where}")
         return 1
     if result is not None:
-        print(json.dumps(jsonable(result), default=str))
+        from cobra.uris import redact
+
+        print(redact(json.dumps(jsonable(result), default=str)))
     return 0

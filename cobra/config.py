@@ -225,9 +225,11 @@ class SeedsConfig:
                                       help="A_obj percentiles θ swept (the paper's protocol)")
     max_images: int | None = _f(None, ge=1, help="make seeds for only the first N images")
     max_side: int = _f(
-        2048, ge=16, help="largest image side the seeds stage accepts: multi-scale CAMs of a "
-        "larger image need memory growing with its area (a 6000 px side asks for hundreds of "
-        "GB); checked before training starts, so downscale such images or raise this")
+        4096, ge=16, help="largest side the seed pass runs at: an image's side times the "
+        "largest of seeds.scales (the default admits a 2048 px image at scale 2.0). Multi-scale "
+        "CAMs need memory growing with that area (a 6000 px side, or scale 100, asks for "
+        "hundreds of GB), so it is checked before training starts; downscale such images, drop "
+        "the scale or raise this")
 
 
 @dataclass
@@ -723,19 +725,69 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping: YAML keeps the last one
+    silently, so a second `loss:` section would quietly drop the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+# A config names a few hundred values; a document whose aliases expand to more than this is a
+# mistake or an attack ("billion laughs"), refused before anything walks it.
+MAX_YAML_NODES = 100_000
+
+
+def _too_large(data: Any, limit: int = MAX_YAML_NODES) -> bool:
+    """Whether `data`, aliases expanded, holds more than `limit` values (stops counting there)."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with safe_load; a missing or malformed file is a ConfigError."""
+    """Read a YAML mapping (safe, no key twice); a missing, unreadable or malformed file is a
+    ConfigError naming it."""
+    from cobra.textfiles import read_text  # textfiles imports nothing of config
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist; check the path")
+    text = read_text(p, "config file", ConfigError)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(text, Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as dup:
+        raise ConfigError(f"config file '{p}' sets '{dup.key}' twice (lines {dup.first} and "
+                          f"{dup.again}); keep one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of sections, e.g. 'loss: {{}}'")
+    if _too_large(data):
+        raise ConfigError(f"config file '{p}' expands to more than {MAX_YAML_NODES} values "
+                          f"(YAML aliases); write the values out")
     return data
 
 

@@ -25,3 +25,8 @@ class TrackingError(CobraError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; raised (not sys.exit) so a sweep can fail just this trial."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Ray, SLURM, Kubernetes and `kill` send): handled as Ctrl+C is, so a run
+    ends with its status record (KILLED) and stays resumable."""

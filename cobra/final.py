@@ -140,7 +140,10 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
     source = tracking.best_trial(uri, experiment, sweep_name=sweep, run_id=run_id)
-    layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}")
+    # a directory of an earlier `final` of this trial (one that failed, say) is left alone: this
+    # one gets the same name and a timestamp
+    layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}",
+                     stamp_if_taken=True)
     try:
         tracking.download_trial(uri, source.run_id, layout.root)
         cfg = load_config(layout.config, final_overrides(overrides), saved=True)

@@ -6,6 +6,7 @@
       summary.json           headline metrics of every stage that finished
       status.json            how the last command on the run ended: FINISHED or FAILED
       error.log              traceback of an unexpected error (the `error:` line names it)
+      .lock                  held (flock) by the command working on the run (`cobra.locks`)
       checkpoints/last.pt    CoBra checkpoint (weights, optimizer, epoch, config)
       seeds/<id>.npz         per-image CAMs (stage `seeds`)
       seeds/eval.json        seed mIoU per threshold protocol
@@ -25,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -63,6 +65,10 @@ class RunLayout:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def error_log(self) -> Path:
@@ -143,6 +149,12 @@ class RunLayout:
         return self.root / IMAGE_COUNTS["seg_miou"]
 
     # --- helpers
+    def directories(self) -> tuple[Path, ...]:
+        """Every directory a stage writes into."""
+        return (self.checkpoints, self.seeds, self.ir_labels, self.irn, self.masks,
+                self.masks / "rw", self.masks / "png", self.segment, self.segment / "pred",
+                self.pictures)
+
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text()) if self.summary.exists() else {}
 
@@ -159,25 +171,56 @@ class RunLayout:
         atomic_write_text(self.status, json.dumps(record, indent=2))
 
 
-def new_run(parent: str | Path, name: str | None) -> RunLayout:
+# What a run name must not hold: it is one directory under run.dir, so no path separator (an
+# absolute path or `../x` would leave run.dir) and no control character.
+NOT_IN_RUN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def check_run_name(name: str, parent: Path) -> None:
+    """Refuse a run name that would not be one new directory inside `parent`."""
+    if not name.strip() or name in (".", "..") or NOT_IN_RUN_NAME.search(name):
+        raise CobraError(f"run name {name!r} must be one directory name (no '/', '\\', "
+                         f"control characters, '.' or '..'): it is made under run.dir; "
+                         f"choose another --name (run.name)")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # run.dir is made later: ask the filesystem it will be on
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(name.encode()) > limit:
+        raise CobraError(f"run name is {len(name.encode())} bytes but the filesystem of "
+                         f"'{parent}' allows {limit}; choose a shorter --name (run.name)")
+
+
+def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False
+            ) -> RunLayout:
     """Create a fresh run directory that this process alone owns.
 
     The directory is made with an exclusive `mkdir` (no exist-check beforehand), so two
-    processes can never share one: with an explicit `name` the second one is refused; a default
-    (timestamped) name gets a random suffix and a fresh one on the rare collision.
+    processes can never share one: with an explicit `name` the second one is refused (or, with
+    `stamp_if_taken`, gets the name plus a timestamp and a random suffix: a command the user
+    cannot name, such as `final`); a default (timestamped) name gets a random suffix and a
+    fresh one on the rare collision.
     """
     parent = Path(parent).expanduser().resolve()
+    if name is not None:
+        check_run_name(name, parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CobraError(f"cannot create run.dir '{parent}' ({exc.strerror}); set run.dir to "
                          f"a writable directory") from None
-    for _ in range(100):
-        root = parent / (name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    for attempt in range(100):
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        if name is None:
+            root = parent / stamp
+        else:
+            root = parent / (name if attempt == 0 else f"{name}-{stamp}")
         try:
             root.mkdir()
         except FileExistsError:
-            if name:
+            if name and not stamp_if_taken:
                 raise CobraError(f"run directory '{root}' already exists; choose another "
                                  f"--name (run.name) or pass --resume to continue it") from None
             continue
@@ -196,7 +239,12 @@ def open_run(path: str | Path) -> RunLayout:
     if not (root / "config.yaml").is_file():
         raise CobraError(f"'{root}' is not a run directory (no config.yaml); "
                          f"run `launch.py train` first or check the path")
-    return RunLayout(root)
+    layout = RunLayout(root)
+    for directory in layout.directories():
+        if directory.exists() and not directory.is_dir():
+            raise CobraError(f"'{directory}' is a file where the run keeps a directory; move "
+                             f"it out of the run directory")
+    return layout
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ from cobra.data import build_source
 from cobra.layout import RunLayout
 from cobra.reporting import Reporter
 from cobra.stages import POST_TRAIN_STAGES, get_stage, seeds, train
+from cobra.weights import check_backbones
 
 
 def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
@@ -20,7 +21,9 @@ def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
     stages = list(stages)
     if stages[:1] != ["seeds"]:
         raise ValueError(f"a trial's stages start with seeds, got {stages}")
-    # the seed split's problems are found before training, not after an hour of it
+    # the networks' and the seed split's problems are found before training, not after an
+    # hour of it
+    check_backbones(cfg)
     seeds.check_inputs(cfg, build_source(cfg, cfg.data.seed_split))
     train_metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
     # each stage's fingerprint (checkpoint, settings, images) tells current outputs from stale

@@ -13,16 +13,14 @@ pretraining leaves no weights file that would be used and two trials starting to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -42,6 +40,7 @@ from cobra.data.synthetic import cache_dir
 from cobra.data.transforms import normalize
 from cobra.errors import ConfigError
 from cobra.layout import atomic_write_text
+from cobra.locks import locked
 from cobra.models.backbones import undo_last_stride
 from cobra.runtime import resolve_device
 
@@ -82,19 +81,57 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
     """Pretrain every (role, timm name) not cached yet; returns the directory and, per name,
     its held-out scores."""
     folder = weights_dir(cfg)
-    missing = [(role, name) for role, name in roles
-               if not (folder / f"{name}.safetensors").is_file()]
+    missing = [(role, name) for role, name in roles if not _usable(folder, name)]
     for role, name in missing:  # before any work, and only for what is to be trained
         check_supported(role, name)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):
         # checked again under the lock: another process may have made some meanwhile
-        todo = [(role, name) for role, name in roles
-                if not (folder / f"{name}.safetensors").is_file()]
+        todo = [(role, name) for role, name in roles if not _usable(folder, name, repair=True)]
         if todo:
             _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
         scores = {name: json.loads((folder / f"{name}.json").read_text()) for _, name in roles}
     return folder, scores
+
+
+def _record_path(weights: Path) -> Path:
+    return weights.with_name(f"{weights.name}.sha256")
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a file: what is recorded when cached weights are written."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return {"size": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _usable(folder: Path, name: str, repair: bool = False) -> bool:
+    """Whether the cached weights of `name` are there and are the bytes that were written
+    (size and sha256 against the record made with them). A file cached before records were
+    kept is adopted when safetensors can read it whole. With `repair` (under the lock), a
+    damaged file is removed, named on stderr, and made again."""
+    weights = folder / f"{name}.safetensors"
+    if not weights.is_file():
+        return False
+    record = _record_path(weights)
+    try:
+        if record.is_file():
+            ok = json.loads(record.read_text()) == _digest(weights)
+        else:
+            load_file(str(weights))
+            ok = True
+            if repair:
+                atomic_write_text(record, json.dumps(_digest(weights)))
+    except Exception:  # noqa: BLE001 - unreadable, truncated, a broken record: all "damaged"
+        ok = False
+    if not ok and repair:
+        print(f"warning: cached weights '{weights}' are damaged (not the bytes written); "
+              f"pretraining '{name}' again", file=sys.stderr, flush=True)
+        weights.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+    return ok
 
 
 def _pretrain_all(cfg: PretrainConfig, todo: list[tuple[str, str]], folder: Path,
@@ -140,14 +177,6 @@ def check_supported(role: str, name: str) -> None:
                           f"it has no convolutional feature maps; use a timm CNN such as "
                           f"resnet18, or set model.pretrained to true, false or a weights "
                           f"directory")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` for the duration of a `with` block (one node)."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
 
 
 def _corpus(cfg: PretrainConfig) -> dict[str, dict[str, np.ndarray]]:
@@ -285,9 +314,12 @@ def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
     # The weights file is renamed into place last: its presence means "complete".
     state = {k: v.detach().cpu().contiguous() for k, v in net.model.state_dict().items()}
     tmp = folder / f".{name}.{os.getpid()}.tmp"
+    weights = folder / f"{name}.safetensors"
     try:
         save_file(state, str(tmp))
-        os.replace(tmp, folder / f"{name}.safetensors")
+        # the record first: weights without one would be adopted unverified
+        atomic_write_text(_record_path(weights), json.dumps(_digest(tmp)))
+        os.replace(tmp, weights)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -71,17 +71,34 @@ def _finished(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
 
 def table_axes(done: list[TrialRecord], rows: str | None, cols: str | None) -> list[str]:
     """The swept keys a table is laid out by: the given ones, else every varying param except
-    replicate seeds (averaged over) and bookkeeping."""
-    known = sorted({k for t in done for k in t.params})
-    for name, given in (("--rows", rows), ("--cols", cols)):
-        if given is not None and given not in known:
-            raise ConfigError(f"{name} '{given}' is not a param of this sweep; the swept params "
-                              f"are: {', '.join(varying_params(done)) or '(none)'}")
-    if rows is not None or cols is not None:
-        return [k for k in (rows, cols) if k is not None]
-    varying = searched_first(varying_params(done), done)
+    replicate seeds (averaged over) and bookkeeping. A given one must be swept: laid out by a
+    key every trial shares, one setting would show as a cell of several "replicates"."""
+    varying = varying_params(done)
+    given = [(name, key) for name, key in (("--rows", rows), ("--cols", cols)) if key is not None]
+    for name, key in given:
+        if key not in varying:
+            known = {k for t in done for k in t.params}
+            what = "was not swept (every trial has one value)" if key in known else \
+                "is not a param of this sweep"
+            raise ConfigError(f"{name} '{key}' {what}; the swept params are: "
+                              f"{', '.join(varying) or '(none)'}")
+    if given:
+        return [key for _, key in given]
+    varying = searched_first(varying, done)
     axes = [k for k in varying if not _is_replicate(k) and k not in _BOOKKEEPING]
     return axes or [k for k in varying if k not in _BOOKKEEPING]
+
+
+def check_cells_are_replicates(done: list[TrialRecord], axes: list[str]) -> None:
+    """A cell's trials must differ only in their replicate seed: axes that leave out a swept
+    key would group trials of different settings and call them replicates (ablation_table's
+    marginal means are another matter: they do not claim replicates)."""
+    left_out = [k for k in varying_params(done)
+                if k not in axes and not _is_replicate(k) and k not in _BOOKKEEPING]
+    if left_out:
+        raise ConfigError(f"--rows/--cols leave out the swept param '{left_out[0]}': trials "
+                          f"that differ in it would be counted as replicates of one cell; lay "
+                          f"the table out by it too, or leave --rows/--cols out")
 
 
 def searched_first(keys: list[str], trials: Sequence[TrialRecord]) -> list[str]:
@@ -429,6 +446,7 @@ def sweep_cells(trials: list[TrialRecord], metric: str, mode: str, sweep: str | 
     noise = noise or SweepNoise()
     done = _finished(trials, metric)
     axes = table_axes(done, rows, cols)
+    check_cells_are_replicates(done, axes)
     cells = cells_mod.group_cells(done, metric, axes, sweep)
     cells_mod.attach_image_counts(cells, noise.image_counts)
     return cells_mod.rank_cells(cells, mode, noise.earlier_seed_noise), axes

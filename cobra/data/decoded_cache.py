@@ -23,7 +23,6 @@ rename never changes what an open map holds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ import PIL
 from cobra.data.source import Source
 from cobra.data.synthetic import cache_dir
 from cobra.errors import DataError
+from cobra.locks import locked
 
 # Bump when the file format or what the fingerprint covers changes: old caches are then ignored.
 CACHE_VERSION = 1
@@ -107,7 +107,7 @@ def decoded_images(source: Source, root: Path | None = None) -> DecodedImages | 
     if found is not None:
         return found
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):
         # checked again under the lock: the process we waited for has likely made it
         found = _open(folder, source.ids)
         if found is not None:
@@ -129,11 +129,17 @@ def _open(folder: Path, ids: list[str]) -> DecodedImages | None:
             stored_ids = index["ids"].tolist()
             offsets, shapes = index["offsets"], index["shapes"]
             stored_fingerprint = str(index["fingerprint"])
+            written = index["pixels_stat"].tolist() if "pixels_stat" in index.files else None
         pixels = np.load(folder / PIXELS, mmap_mode="r")
     except (OSError, ValueError, KeyError):
         return None
     total = int(offsets[-1] + np.prod(shapes[-1])) if len(offsets) else 0
     if stored_fingerprint != folder.name or stored_ids != ids or pixels.shape != (total,):
+        return None
+    if written is not None and written != _stat(folder / PIXELS):
+        # the pixels were written over since (same size, other bytes): made again, not used
+        print(f"warning: decoded cache '{folder / PIXELS}' changed after it was written; "
+              f"decoding the images again", file=sys.stderr)
         return None
     return DecodedImages(folder, stored_ids, offsets, shapes)
 
@@ -171,7 +177,8 @@ def _write(source: Source, folder: Path) -> bool:
     with _temporary(folder, INDEX) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, ids=np.array(source.ids), offsets=offsets, shapes=shapes,
-                     fingerprint=np.array(folder.name))
+                     fingerprint=np.array(folder.name),
+                     pixels_stat=np.array(_stat(folder / PIXELS), dtype=np.int64))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / INDEX)
@@ -195,17 +202,17 @@ def _remove_leftovers(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _stat(path: Path) -> list[int]:
+    """Size and modification time (ns) of a file: recorded with the pixels, checked at every
+    open (cheap, unlike hashing gigabytes), so pixels overwritten in place are not used. An index
+    written before this record was kept has none and is trusted as before."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` for the duration of a `with` block (one node)."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock

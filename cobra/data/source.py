@@ -79,10 +79,27 @@ def _open_image(path: Path, missing_fix: str) -> Iterator[Image.Image]:
                         f"or set data.on_bad_file=skip") from None
 
 
+# Pillow modes of more than 8 bits a channel (16-bit and 32-bit greyscale, float): their
+# convert("RGB") clips every value above 255, so a 16-bit photo comes out one flat colour.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_to_rgb(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 from a wide greyscale image, scaled from its type's range (16 bits for
+    integers, [0, 1] for floats; a larger maximum, when present, is the range instead)."""
+    values = np.asarray(img, dtype=np.float64)
+    top = 1.0 if img.mode == "F" else 65535.0
+    top = max(top, float(np.nanmax(values)) if values.size else top)
+    grey = np.clip(np.round(np.nan_to_num(values) / top * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an image file, or a one-line DataError naming it."""
     fix = "restore it or remove its id from the split list, or set data.on_bad_file=skip"
     with _open_image(path, fix) as img:
+        if img.mode in WIDE_MODES:
+            return _wide_to_rgb(img)
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 

@@ -24,6 +24,7 @@ from cobra.data.source import (
     read_size,
 )
 from cobra.errors import DataError
+from cobra.textfiles import read_text
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -54,7 +55,8 @@ def read_class_names(root: Path) -> list[str]:
     path = root / "classes.txt"
     if not path.is_file():
         return list(VOC_CLASSES)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = read_text(path, "classes file", DataError)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) < 2 or names[0] != "background":
         raise DataError(f"'{path}' must list 'background' first and at least one class, "
                         f"one name a line; fix it or delete it to use the VOC names")
@@ -86,12 +88,17 @@ def _read_split(root: Path, split: str) -> list[str]:
         have = f" (found: {', '.join(lists)})" if lists else ""
         raise DataError(f"split list '{path}' does not exist{have}; add it or set "
                         f"data.train_split / data.val_split / data.seed_split to a listed split")
-    ids = []
-    for line in path.read_text().splitlines():
+    ids: dict[str, int] = {}  # id → its line
+    for number, line in enumerate(read_text(path, "split list", DataError).splitlines(), 1):
         token = line.split()[0] if line.split() else ""
-        if token:
-            ids.append(Path(token).stem if "/" in token or "." in token else token)
-    return ids
+        if not token:
+            continue
+        image_id = Path(token).stem if "/" in token or "." in token else token
+        if image_id in ids:  # scored twice, it would count twice and narrow every interval
+            raise DataError(f"split list '{path}' lists image '{image_id}' twice (lines "
+                            f"{ids[image_id]} and {number}); remove the repeat")
+        ids[image_id] = number
+    return list(ids)
 
 
 class VOCSource(Source):

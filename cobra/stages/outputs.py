@@ -4,6 +4,7 @@ module imports another (each stage depends on its inputs' files, not on its prod
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,16 @@ from cobra.ops.cams import fuse
 
 
 def read_seed_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every named array of one seed file (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """Every named array of one seed file (no pickles); a damaged file is named."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise StageInputError(f"seed file '{path}' is damaged ({type(exc).__name__}); make "
+                              f"the seeds again: `launch.py stage seeds --force --run-dir "
+                              f"{path.parent.parent}`") from None
 
 
 def fuse_seed(arrays: dict[str, np.ndarray], fusion: str) -> dict[str, np.ndarray]:

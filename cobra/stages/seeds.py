@@ -169,16 +169,27 @@ def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
 
 
 def check_inputs(cfg: Config, source) -> None:
-    """What would make this stage fail, found from file headers alone so a run can refuse before
-    training: an image too large for multi-scale CAMs, a mask not the size of its image."""
-    for image_id in stage_ids(cfg, source):
+    """What would make this stage fail, found before training: an image too large for its
+    multi-scale CAMs (side × largest scale), a mask not the size of its image (file headers),
+    a split with no labelled pixel (masks read until one has one)."""
+    ids = stage_ids(cfg, source)
+    top_scale = max(cfg.seeds.scales)
+    for image_id in ids:
         h, w = source.image_size(image_id)
-        if max(h, w) > cfg.seeds.max_side:
-            raise DataError(f"image '{source.image_path(image_id)}' is {w}x{h}, larger than "
-                            f"seeds.max_side={cfg.seeds.max_side}; downscale it or raise "
-                            f"seeds.max_side (memory grows with the image's area)")
+        if max(h, w) * top_scale > cfg.seeds.max_side:
+            # one pixel budget for image size and scale alike: the pass's memory follows both
+            raise DataError(f"image '{source.image_path(image_id)}' is {w}x{h}; at seeds scale "
+                            f"{top_scale:g} the seed pass runs at {round(max(h, w) * top_scale)} "
+                            f"px, larger than seeds.max_side={cfg.seeds.max_side}; downscale "
+                            f"it, drop the scale or raise seeds.max_side (memory grows with "
+                            f"the area)")
         if source.has_masks and hasattr(source, "check_mask_size"):
             source.check_mask_size(image_id)
+    if source.has_masks and not any((source.load_mask(i) != 255).any() for i in ids):
+        # seeds are scored on labelled pixels: with none, every score is NaN after training
+        raise DataError(f"every mask of split '{source.split}' is ignore (255) on every pixel, "
+                        f"so its seeds cannot be scored; fix the masks or set data.seed_split "
+                        f"to a split with labels")
 
 
 def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[str]:

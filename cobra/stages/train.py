@@ -38,6 +38,7 @@ from cobra.models.cobra import CoBra
 from cobra.objective import check_k_values, compute_losses
 from cobra.reporting import Reporter
 from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
+from cobra.weights import check_backbones
 
 NONFINITE_HINT = "lower train.lr or check the data"
 
@@ -110,6 +111,7 @@ def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.devi
 def _build_model(cfg: Config, num_classes: int, device: torch.device) -> tuple[CoBra, bool]:
     """CoBra on `device` with its pretrained weights; whether its inputs go channels-last."""
     weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
+    check_backbones(cfg, weights)
     model = build_model(replace(cfg.model, pretrained=weights), num_classes).to(device)
     nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
     grid = model.patch_grid(cfg.data.image_size, cfg.data.image_size)
@@ -173,6 +175,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
     device = resolve_device(cfg.train.device)
+    check_backbones(cfg)  # before the datasets: a wrong network name fails in a second
     accel.configure_backend(device)
     seed_everything(cfg.train.seed)
     train_set = build_train_dataset(cfg, resolve_train_split(cfg))

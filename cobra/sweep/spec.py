@@ -19,7 +19,7 @@
     max_concurrent: 1
     max_failures: 1                   # retries of a crashed trial, from its last checkpoint
     storage: ray_results              # Ray's storage: a path every node sees, or s3://...
-    mlflow: {experiment: cobra}
+    mlflow: {experiment: cobra}       # a non-empty name
 
 Every mistake is a ConfigError naming the key, with a close match when there is one.
 """
@@ -256,6 +256,11 @@ def _domain(key: str, raw: Any) -> Domain:
     if isinstance(raw, list):
         if not raw:
             raise ConfigError(f"sweep key '{where}' is an empty list; give at least one value")
+        for i, value in enumerate(raw):
+            # one setting twice would be two trials of one point, reported as replicates
+            if any(_same(value, earlier) for earlier in raw[:i]):
+                raise ConfigError(f"sweep key '{where}' lists {value!r} twice; list each value "
+                                  f"once (use 'repeats:' for several training seeds)")
         return Domain(key, "choice", tuple(raw))
     if not isinstance(raw, dict) or len(raw) != 1:
         raise ConfigError(f"sweep key '{where}' must be a list of values or one of "
@@ -274,6 +279,13 @@ def _domain(key: str, raw: Any) -> Domain:
     if kind == "int" and (low != int(low) or high != int(high)):
         raise ConfigError(f"sweep key '{where}.int' needs integer bounds, got [{low}, {high}]")
     return Domain(key, kind, (), low, high)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two searched values are one setting (`0.1` and `0.10`; not `1` and `true`)."""
+    return type(a) is type(b) and a == b or (
+        isinstance(a, (int, float)) and isinstance(b, (int, float))
+        and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
 def _probe_values(domain: Domain) -> list[Any]:
@@ -348,6 +360,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     _read_trials(spec, data)
     _read_resources(spec, data, resources)
     spec.experiment = _typed(mlflow.get("experiment", "cobra"), str, "mlflow.experiment")
+    if not spec.experiment.strip():
+        raise ConfigError("sweep key 'mlflow.experiment' is empty; name the MLflow experiment "
+                          "(e.g. cobra) or leave the key out")
     spec.num_trials = _num_trials(spec, search)
     return spec
 

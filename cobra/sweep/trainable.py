@@ -23,7 +23,7 @@ from ray import tune
 from cobra import tracking
 from cobra.checkpoint import export_weights
 from cobra.config import Config, with_overrides
-from cobra.errors import NonFiniteLossError
+from cobra.errors import CobraError, NonFiniteLossError
 from cobra.layout import RunLayout
 from cobra.pipeline import run_trial
 from cobra.reporting import FileReporter, MultiReporter, Reporter
@@ -188,8 +188,39 @@ def trial_config(ctx: TrialContext, params: Mapping[str, Any]) -> Config:
     return cfg
 
 
+# The result key of a trial that stopped on the user's input (a CobraError: a bad dataset,
+# config or weights file). Every trial would fail alike and a retry changes nothing, so the trial
+# ends without a traceback, `InputErrorStopper` ends the sweep, and the driver reports the
+# message as one line with exit code 2.
+INPUT_ERROR = "cobra_input_error"
+
+
+class InputErrorStopper(tune.Stopper):
+    """Stops the whole sweep once a trial reports INPUT_ERROR."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if INPUT_ERROR in result:
+            self.seen = True
+        return self.seen
+
+    def stop_all(self) -> bool:
+        return self.seen
+
+
 def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """Ray function trainable: `params` maps dotted config keys to this trial's values."""
+    try:
+        _run_sweep_trial(params, ctx)
+    except CobraError as exc:
+        from cobra.cli import one_line
+
+        tune.report({INPUT_ERROR: f"trial {trial_name(params)}: {one_line(exc)}"})
+
+
+def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     layout = RunLayout(trial_run_dir(ctx, Path(tune_ctx.get_trial_dir())))
@@ -221,6 +252,11 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         mlflow_reporter.log_text(str(exc), "failure.txt")
         mlflow_reporter.close("FAILED")
         return
+    except CobraError as exc:
+        # the user's input: a verdict, not a crash (run_sweep_trial hands it to the driver)
+        mlflow_reporter.set_tags({tag.FAILURE: str(exc)[:500]})
+        mlflow_reporter.close("FAILED")
+        raise
     except BaseException as exc:
         # Ray may retry this attempt from its checkpoint: record the crash, not a verdict
         mlflow_reporter.set_tags({tag.LAST_CRASH: f"{type(exc).__name__}: {exc}"[:500]})

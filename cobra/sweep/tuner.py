@@ -14,13 +14,17 @@ from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
 from cobra.results import results_markdown
+from cobra.stages import seeds
 from cobra.sweep.spec import SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,
+    INPUT_ERROR,
     STAGING_PREFIX,
+    InputErrorStopper,
     TrialContext,
     run_sweep_trial,
 )
+from cobra.weights import check_backbones
 
 # A trial reports per-epoch metrics (no seed mIoU yet) before its final report; Ray's strict
 # check would reject those intermediate results for lacking the sweep metric.
@@ -77,18 +81,15 @@ def _scheduler(spec: SweepSpec):
 
 
 def _preflight(spec: SweepSpec, resume: bool) -> str:
-    """Everything that can fail fast does, before Ray starts: the tracker, the data, the
-    experiment directory. Returns the tracking URI."""
+    """Everything that can fail fast does, before Ray starts: the resources a trial asks for,
+    the tracker, the data, the weights, the experiment directory. Returns the tracking URI."""
+    if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
+        check_resources(spec, os.cpu_count() or 1, _local_gpus(), "this machine")
     warning = spec.projection_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)
     uri = tracking.resolve_tracking_uri()
     tracking.check_reachable(uri)
-    # Written once here (synthetic) and checked: trials must not race to create the dataset.
-    build_source(spec.base, resolve_train_split(spec.base))
-    build_source(spec.base, spec.base.data.val_split)
-    # Likewise the builtin weights: made once here, not by every trial at once.
-    pretrain.resolve(spec.base.model.pretrained, spec.base, pretrain.backbones_of(spec.base))
     _check_storage(spec)
     exists = _sweep_exists(spec)
     if exists and not resume:
@@ -97,7 +98,67 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     if resume and not exists:
         raise ConfigError(f"no sweep '{spec.name}' to resume at {spec.experiment_dir}; "
                           f"start it without --resume")
+    if resume and tracking.find_sweep_run(uri, spec.experiment, spec.name) is None:
+        raise ConfigError(f"no sweep '{spec.name}' to resume in MLflow experiment "
+                          f"'{spec.experiment}' of {tracking.redact(uri, uri)}; run it from the "
+                          f"directory (or with the MLFLOW_TRACKING_URI) it was started with")
+    # Written once here (synthetic) and checked: trials must not race to create the dataset.
+    build_source(spec.base, resolve_train_split(spec.base))
+    build_source(spec.base, spec.base.data.val_split)
+    # the seed split's problems (too large for the seed pass, masks unusable) before any trial
+    seeds.check_inputs(spec.base, build_source(spec.base, spec.base.data.seed_split))
+    # Likewise the builtin weights: made once here, not by every trial at once; and checked
+    # against the networks here, not by every trial failing alike.
+    check_backbones(spec.base)
+    weights = pretrain.resolve(spec.base.model.pretrained, spec.base,
+                               pretrain.backbones_of(spec.base))
+    check_backbones(spec.base, weights)
     return uri
+
+
+def _lock_sweep(spec: SweepSpec) -> Path | None:
+    """One driver per sweep: a second identical `sweep` command (or a `--resume` while it
+    runs) is refused, not run beside it into the same directory and a second parent run. The
+    lock sits beside the sweep's directory in local storage; remote storage is not locked."""
+    if spec.storage_is_uri:
+        return None
+    from cobra.locks import hold
+
+    root = Path(spec.storage)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"sweep storage '{root}' cannot be created ({exc.strerror}); set "
+                          f"'storage:' to a writable shared directory") from None
+    lock = root / f".{spec.name}.lock"
+    hold(lock, f"sweep '{spec.name}' ({spec.experiment_dir})")
+    return lock
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str) -> None:
+    """A trial asking for more than one node has would wait, PENDING, forever."""
+    if spec.cpu > cpus:
+        raise ConfigError(f"sweep key 'resources.cpu' is {spec.cpu:g} but {where} has "
+                          f"{cpus:g} CPUs; ask for at most {cpus:g} per trial")
+    if spec.gpu > gpus:
+        raise ConfigError(f"sweep key 'resources.gpu' is {spec.gpu:g} but {where} has "
+                          f"{gpus:g} GPUs; ask for at most {gpus:g} per trial (0 on a CPU)")
+
+
+def _check_cluster_resources(spec: SweepSpec) -> None:
+    """On a cluster (RAY_ADDRESS), a trial must fit the largest live node."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    check_resources(spec, cpus, gpus, "the largest node of the Ray cluster")
 
 
 def _note(spec: SweepSpec, results: str | None = None) -> str:
@@ -153,28 +214,49 @@ def _sweep_exists(spec: SweepSpec) -> bool:
     return (Path(spec.experiment_dir) / "tuner.pkl").exists()
 
 
+def _cluster_address() -> str | None:
+    """RAY_ADDRESS when it names a cluster; None for a local Ray ("" or "local")."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
+
+
 def _init_ray() -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = _cluster_address()
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": a Ray of this sweep's own, never a cluster someone started on this machine
+        # (plain ray.init() joins one), whose resources the preflight did not check
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
+    from cobra.locks import release
+
+    lock = _lock_sweep(spec)
+    try:
+        return _run_sweep(spec, resume)
+    finally:
+        if lock is not None:
+            release(lock)
+
+
+def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     uri = _preflight(spec, resume)
+    _init_ray()
+    if _cluster_address():
+        _check_cluster_resources(spec)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
-    _init_ray()
     try:
         tuner = _tuner(spec, ctx, resume)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
@@ -189,6 +271,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         if isinstance(exc, KeyboardInterrupt):
             _print_resume_hint(spec)
         raise
+    bad_input = first_input_error(results)
+    if bad_input is not None:
+        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="FAILED")
+        raise ConfigError(f"sweep '{spec.name}' stopped: {bad_input}; fix it, then start the "
+                          f"sweep again (remove {spec.experiment_dir} or rename the sweep)")
     if _interrupted(spec, results):
         # Ray caught Ctrl+C, stopped the trials and saved the search state: say how to go on.
         tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
@@ -235,6 +322,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
             name=spec.name, storage_path=spec.storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            stop=InputErrorStopper(),
             verbose=1))
 
 
@@ -254,6 +342,15 @@ def _print_resume_hint(spec: SweepSpec) -> None:
     """However the interruption reached us (Ray's handler or a bare Ctrl+C), say how to go on."""
     print(f"sweep '{spec.name}' interrupted; continue it with "
           f"`launch.py sweep {spec.file} --resume`", file=sys.stderr)
+
+
+def first_input_error(results) -> str | None:
+    """The message of the first trial that stopped on the user's input, if any."""
+    for result in results:
+        message = (result.metrics or {}).get(INPUT_ERROR)
+        if message:
+            return message
+    return None
 
 
 def _interrupted(spec: SweepSpec, results) -> bool:

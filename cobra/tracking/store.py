@@ -4,6 +4,7 @@ every message, and the checks that fail a command before Ray starts rather than 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 import urllib.error
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cobra.errors import TrackingError
 from cobra.tracking.mlflow_api import MlflowClient
+from cobra.uris import redact, split_userinfo
 
 # Bounds applied to mlflow's HTTP client in processes that log to a server: its defaults retry a
 # dead server for minutes, which would hang a trial instead of failing it.
@@ -24,16 +26,6 @@ def resolve_tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else an absolute sqlite store `./mlflow.db`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def redact(text: str, uri: str) -> str:
-    """`text` with the password of `uri` (scheme://user:PASSWORD@host) replaced by ***: secrets
-    in MLFLOW_TRACKING_URI never reach a terminal, a log or a JSON line."""
-    try:
-        password = urllib.parse.urlsplit(uri).password
-    except ValueError:  # not a URL at all: nothing to hide
-        password = None
-    return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
 
 
 def is_http(uri: str) -> bool:
@@ -58,10 +50,31 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def _login(uri: str) -> tuple[str, str] | None:
+    """The login MLflow's client would send: MLFLOW_TRACKING_USERNAME/PASSWORD, else the user
+    and password written in the URI."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return user, password
+    login = split_userinfo(uri)[1]
+    return login if login is not None and all(login) else None
+
+
+def _request(uri: str, path: str) -> urllib.request.Request:
+    """A request for `path` on the server of `uri`, with its login (see `_login`)."""
+    request = urllib.request.Request(f"{split_userinfo(uri)[0].rstrip('/')}/{path}")
+    login = _login(uri)
+    if login is not None:
+        token = base64.b64encode(":".join(login).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
 def _http_health(uri: str, timeout_s: float) -> str | None:
     """None when `{uri}/health` answers 200, else the reason it did not."""
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(_request(uri, "health"), timeout=timeout_s) as resp:
             return None if resp.status == 200 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
@@ -71,30 +84,41 @@ def _http_health(uri: str, timeout_s: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _not_mlflow(uri: str, what: str) -> str:
+    return (f"{uri} answers HTTP but is not an MLflow tracking server ({what}); point "
+            f"MLFLOW_TRACKING_URI at `mlflow server`, or unset it to use the local store")
+
+
 def _http_login(uri: str, timeout_s: float) -> str | None:
-    """None when the server takes this process's credentials (or needs none), else what it said.
+    """None when the server takes this process's credentials (or needs none) and speaks
+    MLflow's REST API, else what is wrong.
 
     /health answers without a login on a basic-auth server, so a wrong or missing
-    MLFLOW_TRACKING_USERNAME/PASSWORD would otherwise surface only after Ray started. Sends the
-    same Basic header mlflow's client sends; the password itself is never part of the answer."""
-    request = urllib.request.Request(
-        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+    MLFLOW_TRACKING_USERNAME/PASSWORD would otherwise surface only after Ray started; and any web
+    server answers /health, so the API's answer must be MLflow's JSON. The password itself is
+    never part of the answer."""
+    request = _request(uri, "api/2.0/mlflow/experiments/search?max_results=1")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return None
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            body = resp.read(1 << 20)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            who = f"user {user!r}" if user and password else "no login"
+            login = _login(uri)
+            who = f"user {login[0]!r}" if login else "no login"
             return (f"MLflow server {uri} refused {who} (HTTP {exc.code}); set "
                     f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account it knows")
+        if exc.code in (404, 405):
+            return _not_mlflow(uri, f"its MLflow API answers HTTP {exc.code}")
         return None  # other answers are the tracking calls' business, not a login problem
     except Exception:  # the server went away since /health: reported by the tracking calls
         return None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return _not_mlflow(uri, "its MLflow API does not answer JSON")
+    return None
 
 
 def _bounded(call, timeout_s: float, late: str | None) -> str | None:
@@ -123,11 +147,12 @@ def _check_server(uri: str, timeout_s: float) -> None:
 def _check_sqlite_directory(uri: str, db: Path) -> None:
     parent = db.expanduser().resolve().parent
     if not parent.is_dir():
-        raise TrackingError(f"MLflow store {uri}: directory {parent} does not exist; "
-                            f"create it or point MLFLOW_TRACKING_URI elsewhere")
+        raise TrackingError(redact(f"MLflow store {uri}: directory {parent} does not exist; "
+                                   f"create it or point MLFLOW_TRACKING_URI elsewhere", uri))
     if not os.access(parent, os.W_OK):
-        raise TrackingError(f"MLflow store {uri}: directory {parent} is not writable; "
-                            f"fix its permissions or point MLFLOW_TRACKING_URI elsewhere")
+        raise TrackingError(redact(f"MLflow store {uri}: directory {parent} is not writable; "
+                                   f"fix its permissions or point MLFLOW_TRACKING_URI elsewhere",
+                                   uri))
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
