@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cobra import naming, pretrain, tracking
+from cobra import naming, pretrain, study, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
@@ -28,8 +28,14 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+# TPE samples at random (seeded) until this many trials finished: Optuna's default, named here
+# because `--plan` can name exactly those trials before the sweep starts.
+TPE_STARTUP_TRIALS = 10
 
-def _optuna_search(spec: SweepSpec):
+
+def _optuna_search(spec: SweepSpec, storage=None):
+    """Ray's Optuna searcher for the sweep; its study lives in `storage` (an Optuna RDB
+    storage, named after the sweep) or, with None, in memory (what `--plan` replays)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -55,8 +61,10 @@ def _optuna_search(spec: SweepSpec):
     elif spec.algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed)
-    return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode, sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=spec.seed,
+                                             n_startup_trials=TPE_STARTUP_TRIALS)
+    return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode,
+                                  sampler=sampler, study_name=spec.name, storage=storage)
 
 
 def _readable_name(trial) -> str:
@@ -168,15 +176,18 @@ def _init_ray() -> None:
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the best trial and the sweep's counts."""
     uri = _preflight(spec, resume)
+    optuna_url = study.storage_url(spec.optuna_storage, uri)
+    optuna_storage = study.open_storage(optuna_url)
+    study.check_fresh(optuna_storage, optuna_url, spec.name, resume)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
-    parent = _parent_run(spec, uri, datasets, resume)
+    parent = _parent_run(spec, uri, datasets, resume, optuna_url)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
     _init_ray()
     try:
-        tuner = _tuner(spec, ctx, resume)
+        tuner = _tuner(spec, ctx, resume, optuna_storage)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
         # every trial-epoch, and warn about it each time. The snapshot is Ray's small state
         # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
@@ -198,7 +209,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 
 
 def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
-                resume: bool) -> str:
+                resume: bool, optuna_url: str) -> str:
     """The sweep's parent run: a resumed sweep's own, reopened, else a new one that says what
     the sweep searches, how, and on which data."""
     parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
@@ -207,15 +218,19 @@ def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
         return parent
     parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
                                       spec.metric, spec.mode,
-                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest()})
+                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest(),
+                                            tracking.tags.OPTUNA_STORAGE:
+                                                study.public_url(optuna_url),
+                                            tracking.tags.OPTUNA_STUDY: spec.name})
     tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
     tracking.set_description(uri, parent, _note(spec))
     tracking.log_dataset_inputs(uri, parent, datasets)
     return parent
 
 
-def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
-    """Ray's Tuner for the sweep: restored from its storage on resume, else a new one."""
+def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool, optuna_storage):
+    """Ray's Tuner for the sweep: restored from its storage on resume (the searcher with it,
+    reconnecting to its Optuna study), else a new one."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
@@ -225,7 +240,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
+            search_alg=_optuna_search(spec, optuna_storage), scheduler=_scheduler(spec),
             num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
             trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
             # a finished trial's worker takes the next trial: torch, timm and MLflow are
