@@ -222,6 +222,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
     assert parent.data.tags["cobra.optuna_storage"] == url
     assert parent.data.tags["cobra.optuna_study"] == "resumable"
 
+    # the plan of the same sweep times its trials by these three, and starts nothing
+    plan = subprocess.run([*launch, "--plan"], cwd=sweep_env["dir"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout.strip().splitlines()[-1])
+    assert planned["measured_trials"] == 3 and "median of 3 earlier" in plan.stderr
+    assert len(children(client, result["parent_run_id"])) == 3
+
     # a new sweep of that name, its Ray state gone, does not silently extend the old study
     shutil.rmtree(sweep_env["dir"] / "ray_results" / "resumable")
     again = subprocess.run(launch, cwd=sweep_env["dir"], env=env, capture_output=True,
