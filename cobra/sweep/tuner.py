@@ -3,9 +3,12 @@ trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +196,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
         # warning, printed some 30 times by the demo sweep, is silenced unless the user set it.
         os.environ.setdefault(SNAPSHOT_WARNING_ENV, "0")
-        results = tuner.fit()
+        with _sigterm_as_ctrl_c():
+            results = tuner.fit()
         _remove_staging_leftovers(spec)
     except BaseException as exc:
         tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
@@ -206,6 +210,22 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         _print_resume_hint(spec)
         raise KeyboardInterrupt
     return _summarise(spec, uri, parent, results)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """A batch scheduler ends a job with SIGTERM (SLURM's scancel, its time limit): the driver
+    takes it as Ctrl+C, so Ray stops the trials and saves the sweep's state, and the parent run
+    ends KILLED with the resume hint, instead of the driver dying mid-snapshot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM,
+                             lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
