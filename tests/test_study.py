@@ -71,6 +71,28 @@ def test_a_tpe_study_is_named_after_the_sweep_and_a_resume_continues_it(tmp_path
     assert saved.best_value == 52.0 and saved.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
+def test_a_resume_from_a_snapshot_older_than_the_study_keeps_the_studys_result(tmp_path):
+    """Ray snapshots the searcher now and then; the study in the database moves on at every
+    result. A trial that finished after the last snapshot is reported again on resume."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = _spec(tmp_path, "{algorithm: tpe, seed: 1, num_trials: 4}")
+    searcher = _optuna_search(spec, study.open_storage(url))
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # t1 still running here
+    final = {"seed_miou": 50.0, "training_iteration": 3}
+    searcher.on_trial_result("t1", final)
+    searcher.on_trial_complete("t1", final)
+
+    restored = _optuna_search(spec, None)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    restored.on_trial_result("t1", final)  # the same result, handed back by the trial
+    restored.on_trial_complete("t1", final)
+    _finish(restored, "t2", 51.0)
+    saved = optuna.load_study(study_name="tau_search", storage=url)
+    assert [(t.state.name, t.value) for t in saved.trials] == [("COMPLETE", 50.0),
+                                                                ("COMPLETE", 51.0)]
+
+
 def test_a_new_sweep_is_refused_over_an_old_study_of_its_name_and_resume_accepts_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = study.open_storage(url)

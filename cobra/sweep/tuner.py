@@ -44,10 +44,17 @@ def _optuna_search(spec: SweepSpec, storage=None):
 
     class SeedMetricOptunaSearch(OptunaSearch):
         """Optuna sees a trial's value once its seeds are scored; the per-epoch reports before
-        that (losses, mAP, for schedulers) do not carry the sweep metric."""
+        that (losses, mAP, for schedulers) do not carry the sweep metric.
+
+        A resumed sweep's searcher is Ray's last snapshot of it, which can be older than the
+        study in the database: a trial that finished after the snapshot reports its result
+        again (`run_sweep_trial` hands MLflow's back to Ray), and Optuna refuses to update a
+        finished trial. The study already holds that result, so the report is dropped."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
+            if self.metric not in result:
+                return
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 super().on_trial_result(trial_id, result)
 
     distributions = {}
