@@ -24,7 +24,6 @@ common=(--num-cpus="$CPUS" --num-gpus="$GPUS" --block --disable-usage-stats
         --dashboard-agent-listen-port="$AGENT_PORT")
 echo "[ray-node $(hostname)] $ROLE: $CPUS CPU, $GPUS GPU" >&2
 if [[ "$ROLE" == head ]]; then
-    exec "$RAY" start --head --port="$PORT" --ray-client-server-port=$((PORT + 1)) \
-        --include-dashboard=false "${common[@]}"
+    exec "$RAY" start --head --port="$PORT" --include-dashboard=false "${common[@]}"
 fi
 exec "$RAY" start --address="${RAY_ADDRESS:?}" "${common[@]}"
