@@ -168,6 +168,15 @@ def ray_processes(port: int) -> list[str]:
     return found
 
 
+def left_address(log: str) -> bool:
+    """Whether the job's head left its address for later local `ray.init()` calls (which
+    would then try to join the dead cluster instead of starting their own)."""
+    head = re.search(r"Ray head ([\d.]+:\d+)", log).group(1)
+    address_file = Path(os.environ.get("RAY_TMPDIR", os.environ.get("TMPDIR", "/tmp")),
+                        "ray", "ray_current_cluster")
+    return address_file.is_file() and address_file.read_text().strip() == head
+
+
 def trials(client: MlflowClient, status: str | None = None) -> list:
     exp = client.get_experiment_by_name("slurm")
     if exp is None:
@@ -201,7 +210,7 @@ def test_a_sweep_runs_on_both_nodes_of_an_allocation_and_a_cancelled_job_resumes
     assert len(done) == 2
     assert len({r.data.tags["ray_node_id"] for r in done}) == 2, "trials ran on one node only"
     port = int(re.search(r"Ray head [\d.]+:(\d+)", log).group(1))
-    assert ray_processes(port) == []
+    assert ray_processes(port) == [] and not left_address(log)
     assert env.get("RAY_AUTH_TOKEN") is None and "RAY_AUTH_TOKEN=" not in log
 
     # 2. a second sweep, cancelled mid-way: nothing of Ray is left, and --resume finishes it
@@ -218,11 +227,13 @@ def test_a_sweep_runs_on_both_nodes_of_an_allocation_and_a_cancelled_job_resumes
     log = (logs / f"job-{job}.out").read_text()
     port = int(re.search(r"Ray head [\d.]+:(\d+)", log).group(1))
     wait_for(lambda: not ray_processes(port), 60, "the cancelled job's Ray processes to end")
+    assert not left_address(log)
 
     job = submit(slurm, env, str(path), "--resume")
     wait_for(lambda: job_gone(env, job), 900, f"job {job} (resume) to end")
     log = (logs / f"job-{job}.out").read_text()
     assert "sweep driver exited with 0" in log, log[-4000:]
+    assert not left_address(log)
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # the finished trial was not re-run
     assert len(trials(client, "FINISHED")) == 2 + 3

@@ -20,8 +20,12 @@ fi
 # others Ray picks at random.
 AGENT_PORT=$((PORT + 10 + ${SLURM_NODEID:-0}))
 
+# A temp dir of the job's own: `ray start --head` writes its address into the temp dir for later
+# `ray.init()` calls on the node, and in the shared default (/tmp/ray) every other user's local
+# `ray.init()` there would join this cluster, or, once SLURM killed it, hang on the dead one.
+TEMP_DIR="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray-cobra-${SLURM_JOB_ID:?}"
 common=(--num-cpus="$CPUS" --num-gpus="$GPUS" --block --disable-usage-stats
-        --dashboard-agent-listen-port="$AGENT_PORT")
+        --dashboard-agent-listen-port="$AGENT_PORT" --temp-dir="$TEMP_DIR")
 echo "[ray-node $(hostname)] $ROLE: $CPUS CPU, $GPUS GPU" >&2
 if [[ "$ROLE" == head ]]; then
     exec "$RAY" start --head --port="$PORT" --include-dashboard=false "${common[@]}"
