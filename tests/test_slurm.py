@@ -99,6 +99,7 @@ def slurm(tmp_path):
     conf = d / "slurm.conf"
     conf.write_text(slurm_conf(d))
     env = {**os.environ, "SLURM_CONF": str(conf)}
+    jobs: list[str] = []
     subprocess.run(["munged", "--force", f"--socket={d}/munge.sock", f"--key-file={key}",
                     f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log",
                     f"--seed-file={d}/munged.seed"], check=True, timeout=30)
@@ -110,7 +111,7 @@ def slurm(tmp_path):
         wait_for(lambda: subprocess.run(["sinfo", "-h", "-o", "%T %D"], env=env, text=True,
                                         capture_output=True).stdout.split() == ["idle", "2"],
                  60, "two idle SLURM nodes")
-        yield {"env": env, "dir": d}
+        yield {"env": env, "dir": d, "jobs": jobs}
     finally:
         # this controller runs only this test's jobs: cancel them, then stop the daemons
         subprocess.run(["scancel", "--full", "--partition=drill"], env=env, timeout=30,
@@ -125,6 +126,8 @@ def slurm(tmp_path):
                 with contextlib.suppress(OSError):
                     os.kill(pid, sig)
             time.sleep(3)
+        for job in jobs:  # each job's Ray temp dir (TMPDIR is not set here)
+            shutil.rmtree(f"/tmp/ray-cobra-{job}", ignore_errors=True)
 
 
 def sweep_file(tmp: Path, data_root: Path, trials: int) -> Path:
@@ -145,7 +148,9 @@ def submit(slurm, env: dict, *args: str) -> str:
                           f"--output={env['JOB_LOG_DIR']}/job-%j.out", str(SBATCH), *args],
                          env=env, cwd=env["JOB_LOG_DIR"], check=True, capture_output=True,
                          text=True, timeout=60).stdout
-    return re.search(r"Submitted batch job (\d+)", out).group(1)
+    job = re.search(r"Submitted batch job (\d+)", out).group(1)
+    slurm["jobs"].append(job)
+    return job
 
 
 def job_gone(env: dict, job: str) -> bool:
