@@ -178,6 +178,10 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from cobra.sweep.tuner import run_sweep
 
     spec = load_sweep(args.file)
+    if args.plan:
+        from cobra.sweep.plan import print_plan
+
+        return print_plan(spec)
     return run_sweep(spec, resume=args.resume)
 
 
@@ -284,6 +288,9 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep without re-running finished trials")
+    p.add_argument("--plan", action="store_true",
+                   help="print the trials, what runs at once and the expected time and "
+                        "CPU/GPU-hours; start nothing")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("final", help="seeds → masks → segmentation from the best sweep trial")

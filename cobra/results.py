@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cobra import cells as cells_mod
-from cobra import naming
+from cobra import naming, study
 from cobra.errors import ConfigError, TrackingError
 from cobra.layout import IMAGE_COUNTS
 from cobra.noise import ImageCounts, SeedNoise, pooled_seed_noise
@@ -517,6 +517,15 @@ def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], me
             + "\n\n" + "\n\n".join(n for n in notes if n))
 
 
+def optuna_plots(parent: TrialRecord, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Optuna's importance and slice plots of a searched (tpe, random) sweep's study, where
+    its parent run names one (sweeps since the study is persisted), as PNGs in `out_dir`."""
+    url = parent.tags.get(tag.OPTUNA_STORAGE)
+    if not url or parent.params.get("search.algorithm") not in study.PLOTTED_SEARCHES:
+        return [], []
+    return study.draw_plots(url, parent.tags.get(tag.OPTUNA_STUDY, parent.run_name), out_dir)
+
+
 def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path,
                 rows: str | None = None, cols: str | None = None) -> dict:
     """Build a sweep's ablation table and its cells with noise, write report.md/.csv/.png, and
@@ -540,13 +549,15 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
     notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
              threshold_note(metric), heldout_note(cells),
              f"paper: {paper_table(name)}" if paper_table(name) else ""]
-    notes = [n for n in notes if n]
+    plots, plot_notes = optuna_plots(parent, out_dir)
+    notes = [n for n in (*notes, *plot_notes) if n]
     with files[0].open("a") as fh:
         fh.write("\n## Cells, best first, with their noise\n\n"
                  + headline(cells, axes, metric) + "\n\n"
                  + cells_markdown(cells, axes, metric) + "\n\n" + "\n\n".join(notes) + "\n")
     write_csv(table, files[1])
     write_heatmap(table, files[2], title, cells, seed_noise_used(cells, noise))
+    files += plots
     log_files(uri, parent_id, files, subdir="report")
     header, body = cells_mod.rows(cells, axes, metric)
     cells_text = render_rows(header, body, "cells, best first (vs best: is the gap more than "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,34 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
     assert sorted(r.data.params["loss.k_cap_pos"] for r in runs) == ["1", "2", "3"]
     first = finished[0]
     assert len(client.get_metric_history(first.info.run_id, "loss_cls")) == 1
+
+    # the Optuna study (optuna.db beside the sqlite MLflow store, named after the sweep) is the
+    # one both drivers searched in: the resumed searcher reconnected to it
+    import optuna
+
+    url = f"sqlite:///{sweep_env['dir'] / 'optuna.db'}"
+    study = optuna.load_study(study_name="resumable", storage=url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["loss.k_cap_pos"] for t in done) == [1, 2, 3]
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.tags["cobra.optuna_storage"] == url
+    assert parent.data.tags["cobra.optuna_study"] == "resumable"
+
+    # the plan of the same sweep times its trials by these three, and starts nothing
+    plan = subprocess.run([*launch, "--plan"], cwd=sweep_env["dir"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = json.loads(plan.stdout.strip().splitlines()[-1])
+    assert planned["measured_trials"] == 3 and "median of 3 earlier" in plan.stderr
+    assert len(children(client, result["parent_run_id"])) == 3
+
+    # a new sweep of that name, its Ray state gone, does not silently extend the old study
+    shutil.rmtree(sweep_env["dir"] / "ray_results" / "resumable")
+    again = subprocess.run(launch, cwd=sweep_env["dir"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "study 'resumable' already exists" in again.stderr
+    assert "optuna delete-study" in again.stderr
 
 
 def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):

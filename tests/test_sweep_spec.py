@@ -66,6 +66,8 @@ def _sweep_file(tmp_path: Path, extra: str) -> Path:
     ("name: a/b", "sweep key 'name' must be letters"),
     ("name: ..", "sweep key 'name' must be letters"),
     ("storage: 12", "'storage' must be a string"),
+    ("optuna_storage: 12", "'optuna_storage' must be a string"),
+    ("optuna_storge: sqlite:///o.db", "did you mean 'optuna_storage'?"),
     ("repeats: 0", "sweep key 'repeats' must be >= 1, got 0"),
     ("repeats: two", "sweep key 'repeats' must be an integer"),
     ("repeats: 3\nsearch: {algorithm: tpe}", "'repeats: 3' needs search.algorithm=grid"),

@@ -366,3 +366,24 @@ def test_final_overrides_turn_progress_bars_on_unless_the_user_says_otherwise() 
     assert final_overrides([]) == ["seeds.max_images=null", "train.progress=true"]
     assert final_overrides(["train.progress=false"]) == ["seeds.max_images=null",
                                                          "train.progress=false"]
+
+
+def test_mlflow_can_read_gpu_metrics_and_skips_the_gpu_quietly_without_one():
+    """nvidia-ml-py (a declared dependency) is what MLflow's GPU monitor imports: with it
+    installed the monitor starts on an NVIDIA machine and, elsewhere, fails at NVML's init
+    (which MLflow catches) instead of for want of the package."""
+    import pynvml
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+    try:
+        pynvml.nvmlInit()
+        has_gpu = pynvml.nvmlDeviceGetCount() > 0
+    except pynvml.NVMLError:
+        has_gpu = False
+    if has_gpu:
+        monitor = GPUMonitor()
+        monitor.collect_metrics()
+        assert any(key.startswith("gpu_0_") for key in monitor.metrics)
+    else:
+        with pytest.raises(RuntimeError, match="Failed to initialize NVML"):
+            GPUMonitor()

@@ -19,6 +19,9 @@
     max_concurrent: 1
     max_failures: 1                   # retries of a crashed trial, from its last checkpoint
     storage: ray_results              # Ray's storage: a path every node sees, or s3://...
+    optuna_storage: null              # the Optuna study's database URL; default
+                                      # $COBRA_OPTUNA_STORAGE, else optuna.db (SQLite) beside
+                                      # the default MLflow store (`cobra.study`)
     mlflow: {experiment: cobra}       # a non-empty name
 
 Every mistake is a ConfigError naming the key, with a close match when there is one.
@@ -45,7 +48,7 @@ from cobra.stages import POST_TRAIN_STAGES
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
             "repeats", "stages", "resources", "max_concurrent", "max_failures", "storage",
-            "mlflow")
+            "optuna_storage", "mlflow")
 SECTION_KEYS = {
     "search": ("algorithm", "seed", "num_trials"),
     "scheduler": ("type", "metric", "mode", "grace_period", "reduction_factor"),
@@ -120,6 +123,7 @@ class SweepSpec:
     max_failures: int = 1
     storage: str = field(default_factory=lambda: str(Path("ray_results").resolve()))
     experiment: str = "cobra"
+    optuna_storage: str | None = None  # None: `cobra.study.storage_url` decides
 
     @property
     def storage_is_uri(self) -> bool:
@@ -407,6 +411,9 @@ def _read_resources(spec: SweepSpec, data: dict[str, Any], resources: dict[str, 
     storage = _typed(data.get("storage", "ray_results"), str, "storage")
     # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
     spec.storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    optuna_storage = data.get("optuna_storage")
+    if optuna_storage is not None:
+        spec.optuna_storage = _typed(optuna_storage, str, "optuna_storage")
 
 
 def _num_trials(spec: SweepSpec, search: dict[str, Any]) -> int:

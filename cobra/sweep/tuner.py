@@ -3,13 +3,16 @@ trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from cobra import naming, pretrain, tracking
+from cobra import naming, pretrain, study, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
@@ -32,17 +35,30 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+# TPE samples at random (seeded) until this many trials finished: Optuna's default, named here
+# because `--plan` can name exactly those trials before the sweep starts.
+TPE_STARTUP_TRIALS = 10
 
-def _optuna_search(spec: SweepSpec):
+
+def _optuna_search(spec: SweepSpec, storage=None):
+    """Ray's Optuna searcher for the sweep; its study lives in `storage` (an Optuna RDB
+    storage, named after the sweep) or, with None, in memory (what `--plan` replays)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     class SeedMetricOptunaSearch(OptunaSearch):
         """Optuna sees a trial's value once its seeds are scored; the per-epoch reports before
-        that (losses, mAP, for schedulers) do not carry the sweep metric."""
+        that (losses, mAP, for schedulers) do not carry the sweep metric.
+
+        A resumed sweep's searcher is Ray's last snapshot of it, which can be older than the
+        study in the database: a trial that finished after the snapshot reports its result
+        again (`run_sweep_trial` hands MLflow's back to Ray), and Optuna refuses to update a
+        finished trial. The study already holds that result, so the report is dropped."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
+            if self.metric not in result:
+                return
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 super().on_trial_result(trial_id, result)
 
     distributions = {}
@@ -59,8 +75,10 @@ def _optuna_search(spec: SweepSpec):
     elif spec.algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed)
-    return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode, sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=spec.seed,
+                                             n_startup_trials=TPE_STARTUP_TRIALS)
+    return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode,
+                                  sampler=sampler, study_name=spec.name, storage=storage)
 
 
 def _readable_name(trial) -> str:
@@ -248,23 +266,27 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 
 def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     uri = _preflight(spec, resume)
+    optuna_url = study.storage_url(spec.optuna_storage, uri)
+    optuna_storage = study.open_storage(optuna_url)
+    study.check_fresh(optuna_storage, optuna_url, spec.name, resume)
     _init_ray()
     if _cluster_address():
         _check_cluster_resources(spec)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
-    parent = _parent_run(spec, uri, datasets, resume)
+    parent = _parent_run(spec, uri, datasets, resume, optuna_url)
     ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
                        experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
     try:
-        tuner = _tuner(spec, ctx, resume)
+        tuner = _tuner(spec, ctx, resume, optuna_storage)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
         # every trial-epoch, and warn about it each time. The snapshot is Ray's small state
         # files only (benchmarks/bench.py --sweep: the whole sweep's overhead is 1.14x), so the
         # warning, printed some 30 times by the demo sweep, is silenced unless the user set it.
         os.environ.setdefault(SNAPSHOT_WARNING_ENV, "0")
-        results = tuner.fit()
+        with _sigterm_as_ctrl_c():
+            results = tuner.fit()
         _remove_staging_leftovers(spec)
     except BaseException as exc:
         tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
@@ -284,8 +306,24 @@ def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     return _summarise(spec, uri, parent, results)
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """A batch scheduler ends a job with SIGTERM (SLURM's scancel, its time limit): the driver
+    takes it as Ctrl+C, so Ray stops the trials and saves the sweep's state, and the parent run
+    ends KILLED with the resume hint, instead of the driver dying mid-snapshot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM,
+                             lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
-                resume: bool) -> str:
+                resume: bool, optuna_url: str) -> str:
     """The sweep's parent run: a resumed sweep's own, reopened, else a new one that says what
     the sweep searches, how, and on which data."""
     parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
@@ -294,15 +332,19 @@ def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
         return parent
     parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
                                       spec.metric, spec.mode,
-                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest()})
+                                      tags={tracking.tags.BASE_CONFIG: spec.base_digest(),
+                                            tracking.tags.OPTUNA_STORAGE:
+                                                study.public_url(optuna_url),
+                                            tracking.tags.OPTUNA_STUDY: spec.name})
     tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
     tracking.set_description(uri, parent, _note(spec))
     tracking.log_dataset_inputs(uri, parent, datasets)
     return parent
 
 
-def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
-    """Ray's Tuner for the sweep: restored from its storage on resume, else a new one."""
+def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool, optuna_storage):
+    """Ray's Tuner for the sweep: restored from its storage on resume (the searcher with it,
+    reconnecting to its Optuna study), else a new one."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_sweep_trial, ctx=ctx),
@@ -312,7 +354,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool):
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_optuna_search(spec), scheduler=_scheduler(spec),
+            search_alg=_optuna_search(spec, optuna_storage), scheduler=_scheduler(spec),
             num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
             trial_name_creator=_readable_name, trial_dirname_creator=_readable_name,
             # a finished trial's worker takes the next trial: torch, timm and MLflow are

@@ -28,6 +28,7 @@ from cobra.tracking.queries import (
     artifact_bytes,
     best_trial,
     download_trial,
+    finished_trial_seconds,
     get_trial,
     list_trials,
     pick_best,
@@ -56,7 +57,7 @@ from cobra.tracking.store import check_reachable, connect, redact, resolve_track
 
 __all__ = [
     "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "best_trial", "check_reachable", "connect",
-    "download_trial", "find_sweep_run", "find_trial_run", "finish_sweep",
+    "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
     "sanitize_key", "scored_trials", "set_description", "start_final_run", "start_sweep_run",

@@ -16,7 +16,7 @@ from cobra.tracking import tags as tag
 from cobra.tracking.mlflow_api import Run
 from cobra.tracking.reporter import as_float, sanitize_key
 from cobra.tracking.runs import children, experiment_id, get_run, sweep_runs
-from cobra.tracking.store import connect
+from cobra.tracking.store import connect, sqlite_path
 
 
 @dataclass
@@ -128,6 +128,30 @@ def sweeps_with_base(uri: str, parent_run_id: str) -> list[tuple[TrialRecord, li
             for run in sweep_runs(client, parent.info.experiment_id)
             if run.data.tags.get(tag.BASE_CONFIG) == digest
             and run.info.run_id != parent_run_id]
+
+
+def finished_trial_seconds(uri: str, experiment: str, base_digest: str,
+                           stages: str) -> list[float]:
+    """Wall seconds of every FINISHED trial of `experiment`'s sweeps on the base config
+    `base_digest` (tag BASE_CONFIG) whose trials ran `stages` (the parent's param, e.g.
+    "seeds,ir_labels,irn,masks"), oldest sweep last: what the same work took before. Only
+    reads: a store or experiment that does not exist yet gives [] and is not created."""
+    db = sqlite_path(uri)
+    if db is not None and not db.expanduser().exists():
+        return []  # opening it would create an empty store
+    client = connect(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return []
+    seconds = []
+    for parent in sweep_runs(client, exp.experiment_id):
+        if (parent.data.tags.get(tag.BASE_CONFIG) != base_digest
+                or parent.data.params.get("stages") != stages):
+            continue
+        seconds += [(r.info.end_time - r.info.start_time) / 1000.0
+                    for r in children(client, parent)
+                    if r.info.status == "FINISHED" and r.info.end_time and r.info.start_time]
+    return seconds
 
 
 def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:

@@ -13,6 +13,9 @@ BEST_RUN = "cobra.best_run_id"  # on the parent run once the sweep ended
 # on the parent run: a digest of the sweep's base config (what every trial shares before the
 # searched values and its training seed): sweeps with the same one measure the same seed noise
 BASE_CONFIG = "cobra.base_config"
+# on the parent run: where the sweep's Optuna study is (its URL, password hidden) and its name
+OPTUNA_STORAGE = "cobra.optuna_storage"
+OPTUNA_STUDY = "cobra.optuna_study"
 SOURCE_RUN = "source_run_id"  # on a final run: the trial it continued
 MODEL_PREFIX = "cobra.model."  # on a final run: `cobra.model.<registered name>` = what happened
 
