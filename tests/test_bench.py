@@ -4,6 +4,7 @@ pydensecrf)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from benchmarks import baselines, bench
+from benchmarks import baselines, bench, rehearsal
 from cobra import losses
 from cobra.config import load_config
 from cobra.data.decoded_cache import DecodedImages
@@ -75,3 +77,52 @@ def test_gpu_rows_import_no_sweep_tracking_or_crf_package(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "blocked"  # the blocker was active
+
+
+# The bounded rehearsal: every stage at VOC's layout and class count, small images and backbones
+SMALL_MODELS = ("model.cnn=resnet18", "model.vit=deit_tiny_patch16_224",
+                "masks.irn.backbone=resnet18", "segment.encoder=resnet18")
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_stage_with_its_own_peak_memory(tmp_path):
+    """`bench --rows rehearsal` (bounded: 64 px long side, small backbones) runs configs/voc.yaml
+    through every stage on the voc-shape set, one row per stage with its seconds per image, its
+    own peak RSS and the extrapolation to a full VOC trial."""
+    extra = [f"--rehearsal-set={o}" for o in SMALL_MODELS]
+    out = tmp_path / "bench.json"
+    assert bench.main(["--rows", "rehearsal", "--rehearsal-long-side", "64",
+                       "--rehearsal-dir", str(tmp_path / "r"), "--json", str(out), *extra]) == 0
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == [f"rehearsal/{s}" for s in rehearsal.STAGES] + ["rehearsal/trial"]
+    stages = [rows[f"rehearsal/{s}"] for s in rehearsal.STAGES]
+    for r in stages:
+        assert r["unit"] == "s/img" and r["value"] > 0 and r["full_voc_h"] > 0
+        assert 0.2 < r["peak_rss_gib"] < 16
+    # per stage, not the running maximum over the children: IR labels (no network) peak lower
+    # than training did before them
+    assert rows["rehearsal/ir_labels"]["peak_rss_gib"] < rows["rehearsal/train"]["peak_rss_gib"]
+    assert rows["rehearsal/trial"]["value"] == pytest.approx(
+        sum(r["full_voc_h"] for r in stages), abs=0.05)
+    run = tmp_path / "r" / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["pretrained"] is False and saved["data"]["dataset"] == "voc"
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"seed_miou", "mask_miou", "seg_miou"} <= set(summary)
+    assert (tmp_path / "r" / "data" / "ImageSets" / "Segmentation" / "train_aug.txt").is_file()
+
+
+def test_rehearsal_extrapolates_each_stage_to_a_full_voc_trial():
+    cfg = load_config(rehearsal.VOC_CONFIG, [])
+    train = {"stage_s": 12.0, "phases": {"steps": 8.0, "val": 1.0},
+             "images": {"train": 4, "val": 1}}
+    want = (2.0 * 10_582 + 1.0 * 1_449) * 20 + 3.0  # per image-epoch, val each epoch, fixed once
+    assert rehearsal.full_voc_seconds("train", train, cfg) == pytest.approx(want)
+    seg = {"stage_s": 30.0, "phases": {"steps": 10.0, "eval": 15.0},
+           "images": {"seed": 1, "eval": 1}}
+    want = 10.0 * 1_464 * 30 + 15.0 * 1_449 + 5.0
+    assert rehearsal.full_voc_seconds("segment", seg, cfg) == pytest.approx(want)
+    irn = {"stage_s": 6.0, "phases": {"steps": 4.0}, "images": {"seed": 2}}
+    assert rehearsal.full_voc_seconds("irn", irn, cfg) == pytest.approx(2.0 * 1_464 * 4 + 2.0)
+    seeds = {"stage_s": 100.0, "phases": {}, "images": {"seed": 1}}
+    assert rehearsal.full_voc_seconds("seeds", seeds, cfg) == pytest.approx(100.0 * 1_464)
