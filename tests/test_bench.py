@@ -5,6 +5,7 @@ pydensecrf)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import baselines, bench, rehearsal
+from benchmarks import baselines, bench, gpu_check, rehearsal
 from cobra import losses
 from cobra.config import load_config
 from cobra.data.decoded_cache import DecodedImages
@@ -126,3 +127,34 @@ def test_rehearsal_extrapolates_each_stage_to_a_full_voc_trial():
     assert rehearsal.full_voc_seconds("irn", irn, cfg) == pytest.approx(2.0 * 1_464 * 4 + 2.0)
     seeds = {"stage_s": 100.0, "phases": {}, "images": {"seed": 1}}
     assert rehearsal.full_voc_seconds("seeds", seeds, cfg) == pytest.approx(100.0 * 1_464)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
+def test_gpu_check_refuses_to_report_cpu_numbers_as_gpu_ones(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("COBRA_GPU_CHECK_DRY", None)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_rows_are_marked_and_kept_out_of_results(tmp_path, monkeypatch):
+    """The CPU dry run's sections run and write rows in the benchmark's schema, marked dry_run,
+    to $OUT alone: nothing lands in benchmarks/results/ as a GPU number."""
+    monkeypatch.setenv("COBRA_CACHE", str(tmp_path / "cache"))
+    results = ROOT / "benchmarks" / "results"
+    before = set(results.glob("*")) if results.is_dir() else set()
+    for section in ("data", "train", "collect"):
+        assert gpu_check.main([section, "--out", str(tmp_path), "--dry-run"]) == 0
+    written = list(tmp_path.glob("gpu-dryrun-*.json"))
+    assert len(written) == 1
+    data = json.loads(written[0].read_text())
+    assert data["meta"]["dry_run"] is True
+    names = [r["row"] for r in data["rows"]]
+    assert names == ["train fp32 (B2)", "train bf16 (B2)", "train bf16+channels_last (B2)"]
+    for r in data["rows"]:
+        assert r["dry_run"] is True and r["device"] == "cpu (dry run)" and r["value"] > 0
+        assert {"row", "value", "unit", "baseline", "ratio", "target", "met"} <= set(r)
+    assert (set(results.glob("*")) if results.is_dir() else set()) == before
