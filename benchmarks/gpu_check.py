@@ -124,19 +124,27 @@ class Step:
         accel.configure_backend(device)
         torch.manual_seed(0)
         data = build_train_dataset(cfg, resolve_train_split(cfg))
-        items = [data[i % len(data)] for i in range(min(batch, len(data)))]
-        images = torch.stack([it["image"] for it in items])
-        labels = torch.stack([it["label"] for it in items])
-        repeat = -(-batch // len(items))  # a batch larger than the set repeats its images
+        items = [data[i] for i in range(min(batch, len(data)))]
+        self.set_images = torch.stack([it["image"] for it in items])
+        self.set_labels = torch.stack([it["label"] for it in items])
         self.model = build_model(replace(cfg.model, pretrained=False),
                                  data.num_classes).to(device).train()
         self.nhwc = accel.use_channels_last(self.model, device, channels_last)
-        self.images = accel.to_device(images.repeat(repeat, 1, 1, 1)[:batch], device, self.nhwc)
-        self.labels = labels.repeat(repeat, 1)[:batch].to(device)
+        self.device = device
+        self.set_batch(batch)
         self.forward = (torch.compile(self.model, backend=compile_backend) if compile_backend
                         else self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.cfg, self.device, self.amp, self.batch = cfg, device, amp, batch
+        self.cfg, self.amp = cfg, amp
+
+    def set_batch(self, batch: int) -> None:
+        """The device-resident batch: the set's images, repeated when the batch is larger."""
+        self.images = self.labels = None  # freed before the next batch is made
+        repeat = -(-batch // len(self.set_images))
+        self.images = accel.to_device(self.set_images.repeat(repeat, 1, 1, 1)[:batch],
+                                      self.device, self.nhwc)
+        self.labels = self.set_labels.repeat(repeat, 1)[:batch].to(self.device)
+        self.batch = batch
 
     def step(self) -> None:
         from cobra.objective import compute_losses
@@ -216,14 +224,15 @@ def section_maxbatch(check: Check) -> None:
     """Double the batch from 2 x 32 until it no longer fits (bf16 + channels_last)."""
     s = check.sizes
     best: tuple[int, float, float | None] | None = None
+    step = Step(check, s.batch, "bf16", True)  # one model for every batch size
     batch = 2 * s.batch
     while batch <= s.max_batch:
         _reset_peak(check.device)
         try:
-            step = Step(check, batch, "bf16", True)
-            best = (batch, step.rate(max(2, s.steps // 2), warmup=1), _peak_gib(check.device))
-            del step
+            step.set_batch(batch)
+            best = (batch, step.rate(2, warmup=1), _peak_gib(check.device))
         except torch.cuda.OutOfMemoryError:
+            step.optimizer.zero_grad(set_to_none=True)  # the failed step's gradients
             break
         batch *= 2
     if best is None:

@@ -56,8 +56,8 @@ section() {  # name, limit in seconds
   fi
 }
 section data 30
-section train 45
-section compile 90
+section train 60
+section compile 80
 section maxbatch 35
 section profile 25
 section authors 40
