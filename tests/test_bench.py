@@ -105,6 +105,9 @@ def test_rehearsal_runs_every_stage_with_its_own_peak_memory(tmp_path):
     assert rows["rehearsal/ir_labels"]["peak_rss_gib"] < rows["rehearsal/train"]["peak_rss_gib"]
     assert rows["rehearsal/trial"]["value"] == pytest.approx(
         sum(r["full_voc_h"] for r in stages), abs=0.05)
+    # extrapolated with the trial's 20 epochs, not the one the rehearsal trains
+    train = rows["rehearsal/train"]
+    assert train["full_voc_h"] >= train["value"] * 10_582 * 20 / 3600 * 0.99
     run = tmp_path / "r" / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["pretrained"] is False and saved["data"]["dataset"] == "voc"
