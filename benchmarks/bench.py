@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
                         help="comma-separated: train, seeds, masks, miou, losses, rehearsal "
-                        "(not in the default: about 15 minutes on 2 cores)")
+                        "(not in the default: about 5 minutes on 2 cores)")
     parser.add_argument("--rehearsal-images", type=int, default=1,
                         help="rehearsal: images per stage after training (training: a batch "
                         "of 4 x as many)")
