@@ -2,6 +2,8 @@
 
     python benchmarks/bench.py [--rows train,seeds,masks,miou,losses] [--sweep] [--json PATH]
     python launch.py bench ...                  (the same)
+    python launch.py bench --rows rehearsal     (configs/voc.yaml through every stage at VOC's
+                                                 image sizes on CPU: benchmarks/rehearsal.py)
 
 The train rows include the demo's loader, reading the decoded cache vs decoding the image files,
 beside the step's consumption. CPU rows fit in about 5 minutes on 2 cores; with CUDA the train and seeds rows also run on the
@@ -509,8 +511,9 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         met = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
         base = "" if r["baseline"] is None else r["baseline"]
+        ratio = "" if r["ratio"] is None else r["ratio"]
         print(f"{r['row'][:66]:66} {r['value']:>10} {r['unit']:6} {base!s:>10} "
-              f"{r['ratio']!s:>7}  {r['target']} {met}")
+              f"{ratio!s:>7}  {r['target']} {met}")
 
 
 Add = Callable[[Callable[[], "dict | list[dict]"]], None]
@@ -554,7 +557,18 @@ def main(argv: list[str] | None = None) -> int:
     # a usage mistake is one line, as for every other launch.py command
     parser = OneLineParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
-                        help="comma-separated: train, seeds, masks, miou, losses")
+                        help="comma-separated: train, seeds, masks, miou, losses, rehearsal "
+                        "(not in the default: about 5 minutes on 2 cores)")
+    parser.add_argument("--rehearsal-images", type=int, default=1,
+                        help="rehearsal: images per stage after training (training: a batch "
+                        "of 4 x as many)")
+    parser.add_argument("--rehearsal-long-side", type=int, default=500,
+                        help="rehearsal: long side of the images (VOC: 500)")
+    parser.add_argument("--rehearsal-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="rehearsal: a config override after the rehearsal's own")
+    parser.add_argument("--rehearsal-dir", type=Path, default=None,
+                        help="rehearsal: keep its data, run and log here (default: a "
+                        "temporary directory, removed)")
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the CUDA rows (train and seeds at the paper's size)")
     parser.add_argument("--sweep", action="store_true",
@@ -562,10 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     wanted = set(args.rows.split(","))
-    unknown = wanted - {"train", "seeds", "masks", "miou", "losses"}
+    unknown = wanted - {"train", "seeds", "masks", "miou", "losses", "rehearsal"}
     if unknown:
         print(f"error: unknown row '{sorted(unknown)[0]}'; choose from train, seeds, masks, "
-              f"miou, losses", file=sys.stderr)
+              f"miou, losses, rehearsal", file=sys.stderr)
         return 2
     cuda = torch.cuda.is_available()
     if args.gpu_only and not cuda:
@@ -582,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.gpu_only:
         cpu_rows(wanted, add)
+        if "rehearsal" in wanted:
+            from benchmarks.rehearsal import rehearsal_rows
+
+            add(lambda: rehearsal_rows(args.rehearsal_images, args.rehearsal_long_side,
+                                       tuple(args.rehearsal_set), args.rehearsal_dir))
     if cuda:
         gpu_rows(wanted, add)
     if args.sweep:

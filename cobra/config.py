@@ -136,6 +136,16 @@ class SyntheticConfig:
     image_size: int = _f(128, ge=32, help="side of the square synthetic images")
     seed: int = _f(0, ge=0, le=SEED_MAX,
                    help="generator seed: the same seed writes the same dataset")
+    shape: str = _f(
+        "demo", choices=("demo", "voc"),
+        help="demo: 8 classes, square PNG images of image_size (the demo's set); voc: PASCAL "
+        "VOC's shape for rehearsals at scale: 20 classes (the four families in five part "
+        "colours), JPEG images of VOC's sizes (mostly long_side x 3/4 landscape, some "
+        "portrait), an optional train_aug listing")
+    long_side: int = _f(500, ge=32, help="voc shape: the long side of most images (VOC: 500)")
+    num_train_aug: int = _f(
+        0, ge=0, help="voc shape: images listed in train_aug (train plus extra images whose "
+        "masks go in SegmentationClassAug, as SBD's); 0 = no train_aug (VOC: 10582)")
 
 
 @dataclass
@@ -662,6 +672,12 @@ def _validate_cross_field(cfg: Config) -> None:
         raise ConfigError("'seeds.threshold_grid' values must lie in [0, 1]")
     if any(not 0 <= p <= 100 for p in cfg.seeds.percentile_grid):
         raise ConfigError("'seeds.percentile_grid' values must lie in [0, 100]")
+    syn = cfg.data.synthetic
+    if syn.num_train_aug and (syn.shape != "voc" or syn.num_train_aug < syn.num_train):
+        raise ConfigError(f"'data.synthetic.num_train_aug' ({syn.num_train_aug}) needs "
+                          f"data.synthetic.shape=voc and at least data.synthetic.num_train "
+                          f"({syn.num_train}) images: train_aug holds train; set it to 0 or "
+                          f"raise it")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ pydensecrf)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from benchmarks import baselines, bench
+from benchmarks import baselines, bench, gpu_check, rehearsal
 from cobra import losses
 from cobra.config import load_config
 from cobra.data.decoded_cache import DecodedImages
@@ -75,3 +78,86 @@ def test_gpu_rows_import_no_sweep_tracking_or_crf_package(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "blocked"  # the blocker was active
+
+
+# The bounded rehearsal: every stage at VOC's layout and class count, small images and backbones
+SMALL_MODELS = ("model.cnn=resnet18", "model.vit=deit_tiny_patch16_224",
+                "masks.irn.backbone=resnet18", "segment.encoder=resnet18")
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_stage_with_its_own_peak_memory(tmp_path):
+    """`bench --rows rehearsal` (bounded: 64 px long side, small backbones) runs configs/voc.yaml
+    through every stage on the voc-shape set, one row per stage with its seconds per image, its
+    own peak RSS and the extrapolation to a full VOC trial."""
+    extra = [f"--rehearsal-set={o}" for o in SMALL_MODELS]
+    out = tmp_path / "bench.json"
+    assert bench.main(["--rows", "rehearsal", "--rehearsal-long-side", "64",
+                       "--rehearsal-dir", str(tmp_path / "r"), "--json", str(out), *extra]) == 0
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == [f"rehearsal/{s}" for s in rehearsal.STAGES] + ["rehearsal/trial"]
+    stages = [rows[f"rehearsal/{s}"] for s in rehearsal.STAGES]
+    for r in stages:
+        assert r["unit"] == "s/img" and r["value"] > 0 and r["full_voc_h"] > 0
+        assert 0.2 < r["peak_rss_gib"] < 16
+    # per stage, not the running maximum over the children: IR labels (no network) peak lower
+    # than training did before them
+    assert rows["rehearsal/ir_labels"]["peak_rss_gib"] < rows["rehearsal/train"]["peak_rss_gib"]
+    assert rows["rehearsal/trial"]["value"] == pytest.approx(
+        sum(r["full_voc_h"] for r in stages), abs=0.05)
+    # extrapolated with the trial's 20 epochs, not the one the rehearsal trains
+    train = rows["rehearsal/train"]
+    assert train["full_voc_h"] >= train["value"] * 10_582 * 20 / 3600 * 0.99
+    run = tmp_path / "r" / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["pretrained"] is False and saved["data"]["dataset"] == "voc"
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"seed_miou", "mask_miou", "seg_miou"} <= set(summary)
+    assert (tmp_path / "r" / "data" / "ImageSets" / "Segmentation" / "train_aug.txt").is_file()
+
+
+def test_rehearsal_extrapolates_each_stage_to_a_full_voc_trial():
+    cfg = load_config(rehearsal.VOC_CONFIG, [])
+    train = {"stage_s": 12.0, "phases": {"steps": 8.0, "val": 1.0},
+             "images": {"train": 4, "val": 1}}
+    want = (2.0 * 10_582 + 1.0 * 1_449) * 20 + 3.0  # per image-epoch, val each epoch, fixed once
+    assert rehearsal.full_voc_seconds("train", train, cfg) == pytest.approx(want)
+    seg = {"stage_s": 30.0, "phases": {"steps": 10.0, "eval": 15.0},
+           "images": {"seed": 1, "eval": 1}}
+    want = 10.0 * 1_464 * 30 + 15.0 * 1_449 + 5.0
+    assert rehearsal.full_voc_seconds("segment", seg, cfg) == pytest.approx(want)
+    irn = {"stage_s": 6.0, "phases": {"steps": 4.0}, "images": {"seed": 2}}
+    assert rehearsal.full_voc_seconds("irn", irn, cfg) == pytest.approx(2.0 * 1_464 * 4 + 2.0)
+    seeds = {"stage_s": 100.0, "phases": {}, "images": {"seed": 1}}
+    assert rehearsal.full_voc_seconds("seeds", seeds, cfg) == pytest.approx(100.0 * 1_464)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
+def test_gpu_check_refuses_to_report_cpu_numbers_as_gpu_ones(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("COBRA_GPU_CHECK_DRY", None)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_rows_are_marked_and_kept_out_of_results(tmp_path, monkeypatch):
+    """The CPU dry run's sections run and write rows in the benchmark's schema, marked dry_run,
+    to $OUT alone: nothing lands in benchmarks/results/ as a GPU number."""
+    monkeypatch.setenv("COBRA_CACHE", str(tmp_path / "cache"))
+    results = ROOT / "benchmarks" / "results"
+    before = set(results.glob("*")) if results.is_dir() else set()
+    for section in ("data", "train", "collect"):
+        assert gpu_check.main([section, "--out", str(tmp_path), "--dry-run"]) == 0
+    written = list(tmp_path.glob("gpu-dryrun-*.json"))
+    assert len(written) == 1
+    data = json.loads(written[0].read_text())
+    assert data["meta"]["dry_run"] is True
+    names = [r["row"] for r in data["rows"]]
+    assert names == ["train fp32 (B2)", "train bf16 (B2)", "train bf16+channels_last (B2)"]
+    for r in data["rows"]:
+        assert r["dry_run"] is True and r["device"] == "cpu (dry run)" and r["value"] > 0
+        assert {"row", "value", "unit", "baseline", "ratio", "target", "met"} <= set(r)
+    assert (set(results.glob("*")) if results.is_dir() else set()) == before

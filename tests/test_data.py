@@ -24,7 +24,7 @@ from cobra.data import (
 from cobra.data.synthetic import CLASS_NAMES, ensure_synthetic, write_synthetic
 from cobra.data.transforms import random_crop, random_resize_long
 from cobra.data.voc import VOC_CLASSES, voc_palette
-from cobra.errors import DataError
+from cobra.errors import ConfigError, DataError
 
 TINY = SyntheticConfig(num_train=12, num_val=6, image_size=64, seed=0)
 
@@ -92,6 +92,72 @@ def test_synthetic_is_deterministic(syn_root, tmp_path):
     a, b = _files(other), _files(syn_root)
     assert a.keys() == b.keys()
     assert a["JPEGImages/train_00000.png"] != b["JPEGImages/train_00000.png"]
+
+
+def test_demo_shape_pixels_and_cache_key_are_pinned():
+    """The demo's numbers depend on its dataset: the default shape's pixels and its cache key
+    are what they were before the voc shape existed (recorded from generator version 2)."""
+    import hashlib
+
+    from cobra.data import synthetic
+
+    digest = hashlib.sha256()
+    for split in (0, 1):
+        for i in range(12):
+            image, mask = synthetic.render_image(0, split, i, 128)
+            digest.update(image.tobytes())
+            digest.update(mask.tobytes())
+    assert digest.hexdigest() == ("70fb939179b46a68dbb318f0b1d0d86c"
+                                  "474146d7b4fef3ae69f10ac82098441a")
+    assert synthetic.GENERATOR_VERSION == 2
+    keys = {}
+    for name, path in (("default", None), ("demo", Path("configs/demo.yaml"))):
+        params = synthetic.synthetic_params(load_config(path, []).data.synthetic)
+        keys[name] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    assert keys == {"default": "e321d4f65054", "demo": "a1f4b2a3c046"}
+
+
+VOC_TINY = SyntheticConfig(num_train=3, num_val=2, seed=0, shape="voc", long_side=160,
+                           num_train_aug=5)
+
+
+def test_voc_shape_writes_voc_layout_with_train_aug(tmp_path):
+    root = write_synthetic(tmp_path / "voc", VOC_TINY)
+    assert sorted(p.name for p in (root / "JPEGImages").iterdir())[0].endswith(".jpg")
+    assert (root / "SegmentationClassAug" / "aug_00001.png").is_file()
+    assert not (root / "SegmentationClass" / "aug_00000.png").exists()  # SBD's masks apart
+    cfg = load_config(None, ["data.dataset=voc", f"data.root={root}"])
+    assert resolve_train_split(cfg) == "train_aug"
+    aug = build_source(cfg, "train_aug")
+    assert aug.ids == [f"train_{i:05d}" for i in range(3)] + ["aug_00000", "aug_00001"]
+    assert aug.num_classes == 20 and len(set(aug.class_names)) == 21
+    sizes = set()
+    for image_id in aug.ids:
+        image, mask = aug.load_image(image_id), aug.load_mask(image_id)
+        assert image.shape[:2] == mask.shape
+        assert max(image.shape[:2]) <= 160 and aug.labels(image_id).sum() >= 1
+        assert set(np.unique(mask)) <= set(range(21)) | {255}
+        sizes.add(image.shape[:2])
+    assert any(h != w for h, w in sizes), "VOC's images are not square"
+    assert build_source(cfg, "val").ids == ["val_00000", "val_00001"]
+
+
+def test_voc_shape_sizes_follow_voc():
+    """Most voc-shape images are long_side x 3/4 landscape, some portrait, none larger."""
+    from cobra.data.synthetic import voc_image_shape
+
+    shapes = [voc_image_shape(0, 0, i, 500) for i in range(400)]
+    assert all(max(s) == 500 for s in shapes)
+    assert 0.35 < shapes.count((375, 500)) / 400 < 0.65
+    assert 0.1 < sum(h > w for h, w in shapes) / 400 < 0.4
+
+
+def test_voc_shape_options_are_checked():
+    with pytest.raises(ConfigError, match="num_train_aug"):
+        load_config(None, ["data.synthetic.num_train_aug=10"])  # demo shape
+    with pytest.raises(ConfigError, match="num_train_aug"):
+        load_config(None, ["data.synthetic.shape=voc", "data.synthetic.num_train=20",
+                           "data.synthetic.num_train_aug=10"])
 
 
 def test_synthetic_classes_all_appear(syn_root):

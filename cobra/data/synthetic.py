@@ -22,6 +22,14 @@ Design (why each ingredient is there):
 Everything is vectorized numpy on an (S, S) grid; images are PNG (lossless) so the same seed and
 settings give byte-identical files. The dataset is written to a temporary sibling directory and
 renamed into place, so a reader never sees half a dataset.
+
+`data.synthetic.shape: voc` writes the same scenes at PASCAL VOC's shape, for rehearsing every
+stage at the paper's scale on a machine without the dataset (`launch.py bench --rows
+rehearsal`): 20 classes (each family in five part colours), images of VOC's sizes (a scene drawn
+on a long_side square and cropped to mostly 4:3 landscape, some portrait), JPEG like VOC's, and
+an optional `train_aug` listing of `num_train_aug` images (train plus extra images whose masks sit
+in `SegmentationClassAug`, as SBD's do). The default `demo` shape writes exactly what it wrote
+before the option existed (GENERATOR_VERSION 2; tests/test_data.py pins its pixels).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,26 +63,52 @@ from cobra.data.drawing import (
     texture,
 )
 from cobra.data.voc import voc_palette
-from cobra.errors import DataError
+from cobra.errors import ConfigError, DataError
 
 # Bump when the drawing changes: it keys the cache, so stale cached datasets are not reused.
 GENERATOR_VERSION = 2
+# The same for what only the voc shape draws (its classes, sizes and crops, JPEG files).
+VOC_SHAPE_VERSION = 1
 
-CLASS_NAMES: tuple[str, ...] = (
-    "background",
-    "kite_red_tip", "kite_blue_tip",
-    "boat_red_flag", "boat_blue_flag",
-    "beetle_head_spot", "beetle_tail_spot",
-    "sign_dot", "sign_cross",
-)
-_FAMILIES = ("kite", "boat", "beetle", "sign")  # class 2k+1, 2k+2 belong to family k
-_KITE_RED = CLASS_NAMES.index("kite_red_tip")
-_BOAT_RED = CLASS_NAMES.index("boat_red_flag")
-_BEETLE_HEAD = CLASS_NAMES.index("beetle_head_spot")
-_SIGN_DOT = CLASS_NAMES.index("sign_dot")
 _RED = np.array([215, 30, 35], np.float32)
 _BLUE = np.array([30, 60, 215], np.float32)
 _BLACK = np.array([20, 20, 25], np.float32)
+_YELLOW = np.array([240, 220, 60], np.float32)
+_WHITE = np.array([235, 235, 235], np.float32)
+_CYAN = np.array([40, 200, 210], np.float32)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One foreground class: its object family and what tells it from its siblings."""
+
+    name: str
+    family: str  # kite, boat, beetle or sign
+    part: np.ndarray | None = None  # the part's colour; None: a sign mark's shared colour
+    spot: float = -0.5  # beetle: spot position along the body axis (-0.5 head, +0.5 tail)
+    mark: str = "dot"  # sign: dot or cross
+
+
+DEMO_CLASSES: tuple[ClassSpec, ...] = (
+    ClassSpec("kite_red_tip", "kite", _RED), ClassSpec("kite_blue_tip", "kite", _BLUE),
+    ClassSpec("boat_red_flag", "boat", _RED), ClassSpec("boat_blue_flag", "boat", _BLUE),
+    ClassSpec("beetle_head_spot", "beetle", _YELLOW, spot=-0.5),
+    ClassSpec("beetle_tail_spot", "beetle", _YELLOW, spot=0.5),
+    ClassSpec("sign_dot", "sign", mark="dot"), ClassSpec("sign_cross", "sign", mark="cross"),
+)
+CLASS_NAMES: tuple[str, ...] = ("background", *(c.name for c in DEMO_CLASSES))
+
+# VOC's 20 classes: each family in five part colours (siblings differ in the part alone). The
+# beetle's spot sits on its head and the sign's mark is a dot, so the colour is the only cue.
+_VOC_COLOURS = {"red": _RED, "blue": _BLUE, "yellow": _YELLOW, "white": _WHITE, "cyan": _CYAN}
+_VOC_PART = {"kite": "tip", "boat": "flag", "beetle": "spot", "sign": "mark"}
+VOC_SHAPE_CLASSES: tuple[ClassSpec, ...] = tuple(
+    ClassSpec(f"{family}_{colour}_{part}", family, rgb)
+    for family, part in _VOC_PART.items() for colour, rgb in _VOC_COLOURS.items())
+# (H, W) of VOC images as fractions of the long side, and how often each occurs (most VOC images
+# are 500 x 375 or 500 x 333, landscape or portrait); None: a random aspect in [0.6, 1].
+_VOC_SIZES = ((0.75, 1.0), (0.666, 1.0), (1.0, 0.75), (1.0, 0.666), None)
+_VOC_SIZE_P = (0.5, 0.15, 0.15, 0.05, 0.15)
 
 MARKER = "synthetic.json"  # written last: its presence with matching params means "complete"
 
@@ -147,8 +182,8 @@ def _distractor(rng: np.random.Generator, cv: Canvas) -> None:
 # discriminative part region, to check that the part stays visible.
 
 
-def _kite(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
-          scale: float) -> np.ndarray:
+def _kite(rng: np.random.Generator, cv: Canvas, spec: ClassSpec, cls: int, inst: int, cy: float,
+          cx: float, scale: float) -> np.ndarray:
     u = cv.u
     h, w = rng.uniform(13, 20) * u * scale, rng.uniform(8, 12) * u * scale
     pts = [(cy - h, cx), (cy - 0.2 * h, cx + w), (cy + h, cx), (cy - 0.2 * h, cx - w)]
@@ -162,12 +197,12 @@ def _kite(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, 
     spar = body & (segment(cv, pts[0], pts[2], 1.0 * u) | segment(cv, pts[1], pts[3], 1.0 * u))
     paint(cv, spar, jitter(rng, np.array([70, 50, 35])), cls, inst)
     tip = body & (cv.yy < cy - 0.56 * h)
-    paint(cv, tip, _part_color(rng, cls == _KITE_RED), cls, inst)
+    paint(cv, tip, jitter(rng, spec.part, 12), cls, inst)
     return tip
 
 
-def _boat(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
-          scale: float) -> np.ndarray:
+def _boat(rng: np.random.Generator, cv: Canvas, spec: ClassSpec, cls: int, inst: int, cy: float,
+          cx: float, scale: float) -> np.ndarray:
     u = cv.u
     hw, hh = rng.uniform(13, 20) * u * scale, rng.uniform(4, 6) * u * scale
     hull = polygon(cv, [(cy - hh, cx - hw), (cy - hh, cx + hw), (cy + hh, cx + 0.7 * hw),
@@ -184,12 +219,12 @@ def _boat(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, 
     fy, fl = cy - hh - mast_h, rng.uniform(6, 8.5) * u * scale
     flag = polygon(cv, [(fy, mx - side * 0.8 * u), (fy + 0.6 * fl, mx - side * 0.8 * u),
                          (fy + 0.3 * fl, mx - side * (0.8 * u + fl))])
-    paint(cv, flag, _part_color(rng, cls == _BOAT_RED), cls, inst)
+    paint(cv, flag, jitter(rng, spec.part, 12), cls, inst)
     return flag
 
 
-def _beetle(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
-            scale: float) -> np.ndarray:
+def _beetle(rng: np.random.Generator, cv: Canvas, spec: ClassSpec, cls: int, inst: int,
+            cy: float, cx: float, scale: float) -> np.ndarray:
     u = cv.u
     ry = rng.uniform(10, 15) * u * scale
     rx = ry * rng.uniform(0.6, 0.75)
@@ -204,14 +239,13 @@ def _beetle(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float
     shell = shells[int(rng.integers(0, 3))]
     paint(cv, body, texture(rng, cv, jitter(rng, shell), 0.2), cls, inst)
     paint(cv, body & (np.abs(cv.xx - cx) < 0.5 * u), dark, cls, inst)
-    sy = cy + (-0.5 if cls == _BEETLE_HEAD else 0.5) * ry
-    spot = ellipse(cv, sy, cx, 0.26 * ry + u, 0.34 * rx + u)
-    paint(cv, spot, jitter(rng, np.array([240, 220, 60]), 10), cls, inst)
+    spot = ellipse(cv, cy + spec.spot * ry, cx, 0.26 * ry + u, 0.34 * rx + u)
+    paint(cv, spot, jitter(rng, spec.part, 10), cls, inst)
     return spot
 
 
-def _sign(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, cx: float,
-          scale: float) -> np.ndarray:
+def _sign(rng: np.random.Generator, cv: Canvas, spec: ClassSpec, cls: int, inst: int, cy: float,
+          cx: float, scale: float) -> np.ndarray:
     u = cv.u
     hw, hh = rng.uniform(9, 14) * u * scale, rng.uniform(7, 10) * u * scale
     post = rect(cv, cy + hh, cx - 1.2 * u, cy + hh + rng.uniform(10, 18) * u * scale, cx + 1.2 * u)
@@ -222,29 +256,29 @@ def _sign(rng: np.random.Generator, cv: Canvas, cls: int, inst: int, cy: float, 
     rim = plate & ~rect(cv, cy - hh + u, cx - hw + u, cy + hh - u, cx + hw - u)
     paint(cv, rim, jitter(rng, np.array([60, 60, 60])), cls, inst)
     r, t = rng.uniform(3.5, 4.5) * u * scale, 1.0 * u * scale
-    mark = ellipse(cv, cy, cx, 0.8 * r, 0.8 * r) if cls == _SIGN_DOT else _cross(cv, cy, cx, r, t)
-    paint(cv, mark, _mark_color(rng), cls, inst)
+    mark = ellipse(cv, cy, cx, 0.8 * r, 0.8 * r) if spec.mark == "dot" else _cross(cv, cy, cx, r, t)
+    color = _mark_color(rng) if spec.part is None else jitter(rng, spec.part, 12)
+    paint(cv, mark, color, cls, inst)
     return mark
 
 
 _DRAW = {"kite": _kite, "boat": _boat, "beetle": _beetle, "sign": _sign}
 
 
-def _family(cls: int) -> str:
-    return _FAMILIES[(cls - 1) // 2]
-
-
 # ----------------------------------------------------------------------------------------------
 # One image
 
 
-def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Draw one scene; returns (image, mask, ok) where ok = every object is visibly labelled."""
+def _scene(rng: np.random.Generator, size: int, specs: tuple[ClassSpec, ...] = DEMO_CLASSES,
+           shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Draw one (size, size) scene of classes `specs` (class i + 1 is specs[i]), cropped about
+    its centre to `shape` (H, W) when given; returns (image, mask, ok) where ok = every object
+    is visibly labelled in what is returned."""
     cv = new_canvas(size)
     u, s = cv.u, float(size)
     n = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-    classes = [int(c) for c in rng.integers(1, len(CLASS_NAMES), n)]
-    families = {_family(c) for c in classes}
+    classes = [int(c) for c in rng.integers(1, len(specs) + 1, n)]
+    families = {specs[c - 1].family for c in classes}
 
     background(rng, cv)
     # Context mostly comes with its class and sometimes without: correlated, not identical.
@@ -265,7 +299,7 @@ def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray,
 
     parts: list[tuple[int, int, np.ndarray]] = []
     for k, cls in enumerate(classes, start=1):
-        fam = _family(cls)
+        fam = specs[cls - 1].family
         scale = rng.uniform(1.4, 2.4)  # objects cover ~20% of the image, near VOC's share
         cx = rng.uniform(0.15, 0.85) * s
         if fam == "kite" and sky_bottom is not None:
@@ -279,7 +313,7 @@ def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray,
         if fam == "beetle" and rng.random() < 0.85:
             _leaf(rng, cv, cy + rng.uniform(-4, 4) * u, cx + rng.uniform(-4, 4) * u,
                   rng.uniform(20, 26) * u * scale, rng.uniform(14, 18) * u * scale)
-        parts.append((k, cls, _DRAW[fam](rng, cv, cls, k, cy, cx, scale)))
+        parts.append((k, cls, _DRAW[fam](rng, cv, specs[cls - 1], cls, k, cy, cx, scale)))
 
     # VOC-style ignore border: the pixel before every label change along rows and columns.
     mask = cv.mask.copy()
@@ -288,13 +322,18 @@ def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray,
     edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
     mask[edge] = 255
 
+    h, w = shape or (size, size)
+    top, left = (size - h) // 2, (size - w) // 2
+    window = (slice(top, top + h), slice(left, left + w))
+    mask, inst = mask[window], cv.inst[window]
     ok = True
     for k, cls, part in parts:
-        visible = (cv.inst[part] == k).mean() if part.any() else 0.0
+        # share of the whole part left visible (not occluded, not cropped away)
+        visible = (inst[part[window]] == k).sum() / part.sum() if part.any() else 0.0
         # The discriminative part must be visible (else the label has no evidence) and the
         # object must keep labelled pixels after occlusion and the ignore border.
         ok &= bool(visible >= 0.5) and bool((mask == cls).sum() >= 4)
-    image = np.clip(np.round(cv.img), 0, 255).astype(np.uint8)
+    image = np.clip(np.round(cv.img[window]), 0, 255).astype(np.uint8)
     return image, mask, ok
 
 
@@ -309,15 +348,46 @@ def render_image(seed: int, split_index: int, index: int, size: int
     raise RuntimeError(f"synthetic image {split_index}/{index} could not be drawn")  # a bug
 
 
+def voc_image_shape(seed: int, split_index: int, index: int, long_side: int) -> tuple[int, int]:
+    """(H, W) of one voc-shape image: VOC's common sizes scaled to `long_side`, drawn from a
+    stream of its own so the scene's stream is the same whatever the size."""
+    rng = np.random.default_rng([seed, split_index, index, 1])
+    fractions = _VOC_SIZES[int(rng.choice(len(_VOC_SIZES), p=_VOC_SIZE_P))]
+    if fractions is None:
+        short = rng.uniform(0.6, 1.0)
+        fractions = (short, 1.0) if rng.random() < 0.7 else (1.0, short)
+    return max(1, round(fractions[0] * long_side)), max(1, round(fractions[1] * long_side))
+
+
+def render_voc_image(seed: int, split_index: int, index: int, long_side: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 image and (H, W) uint8 mask of one voc-shape image (20 classes, VOC's
+    sizes), deterministic."""
+    shape = voc_image_shape(seed, split_index, index, long_side)
+    # a stream apart from the demo's: the same index draws another scene here
+    rng = np.random.default_rng([seed, split_index, index, 2])
+    for _ in range(50):
+        image, mask, ok = _scene(rng, long_side, VOC_SHAPE_CLASSES, shape)
+        if ok:
+            return image, mask
+    raise RuntimeError(f"synthetic image {split_index}/{index} could not be drawn")  # a bug
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing
 
 
 def synthetic_params(cfg: SyntheticConfig) -> dict[str, Any]:
-    """Everything that determines the files: generator version and the config values."""
-    return {"generator_version": GENERATOR_VERSION, "num_train": cfg.num_train,
-            "num_val": cfg.num_val, "image_size": cfg.image_size, "seed": cfg.seed,
-            "classes": list(CLASS_NAMES)}
+    """Everything that determines the files: generator version and the config values. The demo
+    shape's are what they were before the voc shape existed, so its cache key is unchanged."""
+    if cfg.shape == "demo":
+        return {"generator_version": GENERATOR_VERSION, "num_train": cfg.num_train,
+                "num_val": cfg.num_val, "image_size": cfg.image_size, "seed": cfg.seed,
+                "classes": list(CLASS_NAMES)}
+    return {"generator_version": GENERATOR_VERSION, "voc_shape_version": VOC_SHAPE_VERSION,
+            "shape": cfg.shape, "num_train": cfg.num_train, "num_val": cfg.num_val,
+            "num_train_aug": cfg.num_train_aug, "long_side": cfg.long_side, "seed": cfg.seed,
+            "classes": ["background", *(c.name for c in VOC_SHAPE_CLASSES)]}
 
 
 def _read_marker(path: Path) -> dict[str, Any] | None:
@@ -336,19 +406,45 @@ def _png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)  # VOC's images are JPEG
+    return buf.getvalue()
+
+
 def _write_all(out: Path, cfg: SyntheticConfig, params: dict[str, Any]) -> None:
     (out / "JPEGImages").mkdir(parents=True)
     (out / "SegmentationClass").mkdir()
     (out / "ImageSets" / "Segmentation").mkdir(parents=True)
     palette = voc_palette().reshape(-1).tolist()
-    for split_index, (split, count) in enumerate((("train", cfg.num_train), ("val", cfg.num_val))):
+    voc = cfg.shape == "voc"
+    if cfg.num_train_aug and (not voc or cfg.num_train_aug < cfg.num_train):
+        raise ConfigError(f"data.synthetic.num_train_aug={cfg.num_train_aug} needs shape=voc and "
+                          f"at least num_train={cfg.num_train} images (train_aug holds train)")
+    # (split, images, split index of the random streams, mask directory)
+    splits = [("train", cfg.num_train, 0, "SegmentationClass"),
+              ("val", cfg.num_val, 1, "SegmentationClass")]
+    if cfg.num_train_aug:
+        # SBD's extra images: masks in SegmentationClassAug, listed in train_aug after train's
+        splits.append(("aug", cfg.num_train_aug - cfg.num_train, 2, "SegmentationClassAug"))
+    listed: dict[str, list[str]] = {}
+    for split, count, split_index, mask_dir in splits:
+        (out / mask_dir).mkdir(exist_ok=True)
         ids = [f"{split}_{i:05d}" for i in range(count)]
         for i, image_id in enumerate(ids):
-            image, mask = render_image(cfg.seed, split_index, i, cfg.image_size)
-            (out / "JPEGImages" / f"{image_id}.png").write_bytes(_png(image))
-            (out / "SegmentationClass" / f"{image_id}.png").write_bytes(_png(mask, palette))
+            if voc:
+                image, mask = render_voc_image(cfg.seed, split_index, i, cfg.long_side)
+                (out / "JPEGImages" / f"{image_id}.jpg").write_bytes(_jpeg(image))
+            else:
+                image, mask = render_image(cfg.seed, split_index, i, cfg.image_size)
+                (out / "JPEGImages" / f"{image_id}.png").write_bytes(_png(image))
+            (out / mask_dir / f"{image_id}.png").write_bytes(_png(mask, palette))
+        listed[split] = ids
+    if cfg.num_train_aug:
+        listed["train_aug"] = listed["train"] + listed.pop("aug")
+    for split, ids in listed.items():
         (out / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    (out / "classes.txt").write_text("\n".join(params["classes"]) + "\n")
     (out / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
