@@ -125,9 +125,11 @@ def select_pairs(scores: torch.Tensor, k_pos: int, k_neg: int, exclude_self: boo
     return pos_idx, neg_idx
 
 
+@full_precision
 def token_affinity(patches: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every pair of ViT patch tokens: (B, E, N_h, N_w) → (B, M, M)."""
-    z = _flatten_patches(patches.float())
+    """Cosine similarity of every pair of ViT patch tokens: (B, E, N_h, N_w) → (B, M, M), in
+    fp32 under autocast too (L_cap's top-k reads its margins)."""
+    z = _flatten_patches(patches)
     return torch.bmm(z, z.transpose(1, 2))
 
 

@@ -297,3 +297,13 @@ def test_token_affinity_is_the_cosine_similarity_of_every_patch_pair():
             for j in range(12):
                 want = F.cosine_similarity(tokens[b, :, i], tokens[b, :, j], dim=0)
                 assert got[b, i, j].item() == pytest.approx(want.item(), abs=1e-5)
+
+
+def test_token_affinity_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    patches = torch.randn(1, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.token_affinity(patches.bfloat16())
+    assert got.dtype == torch.float32
+    want = losses.token_affinity(patches.bfloat16().float())
+    torch.testing.assert_close(got, want)
