@@ -9,7 +9,7 @@ flip, IRN at 512 px crops, DeepLabV3+ R101 at 512 px with 5-scale + flip + CRF i
 initial weights, and a tiny budget: one training step of 4 images, one image (--rehearsal-images) through seeds, IR
 labels, IRN, masks and segmentation (one epoch each of IRN and of segmentation; a segmentation
 batch of one image trains with BatchNorm frozen), one val image scored. Each stage runs in a process of its own, so its peak resident
-memory (`peak_rss_gib`: the stage's process or its largest worker, from wait4) is its own.
+memory (`peak_rss_gib`: the stage's process or its largest worker, measured inside it) is its own.
 
 Each row says the stage's seconds per image of its per-image work and extrapolates it to a full
 VOC trial on this machine (train: 10,582 train_aug images x 20 epochs + the val pass each epoch;
@@ -86,8 +86,8 @@ def write_data(root: Path, images: int, long_side: int) -> float:
 
 def run_stage_process(stage: str, run_dir: Path, overrides: list[str], cache: Path,
                       log: Path) -> dict:
-    """One stage in a child process; its report plus its peak RSS (the child or its largest
-    descendant, as wait4 gives it)."""
+    """One stage in a child process; its report plus its peak RSS (the child's own or its
+    largest worker's, as the child measured them)."""
     report = run_dir.parent / f"{stage}.json"
     cmd = [sys.executable, "-m", "benchmarks.rehearsal", "--stage", stage, "--run-dir",
            str(run_dir), "--report", str(report), *[f"--set={o}" for o in overrides]]
@@ -96,16 +96,30 @@ def run_stage_process(stage: str, run_dir: Path, overrides: list[str], cache: Pa
     start = time.perf_counter()
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"rehearsal stage '{stage}' exited {proc.returncode}:\n{tail}")
     result = json.loads(report.read_text())
     result["process_s"] = round(wall, 1)
-    result["peak_rss_gib"] = round(usage.ru_maxrss / 2**20, 2)  # KiB on Linux
+    # Not wait4's ru_maxrss: Linux carries a parent's peak across fork + exec, so every stage
+    # would report at least this process's own. The child measures itself (see child_main).
+    result["peak_rss_gib"] = max(result["self_rss_gib"], result["workers_rss_gib"])
     return result
+
+
+def own_peak_rss_gib() -> float:
+    """This process's peak RSS since its exec (VmHWM); ru_maxrss where /proc is missing."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def full_voc_seconds(stage: str, r: dict, cfg) -> float:
@@ -238,10 +252,12 @@ def child_main(stage: str, run_dir: Path, report: Path, overrides: list[str]) ->
     get_stage(stage)(cfg, layout, reporter)
     stage_s = time.perf_counter() - start
     reporter.close("FINISHED")
-    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # workers (data loaders) count too; they start from this process's memory, not the parent's
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     report.write_text(json.dumps({"stage": stage, "stage_s": stage_s, "phases": spent,
                                   "images": _images(stage, cfg),
-                                  "self_rss_gib": round(self_rss, 2)}))
+                                  "self_rss_gib": round(own_peak_rss_gib(), 2),
+                                  "workers_rss_gib": round(workers_rss, 2)}))
     return 0
 
 
