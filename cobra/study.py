@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra.errors import ConfigError
+from cobra.uris import redact
 
 STORAGE_ENV = "COBRA_OPTUNA_STORAGE"
 DEFAULT_FILE = "optuna.db"
@@ -45,7 +46,7 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # bad URL, missing driver, unreachable server: all the user's to fix
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Optuna storage '{_redacted(url)}' cannot be opened ({first}); fix "
+        raise ConfigError(f"Optuna storage '{public_url(url)}' cannot be opened ({first}); fix "
                           f"the sweep's 'optuna_storage:' or ${STORAGE_ENV}") from None
 
 
@@ -58,21 +59,15 @@ def check_fresh(storage, url: str, name: str, resume: bool) -> None:
     TPE would start from another sweep's results. `--resume` continues it on purpose."""
     if resume or not study_exists(storage, name):
         return
-    raise ConfigError(f"Optuna study '{name}' already exists in {_redacted(url)} (an earlier "
+    raise ConfigError(f"Optuna study '{name}' already exists in {public_url(url)} (an earlier "
                       f"sweep of that name); pass --resume to continue it, give the sweep "
                       f"another name, or delete it: optuna delete-study --storage "
-                      f"'{_redacted(url)}' --study-name '{name}'")
-
-
-def _redacted(url: str) -> str:
-    from cobra.tracking import redact  # the same rule as MLflow's URI: no password printed
-
-    return redact(url, url)
+                      f"'{public_url(url)}' --study-name '{name}'")
 
 
 def public_url(url: str) -> str:
-    """`url` as it may be written into a tag or printed: its password replaced by ***."""
-    return _redacted(url)
+    """`url` as it may be written into a tag or printed: its secrets replaced by ***."""
+    return redact(url, url)
 
 
 def load_study(url: str, name: str):
@@ -97,7 +92,7 @@ def draw_plots(url: str, name: str, out_dir: Path) -> tuple[list[Path], list[str
                         f"set ${STORAGE_ENV} to open it"]
     study = load_study(url, name)
     if study is None:
-        return [], [f"Optuna plots skipped: no study '{name}' in {_redacted(url)}"]
+        return [], [f"Optuna plots skipped: no study '{name}' in {public_url(url)}"]
     import matplotlib
 
     matplotlib.use("Agg")  # headless: reports are made on servers without a display
