@@ -89,3 +89,15 @@ def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
 def set_args(overrides: list[str]) -> list[str]:
     """["k=v", ...] → ["--set", "k=v", ...]."""
     return [arg for o in overrides for arg in ("--set", o)]
+
+
+def trial_runs(client, experiment: str, status: str | None = None) -> list:
+    """The sweep trials (MLflow runs tagged cobra.kind=trial) of `experiment`, optionally of one
+    status: what the cluster drills read back to see where and how trials ran."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    where = "tags.`cobra.kind` = 'trial'"
+    if status:
+        where += f" and attributes.status = '{status}'"
+    return client.search_runs([exp.experiment_id], where)

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cobra.config import unflatten
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, trial_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -61,13 +61,7 @@ def finish(proc: subprocess.Popen, timeout: int = 600) -> dict:
 
 
 def trials(client: MlflowClient, status: str | None = None) -> list:
-    exp = client.get_experiment_by_name("drills")
-    if exp is None:
-        return []
-    where = "tags.`cobra.kind` = 'trial'"
-    if status:
-        where += f" and attributes.status = '{status}'"
-    return client.search_runs([exp.experiment_id], where)
+    return trial_runs(client, "drills", status)
 
 
 def wait_for(predicate, timeout: float = 300, every: float = 0.5):

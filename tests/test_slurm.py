@@ -24,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cobra.config import unflatten
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, trial_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "deploy" / "slurm" / "cobra-sweep.sbatch"
@@ -183,13 +183,7 @@ def left_address(log: str) -> bool:
 
 
 def trials(client: MlflowClient, status: str | None = None) -> list:
-    exp = client.get_experiment_by_name("slurm")
-    if exp is None:
-        return []
-    where = "tags.`cobra.kind` = 'trial'"
-    if status:
-        where += f" and attributes.status = '{status}'"
-    return client.search_runs([exp.experiment_id], where)
+    return trial_runs(client, "slurm", status)
 
 
 def test_a_sweep_runs_on_both_nodes_of_an_allocation_and_a_cancelled_job_resumes(
