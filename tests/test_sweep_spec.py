@@ -151,3 +151,17 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
         tuner.run_sweep(spec)
     assert finished == ["KILLED"]
     assert f"launch.py sweep {spec.file} --resume" in capsys.readouterr().err
+
+
+def test_k_values_are_checked_against_the_models_patch_grid(tmp_path):
+    # the demo's ViT has 8 px patches: 144 patches at 96 px, not the ceil(96 / 16)² = 36 a
+    # literal 16 gave, which refused a valid k sweep (issue 22)
+    from cobra.config import ConfigError
+
+    base = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    path = tmp_path / "k.yaml"
+    path.write_text(f"base: {base}\nspace:\n  loss.k_cap_pos: [4, 100]\n")
+    assert load_sweep(path).space["loss.k_cap_pos"].values == (4, 100)
+    path.write_text(f"base: {base}\nspace:\n  loss.k_cap_pos: [4, 145]\n")
+    with pytest.raises(ConfigError, match="has only 144 patches"):
+        load_sweep(path)

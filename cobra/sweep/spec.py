@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra import config as config_mod
-from cobra import naming
+from cobra import models, naming
 from cobra.config import suggest
 from cobra.errors import ConfigError
 from cobra.objective import projections_never_start
@@ -333,7 +333,7 @@ def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
                               f"(see `launch.py config --list`)")
         for value in _probe_values(domain):
             config_mod.with_overrides(base, {key: value})
-    num_patches = math.ceil(base.data.image_size / 16) ** 2
+    num_patches = models.num_patches(base.model, base.data.image_size)
     for key, domain in space.items():
         if key.startswith("loss.k_"):
             for value in _probe_values(domain):
