@@ -24,6 +24,9 @@ from cobra.errors import ConfigError
 
 # Seeds feed numpy (< 2**32) and torch (seed * 1009 + epoch must stay within 64 bits).
 SEED_MAX = 2**32 - 1
+# The key a sweep's `repeats` vary: its values are replicates of one setting, averaged in a
+# report, never an ablation axis.
+REPLICATE_KEY = "train.seed"
 # Every integer key must fit a 64-bit integer: torch, numpy and MLflow all store them so.
 INT_MAX = 2**63 - 1
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from cobra import cells as cells_mod
 from cobra import naming, study
+from cobra.config import REPLICATE_KEY
 from cobra.errors import ConfigError, TrackingError
 from cobra.layout import IMAGE_COUNTS
 from cobra.noise import ImageCounts, SeedNoise, pooled_seed_noise
@@ -43,7 +44,8 @@ MAX_NOTE_CELLS = 16
 
 
 def _is_replicate(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] == "seed"
+    # only the training seed: `data.synthetic.seed` draws another dataset, a real axis
+    return key == REPLICATE_KEY
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

@@ -198,3 +198,15 @@ def test_heatmap_colours_do_not_dramatise_a_spread_inside_noise():
     # a spread beyond the noise keeps the full range; a loss (min) counts from its best
     assert colour_range(np.array([50.0, 70.0]), 3.9, True) == (50.0, 70.0)
     assert colour_range(np.array([0.2, 0.3]), 0.5, False) == pytest.approx((0.2, 1.2))
+
+
+def test_only_the_training_seed_is_a_replicate_a_dataset_seed_is_an_axis():
+    # `data.synthetic.seed` draws another dataset: averaging over it would hide a real effect
+    # (issue 22: any key ending in `.seed` counted as a replicate)
+    from cobra.results import table_axes
+    from cobra.tracking import TrialRecord
+
+    trials = [TrialRecord(f"r{d}{s}", "t", {"data.synthetic.seed": str(d), "train.seed": str(s)},
+                          {"seed_miou": 50.0 + d + s}, "FINISHED")
+              for d in (0, 1) for s in (0, 1)]
+    assert table_axes(trials, None, None) == ["data.synthetic.seed"]

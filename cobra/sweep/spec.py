@@ -41,7 +41,7 @@ from typing import Any
 
 from cobra import config as config_mod
 from cobra import models, naming
-from cobra.config import suggest
+from cobra.config import REPLICATE_KEY, suggest
 from cobra.errors import ConfigError
 from cobra.objective import projections_never_start
 from cobra.stages import POST_TRAIN_STAGES
@@ -76,7 +76,6 @@ STAGE_METRICS = {
     "segment": ("seg_miou", "seg_miou_ci_lo", "seg_miou_ci_hi", "seg_num_images"),
 }
 MAX_REPEATS = 100
-REPLICATE_KEY = "train.seed"
 # Config keys (prefixes) that change where or how a run goes, not what it measures.
 NOT_MEASURED = ("run.", "train.progress", "train.device", "data.num_workers",
                 "data.decoded_cache", "masks.workers", "seeds.batch_images")
