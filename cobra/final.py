@@ -64,14 +64,14 @@ def score_rows(cfg: Config, metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def describe(uri: str, source: tracking.TrialRecord, metrics: dict[str, Any],
+def describe(source: tracking.TrialRecord, metrics: dict[str, Any],
              cfg: Config | None = None) -> str:
     """The final run's description: where it came from, and each score with its split, its
     images and its interval (a trial's scores cover a sample of the seed split)."""
     sweep = source.tags.get(tag.SWEEP, "?")
     trial_images = source.metrics.get("seed_num_images")
     trial_scope = f"{int(trial_images)} images" if trial_images else "a sample of images"
-    head = (f"Final stage of trial {tracking.run_link(uri, source.run_id)} (sweep `{sweep}`): "
+    head = (f"Final stage of trial {tracking.run_link(source.experiment_id, source.run_id, source.run_name)} (sweep `{sweep}`): "
             f"seeds → IR labels → IRN → masks → segmentation from its checkpoint.\n\n"
             f"Metrics are named `{FINAL_PREFIX}…`: each covers the images of its split below, "
             f"while the trial's `seed_miou` covers {trial_scope}; compare them with each "
@@ -154,7 +154,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     mlflow_reporter = tracking.MlflowReporter(uri, final_id, system_metrics=True)
     reporter = MultiReporter([FileReporter(layout.metrics),
                               PrefixedReporter(mlflow_reporter, FINAL_PREFIX)])
-    tracking.set_description(uri, final_id, describe(uri, source, {}))
+    tracking.set_description(uri, final_id, describe(source, {}))
     # backbone, initialisation and CRF settings of every stage travel with its results
     reporter.log_params(flatten(cfg))
     tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg, POST_TRAIN_STAGES))
@@ -166,7 +166,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     except BaseException:
         reporter.close("FAILED")
         raise
-    tracking.set_description(uri, final_id, describe(uri, source, metrics, cfg))
+    tracking.set_description(uri, final_id, describe(source, metrics, cfg))
     mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
                              for name, what in models.items()})
     reporter.close("FINISHED")

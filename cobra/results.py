@@ -505,7 +505,9 @@ def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], me
         cells, axes = sweep_cells(trials, metric, mode, sweep, noise=noise)
     except TrackingError:
         return "No trial finished with a score."
-    link = lambda c: ", ".join(run_link(uri, r, n) for r, n in zip(  # noqa: E731
+    # every trial of a sweep lives in its parent's experiment: one id for every link
+    exp_id = next((t.experiment_id for t in trials if t.experiment_id), "")
+    link = lambda c: ", ".join(run_link(exp_id, r, n) for r, n in zip(  # noqa: E731
         c.run_ids, c.run_names, strict=True))
     paper = paper_table(sweep)
     shown = cells[:MAX_NOTE_CELLS]  # a run description holds 8,000 characters

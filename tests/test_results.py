@@ -162,7 +162,7 @@ def test_the_final_runs_description_gives_every_score_its_split_images_and_inter
                "mask_num_images": 1000, "mask_miou_nocrf": 69.0,
                "seg_miou": 67.8, "seg_miou_ci_lo": 65.9, "seg_miou_ci_hi": 69.6,
                "seg_num_images": 200}
-    note = describe(uri, source, metrics, load_config(None, []))
+    note = describe(source, metrics, load_config(None, []))
     rows = {line.split(" | ")[0].strip("| `"): line for line in note.splitlines()
             if line.startswith("| `final/")}
     assert set(rows) == {"final/seed_miou", "final/seed_miou_heldout",

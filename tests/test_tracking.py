@@ -387,3 +387,15 @@ def test_mlflow_can_read_gpu_metrics_and_skips_the_gpu_quietly_without_one():
     else:
         with pytest.raises(RuntimeError, match="Failed to initialize NVML"):
             GPUMonitor()
+
+
+def test_tracking_reads_one_way_and_links_runs_without_asking_the_store():
+    # issue 22: queries and runs imported each other, and each link cost a store round trip
+    import ast
+
+    from cobra.tracking import queries, run_link
+
+    tree = ast.parse(Path(queries.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "cobra.tracking.runs" not in imported
+    assert run_link("7", "abc123", "kcp4·seed1") == "[kcp4·seed1](#/experiments/7/runs/abc123)"

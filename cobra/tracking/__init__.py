@@ -16,10 +16,10 @@ The modules, by concern:
     mlflow_api  the MLflow client, entities and optional flavours CoBra uses
     store       the tracking URI, its password redacted, reachability checks, the client
     reporter    MlflowReporter: Reporter hooks buffered into one run
+    queries     reading runs back: finding runs, TrialRecord, the best trial, a trial's files,
+                the sweeps on the same base config
     runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
-                source tags, dataset inputs, files and models
-    queries     reading sweeps back: TrialRecord, the best trial, a trial's files, the sweeps
-                on the same base config
+                source tags, dataset inputs, files and models (imports queries, never back)
 """
 
 from cobra.tracking import tags

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
-from cobra.tracking.mlflow_api import Run
+from cobra.tracking.mlflow_api import MlflowClient, MlflowException, Run
 from cobra.tracking.reporter import as_float, sanitize_key
-from cobra.tracking.runs import children, experiment_id, get_run, sweep_runs
-from cobra.tracking.store import connect, sqlite_path
+from cobra.tracking.store import connect, redact, sqlite_path
 
 
 @dataclass
@@ -29,12 +28,68 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 def _record(run: Run) -> TrialRecord:
     return TrialRecord(run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
                        params=dict(run.data.params), metrics=dict(run.data.metrics),
-                       status=run.info.status, tags=dict(run.data.tags))
+                       status=run.info.status, tags=dict(run.data.tags),
+                       experiment_id=run.info.experiment_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding runs
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of an existing experiment; TrackingError when there is none by that name."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment '{name}' not found in {redact(uri, uri)}; check "
+                            f"--experiment or MLFLOW_TRACKING_URI")
+    return exp.experiment_id
+
+
+def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
+                order_by: list[str] | None = None) -> list[Run]:
+    """Every matching run, following MLflow's pagination."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string,
+                                  max_results=1000, order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def sweep_runs(client: MlflowClient, exp_id: str) -> list[Run]:
+    """Sweep parent runs, newest first."""
+    return _search_all(client, [exp_id], f"tags.`{tag.KIND}` = 'sweep'",
+                       ["attributes.start_time DESC"])
+
+
+def children(client: MlflowClient, parent: Run) -> list[Run]:
+    """Child runs of `parent`, oldest first (run ids are hex, safe to quote)."""
+    return _search_all(client, [parent.info.experiment_id],
+                       f"tags.`{tag.PARENT}` = '{parent.info.run_id}'",
+                       ["attributes.start_time ASC"])
+
+
+def get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
+    """Run `run_id`; TrackingError when the store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"run {run_id} not found in {redact(uri, uri)}; check the run id "
+                            f"(the MLflow UI lists a sweep's trials under its parent run)"
+                            ) from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Trials
 
 
 def get_trial(uri: str, run_id: str) -> TrialRecord:

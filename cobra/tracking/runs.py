@@ -11,31 +11,27 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
 from cobra.tracking.mlflow_api import (
     Metric,
     MlflowClient,
     MlflowException,
-    Run,
     dataset_input,
     log_pytorch_model,
     process_tracking_uri,
 )
+from cobra.tracking.queries import TrialRecord, children, get_run, sweep_runs
 from cobra.tracking.reporter import MlflowReporter, sanitize_key, str_tags
-from cobra.tracking.store import connect, redact, sqlite_path
-
-if TYPE_CHECKING:
-    from cobra.tracking.queries import TrialRecord
+from cobra.tracking.store import connect, sqlite_path
 
 # The checkout whose commit the source tags name.
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------
-# Experiments, and finding runs
+# Experiments
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
@@ -66,52 +62,6 @@ def get_or_create_experiment(uri: str, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    """The id of an existing experiment; TrackingError when there is none by that name."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None or exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"experiment '{name}' not found in {redact(uri, uri)}; check "
-                            f"--experiment or MLFLOW_TRACKING_URI")
-    return exp.experiment_id
-
-
-def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
-                order_by: list[str] | None = None) -> list[Run]:
-    """Every matching run, following MLflow's pagination."""
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string,
-                                  max_results=1000, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def sweep_runs(client: MlflowClient, exp_id: str) -> list[Run]:
-    """Sweep parent runs, newest first."""
-    return _search_all(client, [exp_id], f"tags.`{tag.KIND}` = 'sweep'",
-                       ["attributes.start_time DESC"])
-
-
-def children(client: MlflowClient, parent: Run) -> list[Run]:
-    """Child runs of `parent`, oldest first (run ids are hex, safe to quote)."""
-    return _search_all(client, [parent.info.experiment_id],
-                       f"tags.`{tag.PARENT}` = '{parent.info.run_id}'",
-                       ["attributes.start_time ASC"])
-
-
-def get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
-    """Run `run_id`; TrackingError when the store has no such run."""
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        raise TrackingError(f"run {run_id} not found in {redact(uri, uri)}; check the run id "
-                            f"(the MLflow UI lists a sweep's trials under its parent run)"
-                            ) from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,11 +199,10 @@ def set_description(uri: str, run_id: str, markdown: str) -> None:
     MlflowReporter(uri, run_id).set_tags({tag.NOTE: markdown})
 
 
-def run_link(uri: str, run_id: str, text: str | None = None) -> str:
-    """A markdown link to a run that works inside the MLflow UI (a route of its app)."""
-    run = get_run(connect(uri), uri, run_id)
-    label = text or run.info.run_name or run_id
-    return f"[{label}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+def run_link(experiment_id: str, run_id: str, text: str) -> str:
+    """A markdown link to a run that works inside the MLflow UI (a route of its app); built
+    from what the caller holds, without asking the store."""
+    return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
