@@ -1,6 +1,7 @@
 """The slow ways the benchmark measures the real code against: the same results, computed the
 way a first implementation (or the authors' code) would. tests/test_bench.py checks that each
-gives the real code's answer, so a ratio compares equal work."""
+gives the real code's answer, so a ratio compares equal work. `row` is one line of the
+benchmark's table: a figure beside the baseline it is measured against."""
 
 from __future__ import annotations
 
@@ -74,3 +75,9 @@ def bincount_confusion(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -
         keep = gt != 255
         total += np.bincount(gt[keep].astype(np.int64) * k + pred[keep], minlength=k * k)
     return total.reshape(k, k)
+
+
+def row(name: str, value: float, unit: str, baseline: float | None = None,
+        ratio: float | None = None, target: str = "", met: bool | None = None, **extra) -> dict:
+    return {"row": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+            "target": target, "met": met, **extra}

@@ -15,6 +15,7 @@ only by the rows that need them, so the GPU rows run where none is installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,9 +32,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import baselines  # noqa: E402
+from benchmarks.baselines import row  # noqa: E402
 from cobra import accel  # noqa: E402
-from cobra.cli import OneLineParser  # noqa: E402
 from cobra.config import Config, load_config  # noqa: E402
+from cobra.errors import OneLineParser  # noqa: E402
 
 # Dense bf16 Tensor-Core peak (FLOP/s) per device name, for MFU.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -61,12 +63,6 @@ def timed(fn: Callable[[], object], device: torch.device | None = None) -> float
     return time.perf_counter() - start
 
 
-def row(name: str, value: float, unit: str, baseline: float | None = None,
-        ratio: float | None = None, target: str = "", met: bool | None = None, **extra) -> dict:
-    return {"row": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
-            "target": target, "met": met, **extra}
-
-
 # ------------------------------------------------------------------------------------------------
 # Train step
 
@@ -77,7 +73,7 @@ class _TrainStep:
     def __init__(self, cfg: Config, device: torch.device, batch: int, amp: str) -> None:
         from cobra.data import build_train_dataset, resolve_train_split
         from cobra.models import build_model
-        from cobra.stages.train import _loader
+        from cobra.stages.train import make_loader
 
         accel.configure_backend(device)
         self.cfg, self.device, self.amp = cfg, device, amp
@@ -87,7 +83,7 @@ class _TrainStep:
         self.nhwc = accel.use_channels_last(self.model, device, cfg.train.channels_last)
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
-        self.loader = _loader(self.train_set, batch, cfg.data.num_workers, 0, shuffle=True,
+        self.loader = make_loader(self.train_set, batch, cfg.data.num_workers, 0, shuffle=True,
                               pin_memory=accel.loader_options(device)["pin_memory"])
         self.batches = iter(self.loader)
 
@@ -129,7 +125,7 @@ def _phase_times(step: _TrainStep, steps: int) -> tuple[dict[str, float], float]
         marks = [time.perf_counter()]
         images, labels = step.next_batch()
         marks.append(_now(device))
-        counter = _flop_counter() if i == 0 and device.type == "cuda" else _null()
+        counter = _flop_counter() if i == 0 and device.type == "cuda" else contextlib.nullcontext()
         with counter:
             with accel.autocast(device, step.amp):
                 out = step.forward(images)
@@ -142,7 +138,7 @@ def _phase_times(step: _TrainStep, steps: int) -> tuple[dict[str, float], float]
         step.optimizer.step()
         marks.append(_now(device))
         if i == 0:
-            if not isinstance(counter, _null):
+            if not isinstance(counter, contextlib.nullcontext):
                 flops = counter.get_total_flops() / images.shape[0]
             continue
         for key, a, b in zip(parts, marks, marks[1:], strict=False):
@@ -247,9 +243,9 @@ def _now(device: torch.device) -> float:
 
 
 def _loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
-    from cobra.stages.train import _loader
+    from cobra.stages.train import make_loader
 
-    loader = iter(_loader(dataset, batch, workers, 1, shuffle=True))
+    loader = iter(make_loader(dataset, batch, workers, 1, shuffle=True))
     start, n = time.perf_counter(), 0
     for _ in range(batches):
         n += next(loader)["image"].shape[0]
@@ -260,14 +256,6 @@ def _flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     return FlopCounterMode(display=False)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _peak_bf16(device: torch.device) -> float | None:
@@ -456,8 +444,8 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
     """A real sweep (Ray + Optuna + MLflow): wall ÷ (Σ trial compute ÷ concurrency), and the
     checkpoint bytes each trial leaves ÷ its model's fp32 weight bytes."""
     import yaml
-    from mlflow.tracking import MlflowClient
 
+    from cobra import tracking
     from cobra.sweep.spec import load_sweep
     from cobra.sweep.tuner import run_sweep
 
@@ -466,7 +454,7 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     # A user's store exists before their sweep: its one-time creation (MLflow's schema
     # migrations, a few seconds) is not the sweep's overhead.
-    MlflowClient(uri).search_experiments()
+    tracking.connect(uri).search_experiments()
     # the demo recipe, 3 epochs: 60-75 s of compute per trial on an idle 2-core machine
     sweep = {"name": f"bench-{int(time.time())}", "base": str(DEMO),
              "overrides": {"train.epochs": 3, "train.max_steps_per_epoch": None,
@@ -480,19 +468,17 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
     start = time.perf_counter()
     result = run_sweep(load_sweep(path))
     wall = time.perf_counter() - start
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
-                              f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
-    compute = sum((r.info.end_time - r.info.start_time) / 1e3 for r in runs)
+    runs = tracking.trials_of(uri, result["parent_run_id"])
+    compute = sum(r.seconds or 0.0 for r in runs)
     overhead = wall / (compute / concurrency)
     storage = Path(result["experiment_dir"])
     ratios = []
     for r in runs:
-        trial_dir = next(storage.glob(f"*_{r.data.tags['ray_trial_id']}"))
+        trial_dir = next(storage.glob(f"*_{r.tags[tracking.tags.RAY_TRIAL_ID]}"))
         weights = torch.load(trial_dir / "run/checkpoints/last.pt", weights_only=True)["model"]
         fp32 = sum(v.numel() * 4 for v in weights.values() if v.is_floating_point())
         stored = sum(f.stat().st_size for f in trial_dir.rglob("*.pt"))
-        stored += sum(a.file_size for a in client.list_artifacts(r.info.run_id, "checkpoints"))
+        stored += tracking.artifact_size(uri, r.run_id, "checkpoints")
         ratios.append(stored / fp32)
     mean_trial = compute / max(len(runs), 1)
     return [row(f"sweep overhead ({len(runs)} trials of ~{mean_trial:.0f} s, {concurrency} "

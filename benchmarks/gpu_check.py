@@ -358,9 +358,9 @@ def section_loader(check: Check) -> None:
 
 def _steady_rate(dataset, batch: int, workers: int) -> float:
     """img/s from the first batch on (the workers' start-up left out)."""
-    from cobra.stages.train import _loader
+    from cobra.stages.train import make_loader
 
-    loader = iter(_loader(dataset, batch, workers, 0, shuffle=True,
+    loader = iter(make_loader(dataset, batch, workers, 0, shuffle=True,
                           pin_memory=torch.cuda.is_available()))
     next(loader)
     start, n = time.perf_counter(), 0

@@ -152,7 +152,7 @@ def rehearsal_rows(images: int = 1, long_side: int = 500, extra: tuple[str, ...]
                    workdir: Path | None = None) -> list[dict]:
     """Run the rehearsal; one row per stage and one for the whole trial. `extra` overrides come
     last (the bounded test shrinks the model with them); `workdir` is kept when given."""
-    from benchmarks.bench import row
+    from benchmarks.baselines import row
     from cobra.config import load_config
 
     keep = workdir is not None

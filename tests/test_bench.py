@@ -162,3 +162,16 @@ def test_gpu_check_dry_run_rows_are_marked_and_kept_out_of_results(tmp_path, mon
         assert r["dry_run"] is True and r["device"] == "cpu (dry run)" and r["value"] > 0
         assert {"row", "value", "unit", "baseline", "ratio", "target", "met"} <= set(r)
     assert (set(results.glob("*")) if results.is_dir() else set()) == before
+
+
+def test_bench_without_the_benchmarks_package_is_one_line(monkeypatch, capsys):
+    # pyproject packages cobra* only: an installed cobra has no benchmarks/ (issue 22)
+    import sys
+
+    from cobra.cli import main
+
+    monkeypatch.setitem(sys.modules, "benchmarks", None)
+    monkeypatch.setitem(sys.modules, "benchmarks.bench", None)
+    assert main(["bench", "--rows", "miou"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the benchmark is not installed") and "\n" not in err

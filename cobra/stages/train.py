@@ -65,7 +65,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool,
+def make_loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool,
             pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     # A generator seeded per epoch makes the order and the workers' augmentation streams a pure
     # function of (seed, epoch), so a resumed run replays exactly what an uninterrupted one sees.
@@ -192,7 +192,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
                             round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
     pin = accel.loader_options(device)["pin_memory"]
-    val_loader = _loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
+    val_loader = make_loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
                          pin_memory=pin, persistent=True)
     monitor = mechanism_monitor(cfg, resolve_train_split(cfg), device)
 
@@ -210,7 +210,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     for epoch in range(start_epoch, cfg.train.epochs):
         torch.manual_seed(cfg.train.seed * 1009 + epoch)
         model.train()
-        loader = _loader(train_set, cfg.train.batch_size, workers,
+        loader = make_loader(train_set, cfg.train.batch_size, workers,
                          cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
         info = EpochInfo(epoch, epoch * steps_per_epoch, "loss", NONFINITE_HINT,
                          f"epoch {epoch + 1}/{cfg.train.epochs}")

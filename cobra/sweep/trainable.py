@@ -215,7 +215,7 @@ def run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     try:
         _run_sweep_trial(params, ctx)
     except CobraError as exc:
-        from cobra.cli import one_line
+        from cobra.errors import one_line
 
         tune.report({INPUT_ERROR: f"trial {trial_name(params)}: {one_line(exc)}"})
 

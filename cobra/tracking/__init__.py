@@ -26,6 +26,7 @@ from cobra.tracking import tags
 from cobra.tracking.queries import (
     TrialRecord,
     artifact_bytes,
+    artifact_size,
     best_trial,
     download_trial,
     finished_trial_seconds,
@@ -56,7 +57,7 @@ from cobra.tracking.runs import (
 from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
 
 __all__ = [
-    "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "artifact_size", "best_trial", "check_reachable", "connect",
     "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",

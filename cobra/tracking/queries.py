@@ -29,13 +29,19 @@ class TrialRecord:
     status: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     experiment_id: str = ""
+    seconds: float | None = None  # wall time of an ended run
 
 
 def _record(run: Run) -> TrialRecord:
     return TrialRecord(run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
                        params=dict(run.data.params), metrics=dict(run.data.metrics),
                        status=run.info.status, tags=dict(run.data.tags),
-                       experiment_id=run.info.experiment_id)
+                       experiment_id=run.info.experiment_id, seconds=_seconds(run))
+
+
+def _seconds(run: Run) -> float | None:
+    start, end = run.info.start_time, run.info.end_time
+    return (end - start) / 1000.0 if start and end else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,9 +209,8 @@ def finished_trial_seconds(uri: str, experiment: str, base_digest: str,
         if (parent.data.tags.get(tag.BASE_CONFIG) != base_digest
                 or parent.data.params.get("stages") != stages):
             continue
-        seconds += [(r.info.end_time - r.info.start_time) / 1000.0
-                    for r in children(client, parent)
-                    if r.info.status == "FINISHED" and r.info.end_time and r.info.start_time]
+        seconds += [_seconds(r) for r in children(client, parent)
+                    if r.info.status == "FINISHED" and _seconds(r) is not None]
     return seconds
 
 
@@ -219,6 +224,11 @@ def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:
     with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, _env(
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
+def artifact_size(uri: str, run_id: str, folder: str) -> int:
+    """Bytes of the files directly in a run's artifact folder (what it stores there)."""
+    return sum(a.file_size or 0 for a in connect(uri).list_artifacts(run_id, folder))
 
 
 @contextlib.contextmanager
