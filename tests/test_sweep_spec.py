@@ -118,6 +118,19 @@ def test_every_metric_a_trial_reports_can_be_ranked():
     assert set(headline(evaluation)) <= set(TRIAL_METRICS)
 
 
+def test_each_stage_declares_its_metrics_and_the_sweep_spec_reads_them_from_there():
+    # issue 22: the names were listed in spec.py and again in the stages
+    from cobra.stages import METRICS
+    from cobra.stages.seeds import headline
+    from cobra.sweep import spec
+
+    evaluation = {"fixed": {"miou": 1.0, "threshold": 0.1, "miou_at_default": 1.0},
+                  "aobj": {"miou": 1.0, "percentile": 90.0}}
+    assert set(headline(evaluation)) == set(METRICS["seeds"])
+    assert spec.TRIAL_METRICS == (*METRICS["train"], *METRICS["seeds"])
+    assert all(spec.STAGE_METRICS[name] is METRICS[name] for name in spec.STAGE_METRICS)
+
+
 def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
     from ray import tune

@@ -19,6 +19,16 @@ from cobra.stages import ir_labels, irn, masks, seeds, segment, train
 POST_TRAIN_STAGES = ("seeds", "ir_labels", "irn", "masks", "segment")
 ALL_STAGES = ("train", *POST_TRAIN_STAGES)
 
+# Stage name → the metrics it reports, each declared by the stage itself.
+METRICS: dict[str, tuple[str, ...]] = {
+    "train": train.METRICS,
+    "seeds": seeds.METRICS,
+    "ir_labels": ir_labels.METRICS,
+    "irn": irn.METRICS,
+    "masks": masks.METRICS,
+    "segment": segment.METRICS,
+}
+
 # Stage name → the function that runs it.
 STAGES: dict[str, Callable[..., dict[str, float]]] = {
     "train": train.run,

@@ -33,6 +33,9 @@ from cobra.stages.outputs import load_seed
 
 _WORKER: dict[str, Any] = {}
 
+# What this stage reports.
+METRICS = ("ir_label_precision", "ir_label_coverage", "ir_label_num_images")
+
 
 def crf_args(cfg: Config) -> dict[str, float]:
     """`masks.ir_labels.crf` as the arguments of `cobra.ops.crf`."""

@@ -31,6 +31,9 @@ from cobra.stages.common import (
 )
 from cobra.stages.outputs import read_ir_label
 
+# This stage trains the boundary network and reports no score of its own.
+METRICS: tuple[str, ...] = ()
+
 
 class IRLabelDataset(Dataset):
     """Items: image (3, crop, crop) normalised, ir (crop/4, crop/4) long with 255 unknown."""

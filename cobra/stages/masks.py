@@ -44,6 +44,9 @@ from cobra.stages.common import (
 from cobra.stages.outputs import fuse_seed, load_boundary_net, read_ir_label, read_seed_arrays
 
 MASK_RULES = ("irn", "relative")
+# What this stage reports (`_metrics` and the interval over images).
+METRICS = ("mask_miou", "mask_miou_nocrf", *(f"mask_miou_{rule}" for rule in MASK_RULES),
+           "mask_miou_ci_lo", "mask_miou_ci_hi", "mask_num_images")
 _WORKER: dict[str, Any] = {}
 
 

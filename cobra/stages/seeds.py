@@ -42,6 +42,10 @@ from cobra.stages.outputs import fuse_seed, load_seed, load_weights, read_seed_a
 
 # Where `seed_threshold` (and so `seed_miou`) was chosen: said next to every score.
 THRESHOLD_CHOSEN_ON = "scored images (best of seeds.threshold_grid on their ground truth)"
+# The headline metrics this stage reports (`headline`): what a sweep can rank trials on.
+METRICS = ("seed_miou", "seed_threshold", "seed_miou_default_bg", "seed_miou_aobj",
+           "seed_percentile", "seed_miou_ci_lo", "seed_miou_ci_hi", "seed_miou_heldout",
+           "seed_heldout_threshold_a", "seed_heldout_threshold_b", "seed_num_images")
 
 
 # ------------------------------------------------------------------------------------------------

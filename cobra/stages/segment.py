@@ -32,6 +32,8 @@ from cobra.stages.common import (
 # network; a change to anything else it was trained from (the masks, the seed, the training
 # settings) trains a new one.
 SCORING_ONLY = frozenset({"eval_split", "test_split", "scales", "flip", "crf", "max_images"})
+# What this stage reports (`_scores`).
+METRICS = ("seg_miou", "seg_miou_ci_lo", "seg_miou_ci_hi", "seg_num_images")
 
 
 def _trained_from(cfg: Config, layout: RunLayout) -> str:

@@ -41,6 +41,10 @@ from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epo
 from cobra.weights import check_backbones
 
 NONFINITE_HINT = "lower train.lr or check the data"
+# What each epoch reports (an early-stopping scheduler acts on these), and what training reports.
+EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
+                 "cls_map_vit", "cls_map_mean")
+METRICS = (*EPOCH_METRICS, "lr")
 
 
 def resume_config(layout: RunLayout, overrides: list[str]) -> Config:
@@ -192,8 +196,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
                             round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
     pin = accel.loader_options(device)["pin_memory"]
-    val_loader = make_loader(val_set, cfg.train.batch_size, workers, cfg.train.seed, shuffle=False,
-                         pin_memory=pin, persistent=True)
+    val_loader = make_loader(val_set, cfg.train.batch_size, workers, cfg.train.seed,
+                             shuffle=False, pin_memory=pin, persistent=True)
     monitor = mechanism_monitor(cfg, resolve_train_split(cfg), device)
 
     def losses(batch: dict, epoch: int):
@@ -211,7 +215,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         torch.manual_seed(cfg.train.seed * 1009 + epoch)
         model.train()
         loader = make_loader(train_set, cfg.train.batch_size, workers,
-                         cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
+                             cfg.train.seed * 1009 + epoch, shuffle=True, pin_memory=pin)
         info = EpochInfo(epoch, epoch * steps_per_epoch, "loss", NONFINITE_HINT,
                          f"epoch {epoch + 1}/{cfg.train.epochs}")
         result = train_one_epoch(islice(loader, steps_per_epoch),

@@ -44,7 +44,8 @@ from cobra import models, naming
 from cobra.config import REPLICATE_KEY, suggest
 from cobra.errors import ConfigError
 from cobra.objective import projections_never_start
-from cobra.stages import POST_TRAIN_STAGES
+from cobra.stages import METRICS as STAGE_METRICS_OF
+from cobra.stages import POST_TRAIN_STAGES, train
 
 TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
             "repeats", "stages", "resources", "max_concurrent", "max_failures", "storage",
@@ -57,24 +58,14 @@ SECTION_KEYS = {
 }
 DOMAIN_KINDS = ("choice", "int", "uniform", "loguniform")
 # The metrics a trial reports once per epoch (what an early-stopping scheduler can act on).
-EPOCH_METRICS = ("loss", "loss_cls", "loss_cam", "loss_cap", "loss_sap", "cls_map_cnn",
-                 "cls_map_vit", "cls_map_mean")
-# What a finished trial reports: the last epoch's metrics plus the seed stage's headline
-# (`cobra.stages.seeds.headline`); a sweep can rank only on these.
-TRIAL_METRICS = (*EPOCH_METRICS, "lr", "seed_miou", "seed_threshold", "seed_miou_default_bg",
-                 "seed_miou_aobj", "seed_percentile", "seed_miou_ci_lo", "seed_miou_ci_hi",
-                 "seed_miou_heldout", "seed_heldout_threshold_a", "seed_heldout_threshold_b",
-                 "seed_num_images")
+EPOCH_METRICS = train.EPOCH_METRICS
+# What every finished trial reports: training's metrics and the seed stage's headline; a sweep
+# can rank only on these and on those of the `stages` it adds (each stage declares its own).
+TRIAL_METRICS = (*STAGE_METRICS_OF["train"], *STAGE_METRICS_OF["seeds"])
 # Stages a trial may run after training, in pipeline order, and the headline metrics each
 # adds to a trial's report.
 TRIAL_STAGES = POST_TRAIN_STAGES
-STAGE_METRICS = {
-    "ir_labels": ("ir_label_precision", "ir_label_coverage", "ir_label_num_images"),
-    "irn": (),
-    "masks": ("mask_miou", "mask_miou_nocrf", "mask_miou_irn", "mask_miou_relative",
-              "mask_miou_ci_lo", "mask_miou_ci_hi", "mask_num_images"),
-    "segment": ("seg_miou", "seg_miou_ci_lo", "seg_miou_ci_hi", "seg_num_images"),
-}
+STAGE_METRICS = {name: STAGE_METRICS_OF[name] for name in TRIAL_STAGES if name != "seeds"}
 MAX_REPEATS = 100
 # Config keys (prefixes) that change where or how a run goes, not what it measures.
 NOT_MEASURED = ("run.", "train.progress", "train.device", "data.num_workers",
