@@ -32,16 +32,21 @@ INT_MAX = 2**63 - 1
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # ----------------------------------------------------------------------------------------------
-# Field helpers: validation rules travel with the field as dataclass metadata.
+# Field helpers: validation rules travel with the field as dataclass metadata. Any dataclass
+# declared with them (these sections, a sweep file's in `cobra.sweep.spec`) is read by `build`.
 
 
-def _f(default: Any, *, choices: Iterable[Any] | None = None, ge: float | None = None,
-       gt: float | None = None, le: float | None = None, help: str = "") -> Any:  # noqa: A002
+def knob(default: Any, *, choices: Iterable[Any] | None = None, ge: float | None = None,
+         gt: float | None = None, le: float | None = None, help: str = "") -> Any:  # noqa: A002
+    """A dataclass field with its default, its allowed values or bounds, and its help text."""
     meta = {"choices": tuple(choices) if choices else None, "ge": ge, "gt": gt, "le": le,
             "help": help}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_f = knob  # short, for the long tables of knobs below
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,10 +558,14 @@ def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unknown_key_error(key: str, where: str = "config") -> ConfigError:
+def unknown_key_error(key: str, where: str = "config",
+                      candidates: Iterable[str] | None = None) -> ConfigError:
+    """Unknown `key` of a `where` (a run config by default), with its new name or a close
+    match among `candidates` (default: every run config key)."""
     if key in RENAMED_KEYS:
         return ConfigError(f"{where} key '{key}' is now '{RENAMED_KEYS[key]}'")
-    return ConfigError(f"unknown {where} key '{key}'{suggest(key, dotted_keys())}")
+    known = dotted_keys() if candidates is None else candidates
+    return ConfigError(f"unknown {where} key '{key}'{suggest(key, known)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,18 +584,23 @@ def _float_text(text: str) -> float | str:
         return text
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`. `Any` is left to the
+    caller to check."""
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if len(args) == 2 and type(None) in args:  # `X | None`: what a value must be is an X
+            return coerce(key, value, next(a for a in args if a is not type(None)))
         for arg in args:  # first type that accepts the value wins (bool before str in bool|str)
             if arg is type(None):
                 continue
             try:
-                return _coerce(key, value, arg)
+                return coerce(key, value, arg)
             except ConfigError:
                 continue
         raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
@@ -594,7 +608,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"'{key}' must be a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return [coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -626,7 +640,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"'{key}' has an unsupported type {tp!r}")  # a bug in this file
 
 
-def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+def check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """Refuse a value outside a field's choices or bounds (its `knob` metadata)."""
     if value is None or isinstance(value, bool):
         return
     choices = meta.get("choices")
@@ -640,24 +655,27 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"'{key}' must be {text} {b}, got {value!r}")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate section `cls` from a (possibly partial) mapping, validating each value."""
+def build(cls: type, data: Mapping[str, Any], prefix: str = "", where: str = "config") -> Any:
+    """Instantiate dataclass `cls` from a (possibly partial) mapping, validating each value;
+    an unknown key is refused as a `where` key (a run config's: with its new name or a close
+    run config key; another's: a close key of `cls`)."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+        raise ConfigError(f"'{prefix.rstrip('.') or where}' must be a mapping, got {data!r}")
     fields, hints = _fields(cls), _hints(cls)
     for name in data:
         if name not in fields:
-            raise unknown_key_error(f"{prefix}{name}")
+            own = None if where == "config" else [f"{prefix}{n}" for n in fields]
+            raise unknown_key_error(f"{prefix}{name}", where, own)
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             continue
         key, tp, value = f"{prefix}{name}", hints[name], data[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{key}.")
+            kwargs[name] = build(tp, value, f"{key}.", where)
         else:
-            kwargs[name] = _coerce(key, value, tp)
-            _check_range(key, kwargs[name], f.metadata)
+            kwargs[name] = coerce(key, value, tp)
+            check_range(key, kwargs[name], f.metadata)
     return cls(**kwargs)
 
 
@@ -812,7 +830,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build and validate a Config from a nested mapping (a YAML file, a checkpoint)."""
-    cfg = _build(Config, data, "")
+    cfg = build(Config, data)
     _validate_cross_field(cfg)
     return cfg
 

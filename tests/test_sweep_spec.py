@@ -56,10 +56,16 @@ def _sweep_file(tmp_path: Path, extra: str) -> Path:
     ("search: {seed: -1}", "'search.seed' must be >= 0"),
     ("max_failures: three", "'max_failures' must be an integer, got 'three'"),
     ("max_failures: -1", "'max_failures' must be >= 0, got -1"),
-    ("search: {num_trials: -4}", "'search.num_trials' must be a positive integer, got -4"),
-    ("search: {algorithm: grid, num_trials: 0}", "'search.num_trials' must be a positive"),
-    ("resources: {cpu: .nan}", "'resources.cpu' needs finite numbers"),
-    ("resources: {gpu: .inf}", "'resources.gpu' needs finite numbers"),
+    ("search: {num_trials: -4}", "sweep key 'search.num_trials' must be >= 1, got -4"),
+    ("search: {algorithm: grid, num_trials: 0}", "'search.num_trials' must be >= 1, got 0"),
+    ("resources: {cpu: .nan}", "'resources.cpu' must be a finite number"),
+    ("resources: {cpu: 0}", "'resources.cpu' must be > 0.0, got 0.0"),
+    ("resources: {gpu: .inf}", "'resources.gpu' must be a finite number"),
+    ("search: {algoritm: grid}", "unknown sweep key 'search.algoritm'; did you mean "
+                                 "'search.algorithm'?"),
+    ("scheduler: {type: ashaa}", "'scheduler.type' must be one of none, asha; got 'ashaa'; "
+                                 "did you mean 'asha'?"),
+    ("mlflow: {experiment: ' '}", "sweep key 'mlflow.experiment' is empty"),
     ("metric: seed_mIoU", "did you mean 'seed_miou'?"),
     ("metric: accuracy", "must be a metric trials report"),
     ("name: ../../escaped", "sweep key 'name' must be letters"),
@@ -127,7 +133,7 @@ def test_each_stage_declares_its_metrics_and_the_sweep_spec_reads_them_from_ther
     evaluation = {"fixed": {"miou": 1.0, "threshold": 0.1, "miou_at_default": 1.0},
                   "aobj": {"miou": 1.0, "percentile": 90.0}}
     assert set(headline(evaluation)) == set(METRICS["seeds"])
-    assert spec.TRIAL_METRICS == (*METRICS["train"], *METRICS["seeds"])
+    assert (*METRICS["train"], *METRICS["seeds"]) == spec.TRIAL_METRICS
     assert all(spec.STAGE_METRICS[name] is METRICS[name] for name in spec.STAGE_METRICS)
 
 
@@ -159,6 +165,7 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
     monkeypatch.setattr(tune, "with_parameters", lambda fn, **k: fn)
     monkeypatch.setattr(tune, "with_resources", lambda fn, resources: fn)
     monkeypatch.setattr(tune, "Tuner", Interrupted)
+    monkeypatch.chdir(tmp_path)  # the study's default storage is ./optuna.db
     spec = load_sweep(_sweep_file(tmp_path, f"storage: {tmp_path / 'ray'}\n"))
     with pytest.raises(KeyboardInterrupt):
         tuner.run_sweep(spec)

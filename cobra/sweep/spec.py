@@ -41,21 +41,12 @@ from typing import Any
 
 from cobra import config as config_mod
 from cobra import models, naming
-from cobra.config import REPLICATE_KEY, suggest
+from cobra.config import REPLICATE_KEY, knob, suggest
 from cobra.errors import ConfigError
 from cobra.objective import projections_never_start
 from cobra.stages import METRICS as STAGE_METRICS_OF
 from cobra.stages import POST_TRAIN_STAGES, train
 
-TOP_KEYS = ("name", "base", "overrides", "space", "search", "scheduler", "metric", "mode",
-            "repeats", "stages", "resources", "max_concurrent", "max_failures", "storage",
-            "optuna_storage", "mlflow")
-SECTION_KEYS = {
-    "search": ("algorithm", "seed", "num_trials"),
-    "scheduler": ("type", "metric", "mode", "grace_period", "reduction_factor"),
-    "resources": ("cpu", "gpu"),
-    "mlflow": ("experiment",),
-}
 DOMAIN_KINDS = ("choice", "int", "uniform", "loguniform")
 # The metrics a trial reports once per epoch (what an early-stopping scheduler can act on).
 EPOCH_METRICS = train.EPOCH_METRICS
@@ -72,6 +63,61 @@ NOT_MEASURED = ("run.", "train.progress", "train.device", "data.num_workers",
                 "data.decoded_cache", "masks.workers", "seeds.batch_images")
 # A sweep's name is a directory under `storage` and an MLflow run name: no way out of storage.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# ----------------------------------------------------------------------------------------------
+# The file as written, declared as the run config is (`cobra.config.knob`) and read by the same
+# engine (`cobra.config.build`): types, choices, bounds and unknown keys, each refused naming
+# its key. The keys whose meaning needs more (base, overrides, space, stages, metric) are
+# checked in `load_sweep`.
+
+
+@dataclass
+class SearchSection:
+    algorithm: str = knob("tpe", choices=("tpe", "grid", "random"))
+    seed: int = knob(0, ge=0, le=config_mod.SEED_MAX)
+    num_trials: int | None = knob(None, ge=1, help="None: a grid's size, else 8")
+
+
+@dataclass
+class SchedulerSection:
+    type: str = knob("none", choices=("none", "asha"))
+    metric: str = knob("cls_map_mean", choices=EPOCH_METRICS)
+    mode: str = knob("max", choices=("max", "min"))
+    grace_period: int = knob(1, ge=1)
+    reduction_factor: int = knob(2, ge=1)
+
+
+@dataclass
+class ResourcesSection:
+    cpu: float = knob(1.0, gt=0.0)
+    gpu: float = knob(0.0, ge=0.0)
+
+
+@dataclass
+class MlflowSection:
+    experiment: str = knob("cobra")
+
+
+@dataclass
+class SweepFile:
+    name: str | None = knob(None)
+    base: Any = knob(None)
+    overrides: Any = knob(None)
+    space: Any = knob(None)
+    search: SearchSection = field(default_factory=SearchSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    metric: str = knob("seed_miou")
+    mode: str = knob("max", choices=("max", "min"))
+    repeats: int = knob(1, ge=1, le=MAX_REPEATS)
+    stages: Any = knob(None)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    max_concurrent: int = knob(1, ge=1)
+    # -1 would be Ray's "retry forever": a trial that always crashes would never end
+    max_failures: int = knob(1, ge=0)
+    storage: str = knob("ray_results")
+    optuna_storage: str | None = knob(None)
+    mlflow: MlflowSection = field(default_factory=MlflowSection)
 
 
 @dataclass(frozen=True)
@@ -162,37 +208,6 @@ class SweepSpec:
         return {key: list(d.values) for key, d in self.search_space().items()}
 
 
-def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"unknown sweep key '{where}{key}'{suggest(key, allowed)}")
-
-
-def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
-    value = data.get(name) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"sweep key '{name}' must be a mapping, got {type(value).__name__}")
-    _check_keys(value, SECTION_KEYS[name], f"{name}.")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"sweep key '{where}' needs finite numbers, got {value!r}")
-    return float(value)
-
-
-def _typed(value: Any, tp: type, where: str, *, ge: float | None = None,
-           le: float | None = None) -> Any:
-    """`value` as `tp` within [ge, le], checked by the run config's own machinery."""
-    try:
-        value = config_mod._coerce(where, value, tp)
-        config_mod._check_range(where, value, {"ge": ge, "le": le})
-    except ConfigError as exc:
-        raise ConfigError(f"sweep key {exc}") from None
-    return value
-
-
 def _name(value: Any, file: Path) -> str:
     name = str(value) if value is not None else file.stem
     if not NAME_PATTERN.fullmatch(name) or ".." in name:
@@ -233,8 +248,7 @@ def _stages(value: Any) -> tuple[str, ...]:
     return TRIAL_STAGES[:last + 1]
 
 
-def _repeats(value: Any, space: dict[str, Domain], algorithm: str) -> int:
-    repeats = _typed(value, int, "repeats", ge=1, le=MAX_REPEATS)
+def _check_repeats(repeats: int, space: dict[str, Domain], algorithm: str) -> None:
     if repeats > 1 and algorithm != "grid":
         raise ConfigError(f"sweep key 'repeats: {repeats}' needs search.algorithm=grid (a "
                           f"{algorithm} search would treat the seed as a knob); use grid or "
@@ -242,7 +256,12 @@ def _repeats(value: Any, space: dict[str, Domain], algorithm: str) -> int:
     if repeats > 1 and REPLICATE_KEY in space:
         raise ConfigError(f"sweep key 'repeats' and '{REPLICATE_KEY}' in space both set the "
                           f"training seed; keep one of them")
-    return repeats
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"sweep key '{where}' needs finite numbers, got {value!r}")
+    return float(value)
 
 
 def _domain(key: str, raw: Any) -> Domain:
@@ -291,9 +310,8 @@ def _probe_values(domain: Domain) -> list[Any]:
     return [domain.low, domain.high]
 
 
-def _base_config(data: dict[str, Any], file: Path) -> config_mod.Config:
-    base = data.get("base")
-    overrides = data.get("overrides") or {}
+def _base_config(base: Any, overrides: Any, file: Path) -> config_mod.Config:
+    overrides = overrides or {}
     if not isinstance(overrides, dict):
         raise ConfigError("sweep key 'overrides' must map dotted config keys to values")
     if base is None or isinstance(base, dict):
@@ -333,36 +351,53 @@ def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
                         f"input has only {num_patches} patches; use values in 1..{num_patches}")
 
 
+def _read_file(file: Path) -> SweepFile:
+    """The sweep file's keys, typed and ranged (`cobra.config.build`)."""
+    data = config_mod.read_yaml(file)
+    # an empty section (`search:`) is its defaults, as an absent one is
+    data = {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
+    try:
+        return config_mod.build(SweepFile, data, where="sweep")
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith("unknown") else f"sweep key {text}") from None
+
+
+_SECTIONS = ("search", "scheduler", "resources", "mlflow")
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file."""
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise ConfigError(f"sweep file '{file}' does not exist; see sweeps/ for examples")
-    data = config_mod.read_yaml(file)
-    _check_keys(data, TOP_KEYS, "")
-    base = _base_config(data, file)
-    space = _space(data, file, base)
-    search, scheduler = _section(data, "search"), _section(data, "scheduler")
-    resources, mlflow = _section(data, "resources"), _section(data, "mlflow")
-    spec = SweepSpec(name=_name(data.get("name"), file), file=file, base=base, space=space)
-    # the algorithm first: the repeats and grid checks below depend on it
-    spec.algorithm = _choice(search.get("algorithm", "tpe"), ("tpe", "grid", "random"),
-                             "search.algorithm")
-    spec.seed = _typed(search.get("seed", 0), int, "search.seed", ge=0,
-                       le=config_mod.SEED_MAX)
-    _read_scheduler(spec, scheduler)
-    _read_trials(spec, data)
-    _read_resources(spec, data, resources)
-    spec.experiment = _typed(mlflow.get("experiment", "cobra"), str, "mlflow.experiment")
-    if not spec.experiment.strip():
+    raw = _read_file(file)
+    base = _base_config(raw.base, raw.overrides, file)
+    space = _space(raw.space, file, base)
+    stages = _stages(raw.stages)
+    search, scheduler, resources = raw.search, raw.scheduler, raw.resources
+    _check_repeats(raw.repeats, space, search.algorithm)
+    if not raw.mlflow.experiment.strip():
         raise ConfigError("sweep key 'mlflow.experiment' is empty; name the MLflow experiment "
                           "(e.g. cobra) or leave the key out")
-    spec.num_trials = _num_trials(spec, search)
+    spec = SweepSpec(
+        name=_name(raw.name, file), file=file, base=base, space=space,
+        algorithm=search.algorithm, seed=search.seed, scheduler=scheduler.type,
+        scheduler_metric=scheduler.metric, scheduler_mode=scheduler.mode,
+        grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor,
+        metric=_metric(raw.metric, stages), mode=raw.mode, cpu=resources.cpu,
+        gpu=resources.gpu, repeats=raw.repeats, stages=stages,
+        max_concurrent=raw.max_concurrent, max_failures=raw.max_failures,
+        # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
+        storage=raw.storage if "://" in raw.storage
+        else str(Path(raw.storage).expanduser().resolve()),
+        experiment=raw.mlflow.experiment, optuna_storage=raw.optuna_storage)
+    spec.num_trials = _num_trials(spec, search.num_trials)
     return spec
 
 
-def _space(data: dict[str, Any], file: Path, base: config_mod.Config) -> dict[str, Domain]:
-    raw_space = data.get("space") or {}
+def _space(raw_space: Any, file: Path, base: config_mod.Config) -> dict[str, Domain]:
+    raw_space = raw_space or {}
     if not isinstance(raw_space, dict) or not raw_space:
         raise ConfigError(f"sweep '{file.name}' has an empty search space; add dotted config "
                           f"keys under 'space:' (e.g. loss.tau: [0.05, 0.1])")
@@ -371,65 +406,16 @@ def _space(data: dict[str, Any], file: Path, base: config_mod.Config) -> dict[st
     return space
 
 
-def _read_scheduler(spec: SweepSpec, scheduler: dict[str, Any]) -> None:
-    spec.scheduler = _choice(scheduler.get("type", "none"), ("none", "asha"), "scheduler.type")
-    spec.scheduler_metric = _choice(scheduler.get("metric", "cls_map_mean"), EPOCH_METRICS,
-                                    "scheduler.metric")
-    spec.scheduler_mode = _choice(scheduler.get("mode", "max"), ("max", "min"), "scheduler.mode")
-    spec.grace_period = _positive_int(scheduler.get("grace_period", 1), "scheduler.grace_period")
-    spec.reduction_factor = _positive_int(scheduler.get("reduction_factor", 2),
-                                          "scheduler.reduction_factor")
-
-
-def _read_trials(spec: SweepSpec, data: dict[str, Any]) -> None:
-    """What each trial runs, and how trials are ranked and repeated."""
-    spec.stages = _stages(data.get("stages"))
-    spec.metric = _metric(data.get("metric", "seed_miou"), spec.stages)
-    spec.repeats = _repeats(data.get("repeats", 1), spec.space, spec.algorithm)
-    spec.mode = _choice(data.get("mode", "max"), ("max", "min"), "mode")
-
-
-def _read_resources(spec: SweepSpec, data: dict[str, Any], resources: dict[str, Any]) -> None:
-    """Each trial's share of a node, how many run at once and retry, and Ray's storage."""
-    spec.cpu = _number(resources.get("cpu", 1), "resources.cpu")
-    spec.gpu = _number(resources.get("gpu", 0), "resources.gpu")
-    if spec.cpu <= 0 or spec.gpu < 0:
-        raise ConfigError("sweep key 'resources' needs cpu > 0 and gpu >= 0")
-    spec.max_concurrent = _positive_int(data.get("max_concurrent", 1), "max_concurrent")
-    # -1 would be Ray's "retry forever": a trial that always crashes would never end
-    spec.max_failures = _typed(data.get("max_failures", 1), int, "max_failures", ge=0)
-    storage = _typed(data.get("storage", "ray_results"), str, "storage")
-    # a storage URI (s3://, gs://) goes to Ray as is; a path is made absolute for every node
-    spec.storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    optuna_storage = data.get("optuna_storage")
-    if optuna_storage is not None:
-        spec.optuna_storage = _typed(optuna_storage, str, "optuna_storage")
-
-
-def _num_trials(spec: SweepSpec, search: dict[str, Any]) -> int:
+def _num_trials(spec: SweepSpec, num_trials: int | None) -> int:
     """A grid's size (all its points, replicates included) unless capped; 8 for the others."""
     if spec.algorithm != "grid":
-        return _positive_int(search.get("num_trials", 8), "search.num_trials")
+        return 8 if num_trials is None else num_trials
     bad = [k for k, d in spec.space.items() if d.kind != "choice"]
     if bad:
         raise ConfigError(f"search.algorithm=grid needs lists of values, but "
                           f"{', '.join(bad)} is a range; list its values or use tpe")
     grid_size = math.prod(len(d.values) for d in spec.search_space().values())
-    num_trials = search.get("num_trials")
-    return grid_size if num_trials is None else _positive_int(num_trials, "search.num_trials")
-
-
-def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
-    if value not in options:
-        raise ConfigError(f"sweep key '{where}' must be one of {', '.join(options)}, "
-                          f"got {value!r}{suggest(str(value), options)}")
-    return value
-
-
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"sweep key '{where}' must be a positive integer, got {value!r}")
-    return value
+    return grid_size if num_trials is None else num_trials
 
 
 def trial_name(params: dict[str, Any]) -> str:
