@@ -89,6 +89,9 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
         # checked again under the lock: another process may have made some meanwhile
         todo = [(role, name) for role, name in roles if not _usable(folder, name, repair=True)]
         if todo:
+            print(f"making the builtin weights of {', '.join(name for _, name in todo)}: "
+                  f"pretraining on the procedural corpus, once (cached in {folder})",
+                  file=sys.stderr, flush=True)
             _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
         scores = {name: json.loads((folder / f"{name}.json").read_text()) for _, name in roles}
     return folder, scores

@@ -111,6 +111,15 @@ def test_a_second_call_reuses_the_cache(cache, monkeypatch):
     assert "test_resnet" in scores
 
 
+def test_making_the_builtin_weights_is_said_once(cache, capsys):
+    # a visible step (issue 22): a line when the weights are made, none when they are cached
+    pretrain.ensure(TINY_PRETRAIN, ROLES[:1], progress=False)
+    made = capsys.readouterr().err
+    pretrain.ensure(TINY_PRETRAIN, ROLES[:1], progress=False)
+    assert made.count("making the builtin weights of test_resnet") == 1
+    assert "making the builtin weights" not in capsys.readouterr().err
+
+
 def test_a_killed_pretraining_leaves_no_weights_file(cache, monkeypatch):
     def killed(state, path):
         Path(path).write_bytes(b"half a file")  # what a kill mid-write leaves behind
@@ -143,6 +152,7 @@ def test_builtin_trains_end_to_end_and_keeps_the_setting(cache, tiny_overrides, 
                                                for f in dataclasses.fields(TINY_PRETRAIN))]
     code, result, err = run_cli(["train", "--no-seeds", *set_args(overrides)], capsys)
     assert code == 0, err
+    assert "making the builtin weights of test_resnet, test_vit" in err
     folder = pretrain.weights_dir(TINY_PRETRAIN)
     assert (folder / "test_resnet.safetensors").is_file()
     assert (folder / "test_vit.safetensors").is_file()

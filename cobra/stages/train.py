@@ -112,9 +112,10 @@ def evaluate_classification(model: CoBra, loader: DataLoader, device: torch.devi
     return result
 
 
-def _build_model(cfg: Config, num_classes: int, device: torch.device) -> tuple[CoBra, bool]:
-    """CoBra on `device` with its pretrained weights; whether its inputs go channels-last."""
-    weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
+def _build_model(cfg: Config, weights: bool | str, num_classes: int, device: torch.device
+                 ) -> tuple[CoBra, bool]:
+    """CoBra on `device` from `weights` (`model.pretrained` resolved); whether its inputs go
+    channels-last."""
     check_backbones(cfg, weights)
     model = build_model(replace(cfg.model, pretrained=weights), num_classes).to(device)
     nhwc = accel.use_channels_last(model, device, cfg.train.channels_last)
@@ -184,7 +185,9 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     seed_everything(cfg.train.seed)
     train_set = build_train_dataset(cfg, resolve_train_split(cfg))
     val_set = build_eval_dataset(cfg, cfg.data.val_split)
-    model, nhwc = _build_model(cfg, train_set.num_classes, device)
+    # a step of its own: `builtin` weights are made here (once, said on stderr, with progress)
+    weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
+    model, nhwc = _build_model(cfg, weights, train_set.num_classes, device)
     optimizer = build_optimizer(model, cfg)
     # before a resumed optimizer state replaces them with the lrs of the step it was saved at
     base_lrs = tuple(g["lr"] for g in optimizer.param_groups)
