@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cobra.data import normalize_image
 from cobra.ops.cams import max_normalize, normalize_attention
-from cobra.stages.seeds import _scale_weight, _to_image_size
+from cobra.stages.seed_cams import scale_weight, to_image_size
 
 
 @torch.no_grad()
@@ -36,14 +36,14 @@ def loop_multiscale_cams(model, image: np.ndarray, keys: np.ndarray, scales: lis
             if out.cam_cnn is not None:
                 maps["cam_cnn"] = F.relu(out.cam_cnn[:, keys])
             if out.cam_vit is not None:
-                a = _scale_weight(out.a_obj, aobj_weighting)
+                a = scale_weight(out.a_obj, aobj_weighting)
                 maps["cam_tran"] = F.relu(out.cam_vit[:, keys] * a[:, None])
                 maps["a_obj"] = a[:, None]
             for name, m in maps.items():
                 if m.shape[1] == 0:  # no foreground class: nothing to resize
                     sums[name] = m.new_zeros((0, h, w))
                     continue
-                m = _to_image_size(m, padded, size, (h, w))[0]
+                m = to_image_size(m, padded, size, (h, w))[0]
                 sums[name] = sums.get(name, 0) + (m.flip(-1) if flipped else m)
     result = {}
     for name, total in sums.items():

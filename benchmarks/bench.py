@@ -281,7 +281,7 @@ def seeds_row(cfg: Config, device: torch.device, images: int, scales: list[float
     (baselines.loop_multiscale_cams). `batching_alone` is the ratio to the same loop with the
     class-row forward, so the row says how much each change brings."""
     from cobra.models import build_model
-    from cobra.stages.seeds import multiscale_cams_batch
+    from cobra.stages.seed_cams import multiscale_cams_batch
 
     torch.manual_seed(0)
     model = build_model(replace(cfg.model, pretrained=False), 20).to(device).eval()

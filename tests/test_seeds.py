@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cobra.models.output import CoBraOutput
-from cobra.stages.seeds import multiscale_cams
+from cobra.stages.seed_cams import multiscale_cams
 
 LAYERS = 12  # A_obj sums one class-token row (≤ 1 in total) per layer
 
@@ -87,7 +87,7 @@ def test_batched_seeds_equal_one_image_and_one_pass_at_a_time():
     from benchmarks.baselines import loop_multiscale_cams
     from cobra.config import load_config
     from cobra.models import build_model
-    from cobra.stages.seeds import multiscale_cams_batch, size_groups
+    from cobra.stages.seed_cams import multiscale_cams_batch, size_groups
     from tests.conftest import TINY_OVERRIDES
 
     torch.manual_seed(0)

@@ -116,7 +116,7 @@ def test_repeats_add_the_training_seed_to_the_grid_and_stages_their_prerequisite
 
 
 def test_every_metric_a_trial_reports_can_be_ranked():
-    from cobra.stages.seeds import headline
+    from cobra.stages.seed_scores import headline
     from cobra.sweep.spec import TRIAL_METRICS
 
     evaluation = {"fixed": {"miou": 1.0, "threshold": 0.1, "miou_at_default": 1.0},
@@ -127,7 +127,7 @@ def test_every_metric_a_trial_reports_can_be_ranked():
 def test_each_stage_declares_its_metrics_and_the_sweep_spec_reads_them_from_there():
     # issue 22: the names were listed in spec.py and again in the stages
     from cobra.stages import METRICS
-    from cobra.stages.seeds import headline
+    from cobra.stages.seed_scores import headline
     from cobra.sweep import spec
 
     evaluation = {"fixed": {"miou": 1.0, "threshold": 0.1, "miou_at_default": 1.0},
