@@ -26,8 +26,7 @@ from cobra.paper import paper_table
 from cobra.tracking import (
     TrialRecord,
     artifact_bytes,
-    get_trial,
-    list_trials,
+    get_sweep,
     log_files,
     run_link,
     sanitize_key,
@@ -534,14 +533,9 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
                 rows: str | None = None, cols: str | None = None) -> dict:
     """Build a sweep's ablation table and its cells with noise, write report.md/.csv/.png, and
     log them to the sweep."""
-    parent_id, trials = list_trials(uri, experiment, sweep_name)
-    parent = get_trial(uri, parent_id)
-    name = parent.tags.get(tag.SWEEP, parent.run_name)
-    metric = parent.tags.get(tag.METRIC)
-    if not metric:
-        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); "
-                            f"it was not started by `launch.py sweep`")
-    mode = parent.tags.get(tag.MODE, "max")
+    sweep = get_sweep(uri, experiment, sweep_name)
+    parent, trials, name = sweep.parent, sweep.trials, sweep.name
+    parent_id, metric, mode = parent.run_id, sweep.metric, sweep.mode
     table = ablation_table(trials, metric, rows, cols, mode=mode)
     noise = gather_noise(uri, parent_id, trials, metric)
     cells, axes = sweep_cells(trials, metric, mode, name, rows, cols, noise)

@@ -39,7 +39,7 @@ def sweep(uri: str, root: Path, name: str, base: str,
     parent = start_sweep_run(uri, EXP, name, sweep_file, "seed_miou", "max",
                              tags={tag.BASE_CONFIG: base})
     for k, seed, value, image_counts in trials:
-        run_id = start_trial_run(uri, EXP, parent, f"kcp{k}·seed{seed}",
+        run_id = start_trial_run(uri, parent, f"kcp{k}·seed{seed}",
                                  {tag.RAY_TRIAL_ID: f"{name}{k}{seed}",
                                   tag.SEARCHED: "loss.k_cap_pos,train.seed"})
         rep = MlflowReporter(uri, run_id)
@@ -116,7 +116,7 @@ def test_a_trial_declares_the_sweep_metric_first_and_the_experiment_its_primary_
     params that differ: a trial's first metric is its sweep's, whatever is logged before it."""
     uri, root, _ = store
     parent = sweep(uri, root, "declared", "base-d", [])
-    run_id = start_trial_run(uri, EXP, parent, "kcp5", {tag.RAY_TRIAL_ID: "d0"})
+    run_id = start_trial_run(uri, parent, "kcp5", {tag.RAY_TRIAL_ID: "d0"})
     rep = MlflowReporter(uri, run_id)
     rep.log_metrics({"system/cpu_utilization_percentage": 50.0, "cls_map_cnn": 90.0})
     rep.log_epoch(0, {"loss": 1.0})

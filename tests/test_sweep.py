@@ -272,7 +272,7 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
     from cobra import tracking
 
     parent = tracking.start_sweep_run(sweep_env["uri"], "tests", "stub", path, "seed_miou", "max")
-    trial = tracking.start_trial_run(sweep_env["uri"], "tests", parent, "stub-trial", {})
+    trial = tracking.start_trial_run(sweep_env["uri"], parent, "stub-trial", {})
     code, _, err = run_cli(["final", "--run", trial, "--experiment", "tests",
                         "--runs-dir", str(sweep_env["dir"] / "runs")], capsys)
     assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1

@@ -67,7 +67,7 @@ def store(tmp_path_factory) -> Store:
     parent = start_sweep_run(uri, EXP, SWEEP, sweep_file, "seed_miou", "max")
     children = {}
     for trial_id, k, miou, status in TRIALS:
-        run_id = start_trial_run(uri, EXP, parent, f"trial-{trial_id}",
+        run_id = start_trial_run(uri, parent, f"trial-{trial_id}",
                                  {"ray_trial_id": trial_id, "ray_node_id": "node-a"})
         rep = MlflowReporter(uri, run_id)
         rep.log_params(_trial_params(k))
@@ -164,6 +164,16 @@ def test_best_trial_matches_direct_query(store: Store) -> None:
     assert best_trial(store.uri, EXP, run_id=store.children["t2"]).status == "FAILED"
 
 
+def test_one_sweep_record_gives_report_final_and_best_the_same_sweep(store: Store) -> None:
+    from cobra.tracking import get_sweep
+
+    sweep = get_sweep(store.uri, EXP, SWEEP)
+    assert (sweep.name, sweep.metric, sweep.mode) == (SWEEP, "seed_miou", "max")
+    assert sweep.parent.run_id == store.parent
+    assert {t.run_id for t in sweep.trials} == set(store.children.values())
+    assert {t.experiment_id for t in sweep.trials} == {sweep.parent.experiment_id}
+
+
 def test_download_round_trip(store: Store, tmp_path: Path) -> None:
     run_id = store.children["t1"]
     dst = download_trial(store.uri, run_id, tmp_path / "run")
@@ -227,14 +237,14 @@ def test_report_grid(store: Store, tmp_path: Path) -> None:
             values = [k / 100 + lam + s / 10 for s in (0, 1)]
             expected[(k, lam)] = sum(values) / 2
             for seed, value in zip((0, 1), values, strict=True):
-                run_id = start_trial_run(store.uri, EXP, parent, f"k{k}-l{lam}-s{seed}",
+                run_id = start_trial_run(store.uri, parent, f"k{k}-l{lam}-s{seed}",
                                          {"ray_trial_id": f"{k}_{lam}_{seed}"})
                 rep = MlflowReporter(store.uri, run_id)
                 rep.log_params({"loss.k_sap_pos": k, "loss.lambda_proj": lam,
                                 "train.seed": seed, "loss.tau": 0.1})
                 rep.log_summary({"seed_miou": value})
                 rep.close("FINISHED")
-    bad = start_trial_run(store.uri, EXP, parent, "bad", {"ray_trial_id": "bad"})
+    bad = start_trial_run(store.uri, parent, "bad", {"ray_trial_id": "bad"})
     rep = MlflowReporter(store.uri, bad)
     rep.log_params({"loss.k_sap_pos": 5, "loss.lambda_proj": 0.1, "train.seed": 0})
     rep.log_summary({"seed_miou": 100.0})
@@ -288,7 +298,7 @@ def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Store) -> 
 def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Store, tmp_path,
                                                                       monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    run_id = start_trial_run(store.uri, EXP, store.parent, "sysmetrics", {"ray_trial_id": "sm"})
+    run_id = start_trial_run(store.uri, store.parent, "sysmetrics", {"ray_trial_id": "sm"})
     rep = MlflowReporter(store.uri, run_id, system_metrics=True)
     rep.log_summary({"seed_miou": 56.712348912})
     rep.log_table({"class": ["background", "kite"], "iou": [80.1, None]},

@@ -149,7 +149,7 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
         tracking.MlflowReporter(ctx.tracking_uri, earlier.run_id).set_tags(
             {tag.RAY_NODE_ID: node, tag.RAY_NODE_HISTORY: f"{history},{node}".strip(",")})
         return earlier.run_id, True
-    run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, name,
+    run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.parent_run_id, name,
                                       tags={tag.RAY_TRIAL_ID: trial_id, tag.RAY_NODE_ID: node,
                                             tag.RAY_NODE_HISTORY: node})
     return run_id, False

@@ -24,12 +24,14 @@ The modules, by concern:
 
 from cobra.tracking import tags
 from cobra.tracking.queries import (
+    SweepRecord,
     TrialRecord,
     artifact_bytes,
     artifact_size,
     best_trial,
     download_trial,
     finished_trial_seconds,
+    get_sweep,
     get_trial,
     list_trials,
     pick_best,
@@ -57,9 +59,9 @@ from cobra.tracking.runs import (
 from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
 
 __all__ = [
-    "MlflowReporter", "ModelVersionInfo", "TrialRecord", "artifact_bytes", "artifact_size", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "SweepRecord", "TrialRecord", "artifact_bytes", "artifact_size", "best_trial", "check_reachable", "connect",
     "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
-    "get_or_create_experiment", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
+    "get_or_create_experiment", "get_sweep", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
     "sanitize_key", "scored_trials", "set_description", "start_final_run", "start_sweep_run",
     "start_trial_run", "sweeps_with_base", "tags", "trials_of",

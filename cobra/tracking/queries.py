@@ -151,29 +151,51 @@ def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRec
     return pick(scored, key=lambda t: t.metrics[key])
 
 
+@dataclass
+class SweepRecord:
+    """One sweep as read back: its parent run, the name, metric and mode it was started with
+    (the parent's tags), and its trials oldest first."""
+
+    parent: TrialRecord
+    name: str
+    metric: str
+    mode: str
+    trials: list[TrialRecord]
+
+
+def get_sweep(uri: str, experiment: str, sweep_name: str | None = None,
+              metric: str | None = None, mode: str | None = None,
+              remedy: str = "") -> SweepRecord:
+    """The sweep `sweep_name` (the newest when None), its metric and mode those its parent
+    records unless given; TrackingError (ending in `remedy`) when it records none usable."""
+    parent_id, trials = list_trials(uri, experiment, sweep_name)
+    parent = get_trial(uri, parent_id)
+    metric = metric or parent.tags.get(tag.METRIC)
+    mode = mode or parent.tags.get(tag.MODE, "max")
+    if not metric:
+        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); it "
+                            f"was not started by `launch.py sweep`{remedy}")
+    if mode not in ("max", "min"):
+        raise TrackingError(f"mode '{mode}' (tag {tag.MODE} of sweep run {parent_id}) is not "
+                            f"'max' or 'min'{remedy}")
+    return SweepRecord(parent, parent.tags.get(tag.SWEEP, parent.run_name), metric, mode,
+                       trials)
+
+
 def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
                run_id: str | None = None, metric: str | None = None,
                mode: str | None = None) -> TrialRecord:
     """The run `run_id`, or the sweep's best FINISHED trial by `metric` (default: the sweep's)."""
     if run_id:
         return get_trial(uri, run_id)
-    parent_id, trials = list_trials(uri, experiment, sweep_name)
-    parent = get_trial(uri, parent_id)
-    metric = metric or parent.tags.get(tag.METRIC)
-    mode = mode or parent.tags.get(tag.MODE, "max")
     # `launch.py final` has no --metric or --mode: a sweep without them is picked from by --run
-    if not metric:
-        raise TrackingError(f"sweep run {parent_id} records no metric (tag {tag.METRIC}); it "
-                            f"was not started by `launch.py sweep` - pick a trial with --run")
-    if mode not in ("max", "min"):
-        raise TrackingError(f"mode '{mode}' (tag {tag.MODE} of sweep run {parent_id}) is not "
-                            f"'max' or 'min'; pick a trial with --run")
-    best = pick_best(trials, metric, mode)
+    sweep = get_sweep(uri, experiment, sweep_name, metric, mode, "; pick a trial with --run")
+    best = pick_best(sweep.trials, sweep.metric, sweep.mode)
     if best is None:
         raise TrackingError(
-            f"sweep '{parent.tags.get(tag.SWEEP, parent.run_name)}' has no FINISHED trial with "
-            f"metric '{metric}' ({len(trials)} trials in all); wait for a trial to finish or "
-            f"pick one with --run")
+            f"sweep '{sweep.name}' has no FINISHED trial with metric '{sweep.metric}' "
+            f"({len(sweep.trials)} trials in all); wait for a trial to finish or pick one with "
+            f"--run")
     return best
 
 

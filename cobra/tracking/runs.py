@@ -96,14 +96,11 @@ def find_sweep_run(uri: str, experiment: str, sweep_name: str) -> str | None:
     return None
 
 
-def start_trial_run(uri: str, experiment: str, parent_run_id: str, run_name: str,
-                    tags: dict) -> str:
-    """Create a child run of the sweep's parent and return its id."""
+def start_trial_run(uri: str, parent_run_id: str, run_name: str, tags: dict) -> str:
+    """Create a child run of the sweep's parent, in the parent's experiment (MLflow nests runs
+    of one experiment only), and return its id."""
     client = connect(uri)
     parent = get_run(client, uri, parent_run_id)
-    # Children go to the parent's experiment whatever `experiment` says: MLflow only nests
-    # runs of one experiment.
-    del experiment
     all_tags = {**source_tags(), **str_tags(tags), tag.PARENT: parent_run_id, tag.KIND: "trial",
                 tag.SWEEP: parent.data.tags.get(tag.SWEEP, "")}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
