@@ -539,7 +539,7 @@ def gpu_rows(wanted: set[str], add: Add) -> None:
         add(lambda: seeds_row(load_config(None, PAPER_MODEL), gpu, 8, VOC_SCALES, repeats=2))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> OneLineParser:
     # a usage mistake is one line, as for every other launch.py command
     parser = OneLineParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="train,seeds,masks,miou,losses",
@@ -560,7 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="also run a real sweep of >= 60 s trials (several minutes)")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     wanted = set(args.rows.split(","))
     unknown = wanted - {"train", "seeds", "masks", "miou", "losses", "rehearsal"}
     if unknown:

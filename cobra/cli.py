@@ -56,7 +56,9 @@ def _lock_run(layout) -> None:
     hold(layout.lock, f"run directory '{layout.root}'")
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+def _train_run_dir(args: argparse.Namespace):
+    """`train`'s run directory, locked, and its config (None with --resume: the directory's
+    own, read once torch is imported)."""
     from cobra.config import load_config, with_overrides
     from cobra.errors import ConfigError
     from cobra.layout import new_run, open_run
@@ -69,13 +71,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         layout = open_run(args.resume)
         _lock_run(layout)
-    else:
-        cfg = load_config(args.config, args.overrides)
-        if args.name:
-            cfg = with_overrides(cfg, {"run.name": args.name})
-        # exclusive create: this process owns `layout.root`, so it alone may remove it
-        layout = new_run(cfg.run.dir, cfg.run.name)
-        _lock_run(layout)
+        return layout, None
+    cfg = load_config(args.config, args.overrides)
+    if args.name:
+        cfg = with_overrides(cfg, {"run.name": args.name})
+    # exclusive create: this process owns `layout.root`, so it alone may remove it
+    layout = new_run(cfg.run.dir, cfg.run.name)
+    _lock_run(layout)
+    return layout, cfg
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    layout, cfg = _train_run_dir(args)
     # torch and the models: imported once the command line is known to be good
     from cobra.objective import projections_never_start
     from cobra.pipeline import run_trial

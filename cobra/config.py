@@ -584,6 +584,22 @@ def _float_text(text: str) -> float | str:
         return text
 
 
+def _coerce_union(key: str, value: Any, tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    if len(args) == 2 and type(None) in args:  # `X | None`: what a value must be is an X
+        return coerce(key, value, next(a for a in args if a is not type(None)))
+    for arg in args:  # first type that accepts the value wins (bool before str in bool|str)
+        if arg is type(None):
+            continue
+        try:
+            return coerce(key, value, arg)
+        except ConfigError:
+            continue
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+
+
 def coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`. `Any` is left to the
     caller to check."""
@@ -591,19 +607,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if len(args) == 2 and type(None) in args:  # `X | None`: what a value must be is an X
-            return coerce(key, value, next(a for a in args if a is not type(None)))
-        for arg in args:  # first type that accepts the value wins (bool before str in bool|str)
-            if arg is type(None):
-                continue
-            try:
-                return coerce(key, value, arg)
-            except ConfigError:
-                continue
-        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+        return _coerce_union(key, value, tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -280,12 +280,7 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
     fig, ax = plt.subplots(figsize=(width, height))
     try:
         image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(n_cols), [str(c) for c in mat.columns],
-                      rotation=30 if n_cols > 4 else 0, ha="right" if n_cols > 4 else "center")
-        ax.set_yticks(range(n_rows), [str(i) for i in mat.index])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title("\n".join(title_lines), fontsize=10)
+        _label_axes(ax, mat, xlabel, ylabel, "\n".join(title_lines))
         for i in range(n_rows):
             for j in range(n_cols):
                 _annotate(ax, i, j, values[i, j], by_key.get(keys[i][j]), vmin, vmax, Rectangle)
@@ -298,6 +293,16 @@ def write_heatmap(df: pd.DataFrame, path: Path, title: str,
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def _label_axes(ax, mat: pd.DataFrame, xlabel: str, ylabel: str, title: str) -> None:
+    n_cols = len(mat.columns)
+    ax.set_xticks(range(n_cols), [str(c) for c in mat.columns],
+                  rotation=30 if n_cols > 4 else 0, ha="right" if n_cols > 4 else "center")
+    ax.set_yticks(range(len(mat.index)), [str(i) for i in mat.index])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
 
 
 def _annotate(ax, i: int, j: int, value: float, cell: cells_mod.Cell | None, vmin: float,

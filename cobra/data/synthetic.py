@@ -314,7 +314,13 @@ def _scene(rng: np.random.Generator, size: int, specs: tuple[ClassSpec, ...] = D
             _leaf(rng, cv, cy + rng.uniform(-4, 4) * u, cx + rng.uniform(-4, 4) * u,
                   rng.uniform(20, 26) * u * scale, rng.uniform(14, 18) * u * scale)
         parts.append((k, cls, _DRAW[fam](rng, cv, specs[cls - 1], cls, k, cy, cx, scale)))
+    return _finish(cv, parts, size, shape)
 
+
+def _finish(cv: Canvas, parts: list[tuple[int, int, np.ndarray]], size: int,
+            shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A drawn scene's (image, mask, ok): the ignore border added, cropped about the centre to
+    `shape`, and whether every object (part k of class cls) is visibly labelled in it."""
     # VOC-style ignore border: the pixel before every label change along rows and columns.
     mask = cv.mask.copy()
     edge = np.zeros(mask.shape, bool)

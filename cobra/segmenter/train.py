@@ -32,6 +32,21 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             m.eval()
 
 
+def _loss_fn(model: nn.Module, device: torch.device):
+    """batch → (cross-entropy with 255 ignored, named terms), or None for a batch with nothing
+    to learn."""
+    def losses(batch: dict):
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        if bool((masks == 255).all()):
+            # Nothing to learn (crops of fully ignored masks); the mean over 0 pixels is NaN.
+            return None
+        loss = F.cross_entropy(model(images), masks, ignore_index=255)
+        return loss, {"seg_loss": loss}
+
+    return losses
+
+
 def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
                     device: torch.device | str, progress: bool = True,
                     on_epoch: Callable[[int, dict], None] | None = None,
@@ -59,16 +74,7 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
     if single:
         # BatchNorm cannot train on one image (DeepLabV3+'s pooled ASPP branch is 1x1 and fails).
         print("warning: segment batch of 1 image: BatchNorm layers are frozen", file=sys.stderr)
-
-    def losses(batch: dict):
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
-        if bool((masks == 255).all()):
-            # Nothing to learn (crops of fully ignored masks); the mean over 0 pixels is NaN.
-            return None
-        loss = F.cross_entropy(model(images), masks, ignore_index=255)
-        return loss, {"seg_loss": loss}
-
+    losses = _loss_fn(model, device)
     result: dict[str, float] = {}
     for epoch in range(cfg.epochs):
         model.train()

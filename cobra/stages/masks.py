@@ -222,21 +222,30 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     current.write()
     if not source.has_masks:
         return {}
+    metrics = _scores(cfg, layout, reporter, source, conf, image_counts, len(ids))
+    reporter.log_summary(metrics)
+    layout.update_summary(metrics)
+    return metrics
+
+
+def _scores(cfg: Config, layout: RunLayout, reporter: Reporter, source,
+            conf: dict[tuple[str, bool], np.ndarray], image_counts: dict[str, np.ndarray],
+            num_images: int) -> dict[str, float]:
+    """The metrics with the written masks' interval over images; their per-image counts and
+    per-class IoU logged."""
     metrics = _metrics(cfg, conf)
     scored = ImageCounts(tuple(image_counts), np.stack(list(image_counts.values())))
     scored.save(layout.mask_image_counts)
     lo, hi = bootstrap_miou_ci(scored.counts)
     metrics.update(mask_miou_ci_lo=round(lo, 4), mask_miou_ci_hi=round(hi, 4),
-                   mask_num_images=len(ids))
+                   mask_num_images=num_images)
     names = list(source.class_names)
-    per_class = mean_iou(conf[chosen, True])[1]
+    per_class = mean_iou(conf[switch(cfg, "masks.rule.name"), True])[1]
     # one table artifact, not one metric chart per class
     reporter.log_table({"class": names, "iou": [None if np.isnan(v) else round(float(v), 3)
                                                 for v in per_class]},
                        "masks/per_class_iou.json")
     reporter.log_artifact(layout.mask_image_counts, IMAGE_COUNTS_DIR)
-    reporter.log_summary(metrics)
-    layout.update_summary(metrics)
     return metrics
 
 

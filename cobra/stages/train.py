@@ -176,6 +176,31 @@ def _steps_per_epoch(cfg: Config, num_images: int) -> int:
     return min(steps, cfg.train.max_steps_per_epoch or steps)
 
 
+def _loss_fn(cfg: Config, model: CoBra, device: torch.device, nhwc: bool, monitor):
+    """(batch, epoch) → (total loss, named terms): one training step's forward and losses."""
+    def losses(batch: dict, epoch: int):
+        images = accel.to_device(batch["image"], device, nhwc)
+        with accel.autocast(device, cfg.train.amp):
+            out = model(images)
+            terms = compute_losses(out, batch["label"].to(device), cfg.loss, epoch,
+                                   tuple(images.shape[-2:]))
+        if monitor is not None:
+            monitor.observe(terms, out)
+        return terms.total, terms.named()
+
+    return losses
+
+
+def _save_epoch(cfg: Config, layout: RunLayout, model: CoBra, optimizer: torch.optim.Optimizer,
+                epoch: int) -> None:
+    # After the last epoch nothing resumes training, so the optimizer state (as large as the
+    # weights with momentum) is not kept: every copy of the final checkpoint (run directory,
+    # Ray, MLflow) is the weights alone.
+    finished = epoch + 1 == cfg.train.epochs
+    save_checkpoint(layout.last_checkpoint, model=model, cfg=cfg, epoch=epoch,
+                    optimizer=None if finished else optimizer)
+
+
 def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         resume_from: Path | None = None) -> dict[str, float]:
     """Train CoBra; returns the last epoch's metrics. Checkpoint: `layout.last_checkpoint`."""
@@ -202,17 +227,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     val_loader = make_loader(val_set, cfg.train.batch_size, workers, cfg.train.seed,
                              shuffle=False, pin_memory=pin, persistent=True)
     monitor = mechanism_monitor(cfg, resolve_train_split(cfg), device)
-
-    def losses(batch: dict, epoch: int):
-        images = accel.to_device(batch["image"], device, nhwc)
-        with accel.autocast(device, cfg.train.amp):
-            out = model(images)
-            terms = compute_losses(out, batch["label"].to(device), cfg.loss, epoch,
-                                   tuple(images.shape[-2:]))
-        if monitor is not None:
-            monitor.observe(terms, out)
-        return terms.total, terms.named()
-
+    losses = _loss_fn(cfg, model, device, nhwc, monitor)
     result: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         torch.manual_seed(cfg.train.seed * 1009 + epoch)
@@ -228,12 +243,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         if monitor is not None:
             result.update(monitor.epoch_metrics(model))
         result["lr"] = optimizer.param_groups[0]["lr"]
-        # After the last epoch nothing resumes training, so the optimizer state (as large as
-        # the weights with momentum) is not kept: every copy of the final checkpoint (run
-        # directory, Ray, MLflow) is the weights alone.
-        finished = epoch + 1 == cfg.train.epochs
-        save_checkpoint(layout.last_checkpoint, model=model, cfg=cfg, epoch=epoch,
-                        optimizer=None if finished else optimizer)
+        _save_epoch(cfg, layout, model, optimizer, epoch)
         reporter.log_epoch(epoch, result, checkpoint=layout.checkpoints)
     layout.update_summary({k: v for k, v in result.items() if k.startswith("cls_map")})
     return result
