@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cobra.config import Config
+from cobra.data.source import Source
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout, atomic_write_text
 
@@ -25,7 +26,7 @@ POOL_AHEAD_PER_WORKER = 4
 NUM_PICTURES = 4
 
 
-def stage_ids(cfg: Config, source, limit: int | None = None) -> list[str]:
+def stage_ids(cfg: Config, source: Source, limit: int | None = None) -> list[str]:
     """The seed split's images this stage covers (the first `limit` or seeds.max_images)."""
     ids = list(source.ids)
     for cap in (cfg.seeds.max_images, limit):

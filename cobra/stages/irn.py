@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from cobra import pretrain
 from cobra.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from cobra.config import Config, resolved
-from cobra.data import build_source
+from cobra.data import Source, build_source
 from cobra.data.transforms import joint_train_transform
 from cobra.layout import RunLayout
 from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
@@ -38,7 +38,7 @@ METRICS: tuple[str, ...] = ()
 class IRLabelDataset(Dataset):
     """Items: image (3, crop, crop) normalised, ir (crop/4, crop/4) long with 255 unknown."""
 
-    def __init__(self, source, layout: RunLayout, ids: list[str], crop: int) -> None:
+    def __init__(self, source: Source, layout: RunLayout, ids: list[str], crop: int) -> None:
         self.source, self.layout, self.ids, self.crop = source, layout, ids, crop
 
     def __len__(self) -> int:

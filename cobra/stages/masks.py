@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cobra.config import Config, resolved, switch
-from cobra.data import build_source, normalize_image
+from cobra.data import Source, build_source, normalize_image
 from cobra.layout import IMAGE_COUNTS_DIR, RunLayout
 from cobra.metrics import bootstrap_miou_ci, confusion_matrix, iou_counts, mean_iou
 from cobra.noise import ImageCounts
@@ -178,7 +178,7 @@ def mask_one(job: tuple[str, np.ndarray, bool]) -> dict:
     return result
 
 
-def _boundary_jobs(net, source, ids: list[str], device: torch.device, scale: float
+def _boundary_jobs(net, source: Source, ids: list[str], device: torch.device, scale: float
                    ) -> Iterator[tuple[str, np.ndarray, bool]]:
     """Boundary maps on the stage's device (GPU when present), one job per image, made as the
     pool asks for them; the first NUM_PICTURES images keep their masks for pictures."""
@@ -228,7 +228,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     return metrics
 
 
-def _scores(cfg: Config, layout: RunLayout, reporter: Reporter, source,
+def _scores(cfg: Config, layout: RunLayout, reporter: Reporter, source: Source,
             conf: dict[tuple[str, bool], np.ndarray], image_counts: dict[str, np.ndarray],
             num_images: int) -> dict[str, float]:
     """The metrics with the written masks' interval over images; their per-image counts and

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cobra.config import Config
+from cobra.data.source import Source
 from cobra.layout import RunLayout
 from cobra.ops.cams import cams_to_label
 from cobra.pictures import colorize, heatmap, save_strip
@@ -14,7 +15,7 @@ from cobra.stages.common import NUM_PICTURES
 from cobra.stages.outputs import fuse_seed, read_seed_arrays
 
 
-def save_pictures(cfg: Config, layout: RunLayout, source, ids: list[str], threshold: float,
+def save_pictures(cfg: Config, layout: RunLayout, source: Source, ids: list[str], threshold: float,
                   reporter: Reporter) -> None:
     """image | CNN CAM | ViT CAM | fused | seed | ground truth, for the first few images."""
     for image_id in ids[:NUM_PICTURES]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cobra.config import Config
+from cobra.data.source import Source
 from cobra.layout import RunLayout
 from cobra.metrics import bootstrap_miou_ci
 from cobra.noise import ImageCounts
@@ -25,7 +26,7 @@ def _per_class(names: list[str], iou: np.ndarray) -> dict[str, float | None]:
             for name, v in zip(names, iou, strict=True)}
 
 
-def score_seeds(cfg: Config, layout: RunLayout, source, ids: list[str]
+def score_seeds(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
                 ) -> tuple[dict, ImageCounts]:
     """Seed mIoU under both background protocols, over one confusion matrix per threshold.
 

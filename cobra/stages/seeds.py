@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from cobra.checkpoint import check_model_matches, checkpoint_config, load_checkpoint
 from cobra.config import Config, switch
-from cobra.data import build_source
+from cobra.data import Source, build_source
 from cobra.errors import DataError, StageInputError
 from cobra.layout import IMAGE_COUNTS_DIR, RunLayout, atomic_write_text
 from cobra.models import build_model
@@ -30,7 +30,7 @@ from cobra.stages.seed_pictures import per_class_table, save_pictures, save_thre
 METRICS = seed_scores.METRICS  # what `run` returns and a sweep can rank on
 
 
-def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
+def check_dataset_matches(state: dict, source: Source, checkpoint: Path) -> None:
     """The checkpoint's CAM heads must have one channel per class of this dataset."""
     heads = [v for k, v in state["model"].items() if k.endswith("cam_head.weight")]
     trained = heads[0].shape[0] - 1 if heads else source.num_classes
@@ -40,7 +40,7 @@ def check_dataset_matches(state: dict, source, checkpoint: Path) -> None:
                               f"dataset the run was trained on")
 
 
-def check_inputs(cfg: Config, source) -> None:
+def check_inputs(cfg: Config, source: Source) -> None:
     """What would make this stage fail, found before training: an image too large for its
     multi-scale CAMs (side × largest scale), a mask not the size of its image (file headers),
     a split with no labelled pixel (masks read until one has one)."""
@@ -64,7 +64,7 @@ def check_inputs(cfg: Config, source) -> None:
                         f"to a split with labels")
 
 
-def make(cfg: Config, layout: RunLayout, source, force: bool = False) -> list[str]:
+def make(cfg: Config, layout: RunLayout, source: Source, force: bool = False) -> list[str]:
     """Write `RUN/seeds/<id>.npz` for the seed split; returns the image ids."""
     ids = stage_ids(cfg, source)
     check_inputs(cfg, source)
