@@ -351,6 +351,9 @@ def _check_space(space: dict[str, Domain], base: config_mod.Config) -> None:
                         f"input has only {num_patches} patches; use values in 1..{num_patches}")
 
 
+_SECTIONS = ("search", "scheduler", "resources", "mlflow")
+
+
 def _read_file(file: Path) -> SweepFile:
     """The sweep file's keys, typed and ranged (`cobra.config.build`)."""
     data = config_mod.read_yaml(file)
@@ -361,9 +364,6 @@ def _read_file(file: Path) -> SweepFile:
     except ConfigError as exc:
         text = str(exc)
         raise ConfigError(text if text.startswith("unknown") else f"sweep key {text}") from None
-
-
-_SECTIONS = ("search", "scheduler", "resources", "mlflow")
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
