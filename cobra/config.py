@@ -120,6 +120,13 @@ class LossConfig:
         "(0, 1) = a patch is background where every present class's max-normalised CNN score "
         "falls below it (IRN's fixed background score), and background rows rank patches by "
         "their lowest class score")
+    proj_space: str = _f(
+        "head", choices=("head", "seed"),
+        help="the vectors L_cap and L_sap contrast: head = each branch's projection "
+        "(model.proj_head; paper); seed = each branch's seed scores at every patch (present "
+        "classes' max-normalised maps and the background score 2·loss.sap_bg − their max), so "
+        "the contrast moves only what a seed reads, not the background or absent-class channels "
+        "of the class map. Needs loss.sap_bg and model.proj_head: cam")
     cap_affinity: str = _f(
         "attention", choices=("attention", "tokens"),
         help="L_cap's patch affinity from the ViT: attention = the patch-to-patch attention "
@@ -697,6 +704,9 @@ def _validate_cross_field(cfg: Config) -> None:
         raise ConfigError("'seeds.threshold_grid' values must lie in [0, 1]")
     if any(not 0 <= p <= 100 for p in cfg.seeds.percentile_grid):
         raise ConfigError("'seeds.percentile_grid' values must lie in [0, 100]")
+    if cfg.loss.proj_space == "seed" and (cfg.loss.sap_bg is None or cfg.model.proj_head != "cam"):
+        raise ConfigError("'loss.proj_space: seed' scores background as loss.sap_bg and needs no "
+                          "projection head: set loss.sap_bg (e.g. 0.35) and model.proj_head: cam")
     syn = cfg.data.synthetic
     if syn.num_train_aug and (syn.shape != "voc" or syn.num_train_aug < syn.num_train):
         raise ConfigError(f"'data.synthetic.num_train_aug' ({syn.num_train_aug}) needs "

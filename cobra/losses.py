@@ -172,14 +172,34 @@ def sap_class_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = 
         raise ValueError(f"absent must be 'mask' or 'zero', got '{absent}'")
     scores = cam_cnn.flatten(2)  # (B, C+1, M)
     if bg is not None:
-        classes = scores[:, 1:].relu()
-        classes = classes / classes.amax(dim=2, keepdim=True).clamp_min(1e-5)
-        classes = classes.masked_fill(labels[:, :, None] <= 0.5, float("-inf"))
+        classes = _present_class_maps(scores, labels, absent_value=float("-inf"))
         return torch.cat([2 * bg - classes.amax(dim=1, keepdim=True), classes], dim=1)
     present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1) > 0.5
     if absent == "mask":
         return scores.masked_fill(~present[:, :, None], float("-inf"))
     return scores * present[:, :, None]
+
+
+def _present_class_maps(scores: torch.Tensor, labels: torch.Tensor, absent_value: float
+                        ) -> torch.Tensor:
+    """Each present class's ReLU'd map max-normalised over its image, as seeds normalise it;
+    absent classes set to `absent_value`. scores: (B, C+1, M) → (B, C, M)."""
+    classes = scores[:, 1:].relu()
+    classes = classes / classes.amax(dim=2, keepdim=True).clamp_min(1e-5)
+    return classes.masked_fill(labels[:, :, None] <= 0.5, absent_value)
+
+
+def seed_space(cam: torch.Tensor, labels: torch.Tensor, bg: float) -> torch.Tensor:
+    """A branch's projection as the scores its seed is the argmax of (`loss.proj_space: seed`):
+    background 2·bg − max_c s_c and each present class's max-normalised map s_c, absent classes 0.
+
+    A class map's background channel and its absent classes' channels are never read by a seed,
+    so a contrast over the whole map (`model.proj_head: cam`) can be met there; here every
+    direction the contrast moves is one the seed reads. cam: (B, C+1, N_h, N_w), same shape out.
+    """
+    classes = _present_class_maps(cam.flatten(2), labels, absent_value=0.0)
+    background = 2 * bg - classes.amax(dim=1, keepdim=True)
+    return torch.cat([background, classes], dim=1).view_as(cam)
 
 
 def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask",

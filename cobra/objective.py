@@ -67,6 +67,15 @@ def cap_affinity(out: CoBraOutput, cfg: LossConfig) -> torch.Tensor | None:
     return out.affinity
 
 
+def projections(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (CNN, ViT) vectors L_cap and L_sap contrast (`loss.proj_space`)."""
+    if cfg.proj_space == "seed":
+        return (losses.seed_space(out.cam_cnn, labels, cfg.sap_bg),
+                losses.seed_space(out.cam_vit, labels, cfg.sap_bg))
+    return out.proj_cnn, out.proj_vit
+
+
 def sap_options(cfg: LossConfig) -> dict:
     """How L_sap reads the CNN CAM: the authors' quirks under `fidelity: code`, the background."""
     return {"absent": "zero" if cfg.fidelity == "code" else "mask", "bg": cfg.sap_bg}
@@ -89,11 +98,12 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
         cam = losses.cam_consistency_loss(
             out.cam_cnn, out.cam_vit, labels, input_size,
             form=fidelity_choice("loss.cam_form", cfg.cam_form, cfg.fidelity))
+    z_cnn, z_vit = projections(out, labels, cfg) if on["cap"] or on["sap"] else (None, None)
     if on["cap"]:
-        cap = losses.cap_loss(out.proj_cnn, cap_affinity(out, cfg), cfg.k_cap_pos,
+        cap = losses.cap_loss(z_cnn, cap_affinity(out, cfg), cfg.k_cap_pos,
                               cfg.k_cap_neg, cfg.tau, exclude_self=cfg.exclude_self_pair)
     if on["sap"]:
-        sap = losses.sap_loss(out.proj_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
+        sap = losses.sap_loss(z_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
                               cfg.tau, **sap_options(cfg), exclude_self=cfg.exclude_self_pair,
                               neg_exp_over_tau=code)
     terms = LossTerms(total=zero, cls=cls, cam=cam, cap=cap, sap=sap)

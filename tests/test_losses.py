@@ -307,3 +307,61 @@ def test_token_affinity_stays_fp32_under_bf16_autocast():
     assert got.dtype == torch.float32
     want = losses.token_affinity(patches.bfloat16().float())
     torch.testing.assert_close(got, want)
+
+
+def test_seed_space_is_the_vector_a_seed_is_the_argmax_of():
+    """`loss.proj_space: seed`: background 2t − max_c s_c, each present class's max-normalised
+    ReLU'd map, absent classes 0; its argmax is the seed rule (a class where its score ≥ t)."""
+    cam = torch.zeros(1, 3, 1, 4)
+    cam[0, 0] = 9.0  # the class map's own background channel is not read
+    cam[0, 1] = torch.tensor([4.0, 1.0, -2.0, 0.4])  # → 1.0, 0.25, 0.0, 0.1
+    cam[0, 2] = 5.0  # absent
+    got = losses.seed_space(cam, torch.tensor([[1.0, 0.0]]), bg=0.2)
+    s = torch.tensor([1.0, 0.25, 0.0, 0.1])
+    want = torch.stack([2 * 0.2 - s, s, torch.zeros(4)])[None, :, None, :]
+    torch.testing.assert_close(got, want)
+    assert got.argmax(dim=1).flatten().tolist() == [1, 1, 0, 0]
+
+
+def test_seed_space_contrast_moves_only_what_a_seed_reads():
+    """Through the seed space, L_cap's gradient reaches the present classes' channels and none of
+    the class map's background or absent-class channels; the raw class map (`proj_head: cam`)
+    lets the contrast move those too."""
+    from cobra.config import load_config
+    from cobra.models.output import CoBraOutput
+    from cobra.objective import compute_losses
+
+    torch.manual_seed(0)
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    vit_tokens = torch.randn(1, 6, 4, 4)
+
+    def cam_grad(*overrides: str) -> torch.Tensor:
+        cam_cnn = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+        cam_cnn.requires_grad_()
+        out = CoBraOutput(logits_cnn=None, logits_vit=None, cam_cnn=cam_cnn,
+                          cam_vit=torch.randn(1, 4, 4, 4), proj_cnn=F.normalize(cam_cnn, dim=1),
+                          proj_vit=None, attention=None, affinity=None, a_obj=None,
+                          features_vit=vit_tokens)
+        cfg = load_config(None, ["model.proj_head=cam", "loss.cap_affinity=tokens",
+                                 "loss.use_sap=false", "loss.use_cam=false", "loss.sap_bg=0.3",
+                                 "loss.k_cap_pos=3", "loss.k_cap_neg=3", *overrides]).loss
+        compute_losses(out, labels, cfg, epoch=1, input_size=(16, 16)).cap.backward()
+        return cam_cnn.grad.abs().sum(dim=(0, 2, 3))  # per channel: bg, class 1, 2, 3
+
+    seed = cam_grad("loss.proj_space=seed")
+    assert seed[0] == 0 and seed[2] == 0  # background channel, absent class 2
+    assert seed[1] > 0 and seed[3] > 0
+    whole_map = cam_grad()
+    assert whole_map[0] > 0 and whole_map[2] > 0
+
+
+def test_seed_space_needs_a_background_score_and_no_head():
+    from cobra.config import load_config
+    from cobra.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set loss.sap_bg"):
+        load_config(None, ["loss.proj_space=seed", "model.proj_head=cam"])
+    with pytest.raises(ConfigError, match="model.proj_head: cam"):
+        load_config(None, ["loss.proj_space=seed", "loss.sap_bg=0.35"])
+    cfg = load_config(None, ["loss.proj_space=seed", "loss.sap_bg=0.35", "model.proj_head=cam"])
+    assert cfg.loss.proj_space == "seed"
