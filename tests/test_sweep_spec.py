@@ -139,6 +139,7 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
                         lambda *a, **k: type("R", (), {"set_tags": lambda self, tags: None,
                                                        "log_params": lambda self, p: None})())
     monkeypatch.setattr(tuner.tracking, "set_description", lambda *a, **k: None)
+    monkeypatch.setattr(tuner.tracking, "save_sweep_view", lambda *a, **k: "")
     monkeypatch.setattr(tuner.tracking, "log_dataset_inputs", lambda *a, **k: None)
     monkeypatch.setattr(tuner, "dataset_splits", lambda cfg, stages: [])
     monkeypatch.setattr(tuner.tracking, "finish_sweep",
