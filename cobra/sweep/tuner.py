@@ -422,14 +422,15 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
     links = [tracking.artifact_link(uri, parent, RESULTS_FILE, "all cells, noise notes"),
              _save_view(spec, uri, parent)]
-    results = sweep_results(uri, parent, trials, spec.metric, spec.mode, spec.name, links)
-    tracking.MlflowReporter(uri, parent).log_text(_note(spec, results.full), RESULTS_FILE)
-    tracking.set_description(uri, parent, results.note)
+    summary = sweep_results(uri, parent, trials, spec.metric, spec.mode, spec.name, links)
+    tracking.MlflowReporter(uri, parent).log_text(_note(spec, summary.full), RESULTS_FILE)
+    tracking.set_description(uri, parent, summary.note)
     tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric,
-                          cell_mean=results.best_mean)
+                          cell_mean=summary.best_mean)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results),
             "scored": len(tracking.scored_trials(trials, spec.metric)),
-            "best_run_id": best_run, f"best_{spec.metric}": results.best_mean,
+            "best_run_id": best_run, f"best_{spec.metric}": (None if summary.best_mean is None
+                                                      else round(summary.best_mean, 4)),
             f"best_trial_{spec.metric}": best_value,
             "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}
