@@ -420,7 +420,7 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best = tracking.pick_best(trials, spec.metric, spec.mode)
     best_run = best.run_id if best else None
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
-    links = [tracking.artifact_link(uri, parent, RESULTS_FILE, "all cells, noise notes"),
+    links = [tracking.artifact_link(uri, parent, RESULTS_FILE, "all cells"),
              _save_view(spec, uri, parent)]
     summary = sweep_results(uri, parent, trials, spec.metric, spec.mode, spec.name, links)
     tracking.MlflowReporter(uri, parent).log_text(_note(spec, summary.full), RESULTS_FILE)

@@ -88,5 +88,5 @@ def save_sweep_view(uri: str, parent_run_id: str, sweep: str, metric: str, mode:
                 "state": json.dumps(state, separators=(",", ":"))}
     client.set_experiment_tag(experiment, f"{tag.SAVED_VIEW_PREFIX}{key}",
                               json.dumps(envelope, separators=(",", ":")))
-    return (f"[charts: `{metric}` by searched key]"
+    return (f"[charts]"
             f"(#/experiments/{experiment}/runs?viewStateShareKey={key}&compareRunsMode=CHART)")
