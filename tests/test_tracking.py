@@ -27,7 +27,7 @@ from cobra.tracking import (
     start_sweep_run,
     start_trial_run,
 )
-from cobra.tracking.views import save_sweep_view
+from cobra.tracking.views import save_sweep_view, sweep_view_state
 
 EXP = "cobra-test"
 SWEEP = "ksap"
@@ -230,6 +230,13 @@ def test_a_sweep_saves_a_view_of_its_trials_that_mlflows_ui_opens(store: Store) 
     save_sweep_view(store.uri, store.parent, SWEEP, "seed_miou", "max", searched)
     views = [k for k in client.get_experiment(exp_id).tags if k.startswith("mlflow.sharedView")]
     assert views == [f"mlflow.sharedViewState.{key}"]
+
+
+def test_a_quoted_sweep_name_gets_a_view_without_a_filter_mlflow_cannot_parse() -> None:
+    state = sweep_view_state("k's", "mask_miou", "min", ["loss.k_cap_pos"], None)
+    assert "searchFilter" not in state and state["orderByAsc"] is True
+    assert not any(c["type"] == "CONTOUR" for c in state["compareRunCharts"])  # one key
+    assert state["selectedColumns"] == ["metrics.`mask_miou`", "params.`loss.k_cap_pos`"]
 
 
 def test_unknown_sweep_and_experiment(store: Store) -> None:
