@@ -501,14 +501,40 @@ def headline(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
             f"noise.")
 
 
+@dataclass
+class SweepResults:
+    """A finished sweep's results for its parent run: `note`, the description MLflow shows
+    without "Show more" (its UI folds a description taller than 100 px, about a line and a
+    three-row table); `full`, every cell with its noise notes (the RESULTS_FILE artifact); and
+    the best cell's mean over its training seeds (None: no trial finished with a score)."""
+
+    note: str
+    full: str
+    best_mean: float | None
+
+
+# The parent run's artifact with the full results table (MLflow's artifact view renders it).
+RESULTS_FILE = "results.md"
+# Rows of the description's table: the best cell and the runner-up its headline compares.
+NOTE_ROWS = 2
+
+
 def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], metric: str,
                      mode: str, sweep: str | None) -> str:
-    """The parent run's results section: every cell, best first, linked to its runs."""
+    """The parent run's full results: every cell, best first, linked to its runs."""
+    return sweep_results(uri, parent_run_id, trials, metric, mode, sweep).full
+
+
+def sweep_results(uri: str, parent_run_id: str, trials: list[TrialRecord], metric: str,
+                  mode: str, sweep: str | None, links: Sequence[str] = ()) -> SweepResults:
+    """The parent run's short description (headline, `links`, best and runner-up) and its
+    full results section, from one reading of the trials' noise."""
     try:
         noise = gather_noise(uri, parent_run_id, trials, metric)
         cells, axes = sweep_cells(trials, metric, mode, sweep, noise=noise)
     except TrackingError:
-        return "No trial finished with a score."
+        return SweepResults("No trial finished with a score.", "No trial finished with a score.",
+                            None)
     # every trial of a sweep lives in its parent's experiment: one id for every link
     exp_id = next((t.experiment_id for t in trials if t.experiment_id), "")
     link = lambda c: ", ".join(run_link(exp_id, r, n) for r, n in zip(  # noqa: E731
@@ -520,9 +546,27 @@ def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], me
     notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
              threshold_note(metric), heldout_note(cells),
              f"*paper*: the published value ({paper})." if paper else "", more]
-    return (headline(cells, axes, metric) + "\n\n"
+    full = (headline(cells, axes, metric) + "\n\n"
             + cells_markdown(shown, axes, metric, link, padded=True)
             + "\n\n" + "\n\n".join(n for n in notes if n))
+    return SweepResults(short_note(cells, axes, metric, links), full, cells[0].mean)
+
+
+def short_note(cells: list[cells_mod.Cell], axes: list[str], metric: str,
+               links: Sequence[str] = ()) -> str:
+    """The best cell in one line, then a table of the best and the runner-up with the
+    runner-up's verdict: short enough that MLflow shows it whole, without "Show more"."""
+    best = cells[0]
+    seeds = f"{best.n} seed{'s' if best.n != 1 else ''}"
+    line = " · ".join([f"**Best `{metric}`: {point_label(best, axes)} = "
+                       f"{cells_mod.format_value(best)}** ({seeds})", *links])
+    value = f"{metric} (mean ± std)" if any(c.n >= 2 for c in cells) else metric
+    rows = ["| " + " | ".join(_pad(c) for c in ("cell", value, "n", "vs best")) + " |",
+            "|" + " --- |" * 4]
+    rows += ["| " + " | ".join(_pad(c.replace("|", "\\|")) for c in (
+        point_label(cell, axes), cells_mod.format_value(cell), str(cell.n),
+        cell.verdict.short())) + " |" for cell in cells[:NOTE_ROWS]]
+    return line + "\n\n" + "\n".join(rows)
 
 
 def optuna_plots(parent: TrialRecord, out_dir: Path) -> tuple[list[Path], list[str]]:

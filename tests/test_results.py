@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from cobra.layout import IMAGE_COUNTS
 from cobra.metrics import confusion_matrix, iou_counts
 from cobra.noise import ImageCounts
-from cobra.results import make_report, results_markdown
+from cobra.results import NOTE_ROWS, make_report, results_markdown, sweep_results
 from cobra.tracking import MlflowReporter, start_sweep_run, start_trial_run, trials_of
 from cobra.tracking import tags as tag
 
@@ -99,6 +99,33 @@ def test_description_and_report_give_the_same_verdicts_counting_both_noises(stor
     assert "both halves chose threshold 0.35" in note and "both halves chose threshold 0.35" in md
     logged = MlflowClient(uri).list_artifacts(parent, "report")
     assert sorted(Path(a.path).name for a in logged) == ["report.csv", "report.md", "report.png"]
+
+
+def test_the_parent_description_fits_mlflows_unfolded_100_px_and_heads_with_the_cell_mean(store):
+    """MLflow 3.17 folds a run description taller than 100 px behind "Show more" (measured in
+    Chromium: a line is 19 px + 13 px margin, a table row 20 px): the description is the
+    headline line with its links and a table of the best cell and the runner-up, nothing
+    more; the full table goes to an artifact."""
+    uri, root, _ = store
+    calib = next(r for r in MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name(EXP).experiment_id],
+        "tags.`cobra.sweep` = 'calib' and tags.`cobra.kind` = 'sweep'"))
+    trials = trials_of(uri, calib.info.run_id)
+    results = sweep_results(uri, calib.info.run_id, trials, "seed_miou", "max", "calib",
+                            links=["[all cells](#/a)", "[charts](#/b)"])
+    lines = results.note.splitlines()
+    assert lines[0] == ("**Best `seed_miou`: kcp5 = 61.00 ± 1.00** (3 seeds) · [all cells](#/a)"
+                        " · [charts](#/b)")
+    assert lines[1] == "" and len(lines) == 4 + NOTE_ROWS  # headline, blank, header, rule, rows
+    assert "seed_miou (mean ± std)" in lines[2] and "vs best" in lines[2]
+    assert "kcp5" in lines[4] and "best" in lines[4]
+    assert "kcp10" in lines[5] and "51.00 ± 1.00" in lines[5] and (
+        "beyond seed noise (gap 10.00 > 2.27" in lines[5])
+    # the parent's headline metric: the best cell's mean over its three seeds, not its best seed
+    assert results.best_mean == pytest.approx(61.0)
+    # the full section keeps every cell, its run links and the noise notes
+    assert results.full.startswith("**Best `seed_miou`: kcp5 = 61.00 ± 1.00** (3 seeds); runner")
+    assert "Seed noise: seed std" in results.full and results.full.count("](#/experiments/") == 6
 
 
 def test_without_replicates_anywhere_seed_noise_is_unknown_and_says_how_to_measure_it(

@@ -316,18 +316,26 @@ def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_no
         assert {a.path for a in client.list_artifacts(run.info.run_id, "image_counts")} == {
             "image_counts/seeds.npz", "image_counts/masks.npz"}
     best = max(runs, key=lambda r: r.data.metrics["mask_miou"])
-    assert result["best_mask_miou"] == best.data.metrics["mask_miou"]
+    assert result["best_trial_mask_miou"] == best.data.metrics["mask_miou"]
 
     parent = client.get_run(result["parent_run_id"])
     assert parent.data.params["metric"] == "mask_miou"
     assert parent.data.params["repeats"] == "2" and parent.data.params["num_trials"] == "4"
     assert parent.data.params["space.loss.k_cap_pos"] == "[1, 3]"
     note = parent.data.tags["mlflow.note.content"]
-    # the results come first (a collapsed description shows its first lines), best cell first
-    assert note.startswith("**Best `mask_miou`: kcp") and "mask_miou mean ± std" in note
-    assert "Seed noise: seed std" in note and "this sweep's replicates" in note
-    for run in runs:  # the results table links every trial
-        assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in note
+    # the description MLflow shows unfolded: the best cell, links to the full table and the
+    # sweep's charts, and the best and runner-up cells
+    assert note.startswith("**Best `mask_miou`: kcp") and len(note.splitlines()) == 6
+    assert "results.md)" in note and "viewStateShareKey=" in note
+    assert "mask_miou (mean ± std)" in note
+    full = Path(client.download_artifacts(parent.info.run_id, "results.md",
+                                          str(sweep_env["dir"]))).read_text()
+    assert full.startswith("**Best `mask_miou`: kcp") and "mask_miou mean ± std" in full
+    assert "Seed noise: seed std" in full and "this sweep's replicates" in full
+    for run in runs:  # the full table links every trial
+        assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in full
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert f"mlflow.sharedViewState.cobra-{parent.info.run_id}" in experiment.tags
 
     code, report, err = run_cli(["report", "--sweep", "replicated", "--experiment", "tests",
                                  "--out", str(sweep_env["dir"] / "report")], capsys)
@@ -339,6 +347,10 @@ def test_replicated_sweep_with_the_masks_stage_ranks_on_mask_miou_and_reports_no
         assert by_k[k]["n"] == 2
         assert by_k[k]["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
         assert by_k[k]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    # the parent's headline metric is the best cell's mean over its seeds, as in its description
+    assert result["best_mask_miou"] == pytest.approx(report["cells"][0]["mean"], abs=1e-4)
+    assert parent.data.metrics["best_mask_miou"] == pytest.approx(report["cells"][0]["mean"],
+                                                                  abs=1e-4)
     labels = [c["verdict_label"] for c in report["cells"]]
     assert labels[0] == "best" and labels[1] in {"behind", "within seed noise",
                                                  "within image noise"}

@@ -151,6 +151,9 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
             raise KeyboardInterrupt
 
     finished = []
+    # the sweep's Optuna study goes to ./optuna.db: in tmp_path, not in the checkout (a second
+    # run would find the first one's study and refuse)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tuner, "_preflight", lambda spec, resume: "sqlite:///unused.db")
     monkeypatch.setattr(tuner, "_init_ray", lambda: None)
     monkeypatch.setattr(tuner.tracking, "start_sweep_run", lambda *a, **k: "parent")
@@ -158,6 +161,7 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
                         lambda *a, **k: type("R", (), {"set_tags": lambda self, tags: None,
                                                        "log_params": lambda self, p: None})())
     monkeypatch.setattr(tuner.tracking, "set_description", lambda *a, **k: None)
+    monkeypatch.setattr(tuner.tracking, "save_sweep_view", lambda *a, **k: "")
     monkeypatch.setattr(tuner.tracking, "log_dataset_inputs", lambda *a, **k: None)
     monkeypatch.setattr(tuner, "dataset_splits", lambda cfg, stages: [])
     monkeypatch.setattr(tuner.tracking, "finish_sweep",

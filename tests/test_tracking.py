@@ -27,6 +27,7 @@ from cobra.tracking import (
     start_sweep_run,
     start_trial_run,
 )
+from cobra.tracking.views import save_sweep_view, sweep_view_state
 
 EXP = "cobra-test"
 SWEEP = "ksap"
@@ -192,11 +193,60 @@ def test_final_run_and_finish_sweep(store: Store) -> None:
     assert final.info.run_name == "final-trial-t1"
     assert final.data.tags["cobra.kind"] == "final"
     assert final.data.tags["source_run_id"] == best.run_id
-    finish_sweep(store.uri, store.parent, best.run_id, best.metrics["seed_miou"], "seed_miou")
+    # the best cell's mean over its seeds heads the parent run, the best single trial beside it
+    finish_sweep(store.uri, store.parent, best.run_id, best.metrics["seed_miou"], "seed_miou",
+                 cell_mean=0.55)
     parent = client.get_run(store.parent)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["cobra.best_run_id"] == best.run_id
-    assert parent.data.metrics["best_seed_miou"] == pytest.approx(0.57)
+    assert parent.data.metrics["best_seed_miou"] == pytest.approx(0.55)
+    assert parent.data.metrics["best_trial_seed_miou"] == pytest.approx(0.57)
+
+
+def test_a_sweep_saves_a_view_of_its_trials_that_mlflows_ui_opens(store: Store) -> None:
+    """The view MLflow 3.17's experiment page lists under *Views* (an experiment tag whose
+    envelope and state its bundle parses; checked in Chromium): the sweep's trials, best first,
+    with the metric and searched keys as columns and charts of the metric against each key."""
+    client = MlflowClient(store.uri)
+    searched = ["loss.k_sap_neg", "loss.k_cap_pos"]
+    link = save_sweep_view(store.uri, store.parent, SWEEP, "seed_miou", "max", searched,
+                           "train.seed")
+    exp_id = client.get_run(store.parent).info.experiment_id
+    key = f"cobra-{store.parent}"
+    assert link.endswith(f"(#/experiments/{exp_id}/runs?viewStateShareKey={key}"
+                         f"&compareRunsMode=CHART)")
+    envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{key}"])
+    assert envelope["name"] == f"sweep {SWEEP}" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])  # the UI's state travels as a JSON string
+    assert state["selectedColumns"] == ["metrics.`seed_miou`", "params.`loss.k_sap_neg`",
+                                        "params.`loss.k_cap_pos`", "params.`train.seed`"]
+    charts = state["compareRunCharts"]
+    section = state["compareRunSections"][0]["uuid"]
+    assert all(c["metricSectionId"] == section for c in charts)
+    parallel = next(c for c in charts if c["type"] == "PARALLEL")
+    assert parallel["selectedParams"] == searched and parallel["selectedMetrics"] == ["seed_miou"]
+    scatter = [(c["xaxis"], c["yaxis"]) for c in charts if c["type"] == "SCATTER"]
+    assert scatter == [({"key": k, "type": "PARAM"}, {"key": "seed_miou", "type": "METRIC"})
+                       for k in searched]
+    contour = next(c for c in charts if c["type"] == "CONTOUR")
+    assert [contour[a]["key"] for a in ("xaxis", "yaxis", "zaxis")] == [*searched, "seed_miou"]
+    # its filter and sort are MLflow's own search grammar: this sweep's trials, best first
+    order = f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"
+    runs = client.search_runs([exp_id], state["searchFilter"], order_by=[order])
+    assert {r.info.run_id for r in runs} == set(store.children.values())
+    scores = [r.data.metrics["seed_miou"] for r in runs if "seed_miou" in r.data.metrics]
+    assert scores == sorted(scores, reverse=True)
+    # a resumed sweep saves its view again: one view per sweep, not one per resume
+    save_sweep_view(store.uri, store.parent, SWEEP, "seed_miou", "max", searched)
+    views = [k for k in client.get_experiment(exp_id).tags if k.startswith("mlflow.sharedView")]
+    assert views == [f"mlflow.sharedViewState.{key}"]
+
+
+def test_a_quoted_sweep_name_gets_a_view_without_a_filter_mlflow_cannot_parse() -> None:
+    state = sweep_view_state("k's", "mask_miou", "min", ["loss.k_cap_pos"], None)
+    assert "searchFilter" not in state and state["orderByAsc"] is True
+    assert not any(c["type"] == "CONTOUR" for c in state["compareRunCharts"])  # one key
+    assert state["selectedColumns"] == ["metrics.`mask_miou`", "params.`loss.k_cap_pos`"]
 
 
 def test_unknown_sweep_and_experiment(store: Store) -> None:

@@ -16,9 +16,9 @@ from cobra import naming, pretrain, study, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
-from cobra.results import results_markdown
+from cobra.results import RESULTS_FILE, sweep_results
 from cobra.stages import seeds
-from cobra.sweep.spec import SweepSpec, trial_name
+from cobra.sweep.spec import REPLICATE_KEY, SweepSpec, trial_name
 from cobra.sweep.trainable import (
     EXPORT_PREFIX,
     INPUT_ERROR,
@@ -179,9 +179,11 @@ def _check_cluster_resources(spec: SweepSpec) -> None:
     check_resources(spec, cpus, gpus, "the largest node of the Ray cluster")
 
 
-def _note(spec: SweepSpec, results: str | None = None) -> str:
-    """The parent run's description in the MLflow UI: what varies, how to read it, and (once
-    the sweep ended) the results table with links to the trials."""
+def _note(spec: SweepSpec, results: str | None = None, view_link: str | None = None) -> str:
+    """The sweep's description: what varies, how to read it, and (once the sweep ended) the
+    results table with links to the trials. While the sweep runs it is the parent run's
+    description (with `view_link`, the sweep's charts); at the end, the RESULTS_FILE
+    artifact, below the short results note that replaces it."""
     short = naming.short_names(spec.space)
     space = "\n".join(f"- `{key}` (`{short[key]}` in run names): {d.describe()}"
                       for key, d in spec.space.items())
@@ -192,9 +194,19 @@ def _note(spec: SweepSpec, results: str | None = None) -> str:
             f"{' → '.join(('train', *spec.stages))}.\n\nSearched:\n{space}\n\nEvery config "
             f"key is a param of each trial: in Compare, switch on *Show diff only* to see just "
             f"these.")
-    if results:  # first: a collapsed description shows only its first lines
+    if view_link:
+        note = f"{view_link}\n\n{note}"
+    if results:
         note = f"{results}\n\n---\n\n{note}"
     return note
+
+
+def _save_view(spec: SweepSpec, uri: str, parent: str) -> str:
+    """The sweep's saved view in the MLflow UI (its trials, its metric against the searched
+    keys); returns the markdown link that opens it."""
+    return tracking.save_sweep_view(uri, parent, spec.name, spec.metric, spec.mode,
+                                    list(spec.space),
+                                    REPLICATE_KEY if spec.repeats > 1 else None)
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, str]:
@@ -337,7 +349,7 @@ def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
                                                 study.public_url(optuna_url),
                                             tracking.tags.OPTUNA_STUDY: spec.name})
     tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
-    tracking.set_description(uri, parent, _note(spec))
+    tracking.set_description(uri, parent, _note(spec, view_link=_save_view(spec, uri, parent)))
     tracking.log_dataset_inputs(uri, parent, datasets)
     return parent
 
@@ -408,11 +420,17 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
     best = tracking.pick_best(trials, spec.metric, spec.mode)
     best_run = best.run_id if best else None
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
-    tracking.set_description(uri, parent, _note(spec, results_markdown(
-        uri, parent, trials, spec.metric, spec.mode, spec.name)))
-    tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric)
+    links = [tracking.artifact_link(uri, parent, RESULTS_FILE, "all cells"),
+             _save_view(spec, uri, parent)]
+    summary = sweep_results(uri, parent, trials, spec.metric, spec.mode, spec.name, links)
+    tracking.MlflowReporter(uri, parent).log_text(_note(spec, summary.full), RESULTS_FILE)
+    tracking.set_description(uri, parent, summary.note)
+    tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric,
+                          cell_mean=summary.best_mean)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results),
             "scored": len(tracking.scored_trials(trials, spec.metric)),
-            "best_run_id": best_run, f"best_{spec.metric}": best_value,
+            "best_run_id": best_run, f"best_{spec.metric}": (None if summary.best_mean is None
+                                                      else round(summary.best_mean, 4)),
+            f"best_trial_{spec.metric}": best_value,
             "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}

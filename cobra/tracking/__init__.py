@@ -20,6 +20,7 @@ The modules, by concern:
                 the sweeps on the same base config
     runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
                 source tags, dataset inputs, files and models (imports queries, never back)
+    views       a sweep's saved view of the experiment page (its columns and charts)
 """
 
 from cobra.tracking import tags
@@ -42,6 +43,7 @@ from cobra.tracking.queries import (
 from cobra.tracking.reporter import MlflowReporter, sanitize_key
 from cobra.tracking.runs import (
     ModelVersionInfo,
+    artifact_link,
     find_sweep_run,
     find_trial_run,
     finish_sweep,
@@ -57,12 +59,15 @@ from cobra.tracking.runs import (
     start_trial_run,
 )
 from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
+from cobra.tracking.views import save_sweep_view
 
 __all__ = [
-    "MlflowReporter", "ModelVersionInfo", "SweepRecord", "TrialRecord", "artifact_bytes", "artifact_size", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "SweepRecord", "TrialRecord", "artifact_bytes",
+    "artifact_link", "artifact_size", "best_trial", "check_reachable", "connect",
     "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_sweep", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
     "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
-    "sanitize_key", "scored_trials", "set_description", "start_final_run", "start_sweep_run",
+    "sanitize_key", "save_sweep_view", "scored_trials", "set_description", "start_final_run",
+    "start_sweep_run",
     "start_trial_run", "sweeps_with_base", "tags", "trials_of",
 ]

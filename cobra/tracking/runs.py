@@ -133,13 +133,17 @@ def reopen_run(uri: str, run_id: str) -> None:
 
 
 def finish_sweep(uri: str, parent_run_id: str, best_run_id: str | None,
-                 best_value: float | None, metric: str, status: str = "FINISHED") -> None:
-    """Record the sweep's best trial on its parent run and end the parent."""
+                 best_value: float | None, metric: str, status: str = "FINISHED",
+                 cell_mean: float | None = None) -> None:
+    """Record the sweep's best on its parent run and end the parent: `best_<metric>` is the
+    best cell's mean over its training seeds (`cell_mean`, the value its description heads
+    with; the best trial's where not given), `best_trial_<metric>` the best single trial's."""
     reporter = MlflowReporter(uri, parent_run_id)
     if best_run_id:
         reporter.set_tags({tag.BEST_RUN: best_run_id})
-    if best_value is not None:
-        reporter.log_summary({f"best_{metric}": best_value})
+    summary = {f"best_{metric}": best_value if cell_mean is None else cell_mean,
+               f"best_trial_{metric}": best_value}
+    reporter.log_summary({k: v for k, v in summary.items() if v is not None})
     reporter.close(status)
 
 
@@ -200,6 +204,12 @@ def run_link(experiment_id: str, run_id: str, text: str) -> str:
     """A markdown link to a run that works inside the MLflow UI (a route of its app); built
     from what the caller holds, without asking the store."""
     return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def artifact_link(uri: str, run_id: str, path: str, text: str) -> str:
+    """A markdown link to a run's artifact that opens in the MLflow UI's artifact view."""
+    run = get_run(connect(uri), uri, run_id)
+    return f"[{text}](#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{path})"
 
 
 def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:

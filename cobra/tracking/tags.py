@@ -35,6 +35,9 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 # on the experiment: the metric its Chart view starts from (the latest sweep's)
 PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
 PRIMARY_METRIC_GREATER = "mlflow.experiment.primaryMetric.greaterIsBetter"
+# on the experiment: `<prefix><id>` holds a saved view of its runs page (columns, charts); the
+# UI's Views menu lists them (see `cobra.tracking.views`)
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
 USER = "mlflow.user"
 SOURCE_TYPE = "mlflow.source.type"
 SOURCE_NAME = "mlflow.source.name"
