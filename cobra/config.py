@@ -401,6 +401,12 @@ class SegmentConfig:
     momentum: float = _f(0.9, ge=0.0, le=1.0)
     poly_power: float = _f(0.9, ge=0.0)
     weight_decay: float = _f(1e-4, ge=0.0)
+    optimizer: str = _f(
+        "sgd", choices=("sgd", "adamw"),
+        help="sgd: the paper's DeepLab recipe (momentum segment.momentum); adamw: for short "
+        "budgets from small pretrained encoders (the demo), where SGD's 10x head step swings "
+        "the result from seed to seed")
+    warmup_epochs: float = _f(0.0, ge=0.0, help="linear lr warm-up before the poly decay")
     eval_split: str = _f("val")
     test_split: str | None = _f(None, help="also write VOC-server PNGs for this split")
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5])

@@ -191,3 +191,28 @@ def test_builtin_encoder_weights_are_copied_into_a_timm_encoder(tmp_path):
         load_builtin_encoder(other, tmp_path / "test_resnet.safetensors")
     with pytest.raises(ConfigError, match="tu-"):
         builtin_encoder_name(SegmentConfig(encoder="resnet18", encoder_weights="builtin"))
+
+
+@pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_segment_optimizer_warmup_then_poly(data, name, kind):
+    """segment.optimizer picks the optimizer; segment.warmup_epochs ramps every group's lr
+    linearly (encoder lr, head lr × head_lr_mult) before the poly decay."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    train, _, mask_dir = data
+    cfg = _cfg(encoder="tu-test_resnet", optimizer=name, epochs=2, batch_size=3, lr=0.01,
+               head_lr_mult=10.0, warmup_epochs=1.0, crop=32, resize_long=[32, 32])
+    model = build_segmenter(cfg, train.num_classes)
+    seen: list[tuple[type, list[float]]] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((type(opt), [g["lr"] for g in opt.param_groups])))
+    try:
+        train_segmenter(model, MaskDataset(train, mask_dir, train.ids, 32, (32, 32)), cfg, "cpu",
+                        progress=False)
+    finally:
+        handle.remove()
+    # 6 images, batches of 3: 2 steps an epoch, 4 in all, the first 2 warming up
+    expected = [0.005, 0.01, 0.01 * 0.5 ** 0.9, 0.01 * 0.25 ** 0.9]
+    assert [t for t, _ in seen] == [kind] * 4
+    np.testing.assert_allclose([lrs[0] for _, lrs in seen], expected, rtol=1e-6)
+    np.testing.assert_allclose([lrs[1] for _, lrs in seen], [10 * e for e in expected], rtol=1e-6)

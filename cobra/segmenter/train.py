@@ -25,6 +25,15 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]
     return [g for g in groups if g["params"]]
 
 
+def build_optimizer(model: nn.Module, cfg: SegmentConfig) -> torch.optim.Optimizer:
+    """SGD (the paper's) or AdamW over the encoder / head groups of `param_groups`."""
+    groups = param_groups(model, cfg.lr, cfg.head_lr_mult)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
 def _freeze_batchnorm(model: nn.Module) -> None:
     """Put BatchNorm layers in eval mode (running statistics, no update)."""
     for m in model.modules():
@@ -51,7 +60,7 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
                     device: torch.device | str, progress: bool = True,
                     on_epoch: Callable[[int, dict], None] | None = None,
                     num_workers: int = 0) -> dict[str, float]:
-    """SGD + poly lr, cross-entropy (255 ignored) over batches {"image": (B,3,S,S), "mask": (B,S,S)}.
+    """SGD or AdamW + (warm-up and) poly lr, cross-entropy (255 ignored) over batches {"image": (B,3,S,S), "mask": (B,S,S)}.
 
     Returns {"seg_loss": mean loss of the last epoch}; `on_epoch(epoch, metrics)` (epoch from 0)
     gets {"seg_loss", "lr"} after every epoch. A NaN/inf loss raises NonFiniteLossError.
@@ -67,9 +76,9 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    schedule = PolySchedule.of(optimizer, len(loader) * cfg.epochs, cfg.poly_power)
+    optimizer = build_optimizer(model, cfg)
+    schedule = PolySchedule.of(optimizer, len(loader) * cfg.epochs, cfg.poly_power,
+                               round(cfg.warmup_epochs * len(loader)))
     single = batch_size == 1
     if single:
         # BatchNorm cannot train on one image (DeepLabV3+'s pooled ASPP branch is 1x1 and fails).
