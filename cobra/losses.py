@@ -189,13 +189,16 @@ def _present_class_maps(scores: torch.Tensor, labels: torch.Tensor, absent_value
     return classes.masked_fill(labels[:, :, None] <= 0.5, absent_value)
 
 
+@full_precision
 def seed_space(cam: torch.Tensor, labels: torch.Tensor, bg: float) -> torch.Tensor:
     """A branch's projection as the scores its seed is the argmax of (`loss.proj_space: seed`):
     background 2·bg − max_c s_c and each present class's max-normalised map s_c, absent classes 0.
 
     A class map's background channel and its absent classes' channels are never read by a seed,
     so a contrast over the whole map (`model.proj_head: cam`) can be met there; here every
-    direction the contrast moves is one the seed reads. cam: (B, C+1, N_h, N_w), same shape out.
+    direction the contrast moves is one the seed reads. In fp32 under autocast, as the losses
+    that read it: its max-normalisation would otherwise add bf16 rounding of its own.
+    cam: (B, C+1, N_h, N_w), same shape out.
     """
     classes = _present_class_maps(cam.flatten(2), labels, absent_value=0.0)
     background = 2 * bg - classes.amax(dim=1, keepdim=True)
