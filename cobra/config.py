@@ -127,6 +127,11 @@ class LossConfig:
         "classes' max-normalised maps and the background score 2·loss.sap_bg − their max), so "
         "the contrast moves only what a seed reads, not the background or absent-class channels "
         "of the class map. Needs loss.sap_bg and model.proj_head: cam")
+    proj_anchors: str = _f(
+        "all", choices=("all", "object"),
+        help="which patches are L_cap and L_sap anchors: all (paper) or object = the patches "
+        "the CNN's CAM calls a present class (the argmax L_sap's pseudo labels take), so "
+        "background patches are contrasted only as another anchor's positive or negative")
     cap_affinity: str = _f(
         "attention", choices=("attention", "tokens"),
         help="L_cap's patch affinity from the ViT: attention = the patch-to-patch attention "
@@ -392,6 +397,11 @@ class SegmentConfig:
                                      "offline, as model.pretrained=builtin), imagenet (not COCO: "
                                      "a known confounder) "
                                      "or null for random init")
+    output_stride: int = _f(
+        16, choices=(8, 16),
+        help="DeepLabV3+'s encoder stride: 16 (paper) or 8, for small crops, where a stride-16 "
+        "map is so small that the ASPP's dilated taps read padding")
+    atrous_rates: list[int] = _f([12, 24, 36], help="DeepLabV3+'s ASPP dilation rates")
     crop: int = _f(512, ge=32)
     resize_long: list[int] = _f([320, 640])
     batch_size: int = _f(16, ge=1)

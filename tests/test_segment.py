@@ -54,6 +54,15 @@ def test_build_segmenter_any_size(arch, encoder):
             assert model(torch.randn(2, 3, h, w)).shape == (2, 4, h, w)
 
 
+@pytest.mark.parametrize("stride", [8, 16])
+def test_deeplab_takes_the_configured_stride_and_rates(stride):
+    model = build_segmenter(_cfg(encoder="tu-resnet18", output_stride=stride,
+                                 atrous_rates=[2, 3, 5]), num_classes=3)
+    assert model.net.encoder.output_stride == stride
+    aspp = model.net.decoder.aspp[0].convs  # [1x1, one conv per rate, pooling]
+    assert [branch[0][0].dilation[0] for branch in aspp[1:4]] == [2, 3, 5]
+
+
 def test_build_segmenter_errors(monkeypatch):
     with pytest.raises(ConfigError, match="segment.encoder"):
         build_segmenter(_cfg(encoder="no_such_net"), 3)

@@ -85,6 +85,14 @@ def _check_encoder(name: str) -> None:
                           f"(e.g. tu-resnet18) for any timm model")
 
 
+def _arch_options(cfg: SegmentConfig) -> dict:
+    """The keywords only DeepLabV3+ takes: its encoder stride and ASPP rates."""
+    if cfg.arch != "deeplabv3plus":
+        return {}
+    return {"encoder_output_stride": cfg.output_stride,
+            "decoder_atrous_rates": tuple(cfg.atrous_rates)}
+
+
 def build_segmenter(cfg: SegmentConfig, num_classes: int) -> nn.Module:
     """smp DeepLabV3+ / SegFormer with C+1 outputs: (B, 3, H, W) -> (B, C+1, H, W) logits."""
     import segmentation_models_pytorch as smp
@@ -100,7 +108,8 @@ def build_segmenter(cfg: SegmentConfig, num_classes: int) -> nn.Module:
         # timm encoders take a bool (the pretrained tag lives in the name); smp warns otherwise.
         weights = True
     try:
-        net = arch(encoder_name=cfg.encoder, encoder_weights=weights, classes=num_classes + 1)
+        net = arch(encoder_name=cfg.encoder, encoder_weights=weights, classes=num_classes + 1,
+                   **_arch_options(cfg))
     except KeyError as exc:  # smp: no such weights for this encoder
         raise ConfigError(f"segment.encoder_weights={cfg.encoder_weights!r} is not available "
                           f"for segment.encoder={cfg.encoder!r} ({str(exc).strip(chr(39))}); "
