@@ -127,11 +127,6 @@ class LossConfig:
         "classes' max-normalised maps and the background score 2·loss.sap_bg − their max), so "
         "the contrast moves only what a seed reads, not the background or absent-class channels "
         "of the class map. Needs loss.sap_bg and model.proj_head: cam")
-    proj_anchors: str = _f(
-        "all", choices=("all", "object"),
-        help="which patches are L_cap and L_sap anchors: all (paper) or object = the patches "
-        "the CNN's CAM calls a present class (the argmax L_sap's pseudo labels take), so "
-        "background patches are contrasted only as another anchor's positive or negative")
     cap_affinity: str = _f(
         "attention", choices=("attention", "tokens"),
         help="L_cap's patch affinity from the ViT: attention = the patch-to-patch attention "

@@ -84,10 +84,8 @@ def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: t
 
 @full_precision
 def info_nce(z: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, tau: float,
-             *, neg_exp_over_tau: bool = False, anchors: torch.Tensor | None = None
-             ) -> torch.Tensor:
-    """Mean over all B·M anchors (or the `anchors` (B, M) bool mask selects; 0 when it selects
-    none) of the per-anchor InfoNCE loss (SPEC, Eq. 1–2):
+             *, neg_exp_over_tau: bool = False) -> torch.Tensor:
+    """Mean over all B·M anchors of the per-anchor InfoNCE loss (SPEC, Eq. 1–2):
 
         ℓ_i = (1/|P⁺|) Σ_{j∈P⁺} −log( e^{s_ij/τ} / (e^{s_ij/τ} + Σ_{k∈P⁻} e^{s_ik/τ}) ),  s = z·zᵀ
 
@@ -101,11 +99,7 @@ def info_nce(z: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, tau:
     neg = neg_sim - math.log(tau) if neg_exp_over_tau else neg_sim / tau
     neg_lse = torch.logsumexp(neg, dim=2, keepdim=True)  # log Σ_k e^{·}: (B, M, 1)
     per_pair = torch.logaddexp(pos, neg_lse) - pos  # −log softmax of the positive: (B, M, Kp)
-    per_anchor = per_pair.mean(dim=2)  # (B, M)
-    if anchors is None:
-        return per_anchor.mean()
-    weight = anchors.to(per_anchor.dtype)
-    return (per_anchor * weight).sum() / weight.sum().clamp_min(1.0)
+    return per_pair.mean(dim=2).mean()
 
 
 def _flatten_patches(z: torch.Tensor) -> torch.Tensor:
@@ -141,17 +135,15 @@ def token_affinity(patches: torch.Tensor) -> torch.Tensor:
 
 @full_precision
 def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int, tau: float,
-             *, exclude_self: bool = False, anchors: torch.Tensor | None = None
-             ) -> torch.Tensor:
+             *, exclude_self: bool = False) -> torch.Tensor:
     """L_cap (Eq. 1): every CNN patch vector is an anchor; positives / negatives are the patches
     with the highest / lowest ViT affinity in its row.
 
-    z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way);
-    anchors: see `info_nce`.
+    z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way).
     """
     z = _flatten_patches(z_cnn)
     pos_idx, neg_idx = select_pairs(affinity.detach(), k_pos, k_neg, exclude_self)
-    return info_nce(z, pos_idx, neg_idx, tau, anchors=anchors)
+    return info_nce(z, pos_idx, neg_idx, tau)
 
 
 def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask",
@@ -229,18 +221,17 @@ def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
 @full_precision
 def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k_pos: int,
              k_neg: int, tau: float, *, absent: str = "mask", bg: float | None = None,
-             exclude_self: bool = False, neg_exp_over_tau: bool = False,
-             anchors: torch.Tensor | None = None) -> torch.Tensor:
+             exclude_self: bool = False, neg_exp_over_tau: bool = False) -> torch.Tensor:
     """L_sap (Eq. 2): every ViT patch vector is an anchor; for its pseudo class c (from the CNN's
     CAM), positives / negatives are the patches with the highest / lowest CNN score for c.
 
     z_vit: (B, M, D) or (B, D, N_h, N_w); cam_cnn: (B, C+1, N_h, N_w), detached here (one-way);
-    labels: (B, C) multi-hot; `bg`: see `sap_class_scores`; anchors: see `info_nce`.
+    labels: (B, C) multi-hot; `bg`: see `sap_class_scores`.
     """
     z = _flatten_patches(z_vit)
     rows = sap_scores(cam_cnn.detach(), labels, absent, bg)
     pos_idx, neg_idx = select_pairs(rows, k_pos, k_neg, exclude_self)
-    return info_nce(z, pos_idx, neg_idx, tau, neg_exp_over_tau=neg_exp_over_tau, anchors=anchors)
+    return info_nce(z, pos_idx, neg_idx, tau, neg_exp_over_tau=neg_exp_over_tau)
 
 
 def check_k(k: int, num_patches: int, name: str) -> None:

@@ -76,16 +76,6 @@ def projections(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig
     return out.proj_cnn, out.proj_vit
 
 
-def anchor_mask(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor | None:
-    """(B, M) bool: the anchors of both projection losses (`loss.proj_anchors`), None = all."""
-    if cfg.proj_anchors == "all":
-        return None
-    options = sap_options(cfg)
-    pseudo = losses.sap_pseudo_labels(out.cam_cnn.detach(), labels, options["absent"],
-                                      options["bg"])
-    return pseudo > 0
-
-
 def sap_options(cfg: LossConfig) -> dict:
     """How L_sap reads the CNN CAM: the authors' quirks under `fidelity: code`, the background."""
     return {"absent": "zero" if cfg.fidelity == "code" else "mask", "bg": cfg.sap_bg}
@@ -109,15 +99,13 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
             out.cam_cnn, out.cam_vit, labels, input_size,
             form=fidelity_choice("loss.cam_form", cfg.cam_form, cfg.fidelity))
     z_cnn, z_vit = projections(out, labels, cfg) if on["cap"] or on["sap"] else (None, None)
-    anchors = anchor_mask(out, labels, cfg) if on["cap"] or on["sap"] else None
     if on["cap"]:
         cap = losses.cap_loss(z_cnn, cap_affinity(out, cfg), cfg.k_cap_pos,
-                              cfg.k_cap_neg, cfg.tau, exclude_self=cfg.exclude_self_pair,
-                              anchors=anchors)
+                              cfg.k_cap_neg, cfg.tau, exclude_self=cfg.exclude_self_pair)
     if on["sap"]:
         sap = losses.sap_loss(z_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
                               cfg.tau, **sap_options(cfg), exclude_self=cfg.exclude_self_pair,
-                              neg_exp_over_tau=code, anchors=anchors)
+                              neg_exp_over_tau=code)
     terms = LossTerms(total=zero, cls=cls, cam=cam, cap=cap, sap=sap)
     terms.total = sum(terms.weighted(cfg).values())
     return terms

@@ -101,28 +101,6 @@ def test_info_nce_matches_the_per_anchor_formula():
     assert losses.info_nce(z, pos, neg, 0.2).item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_info_nce_averages_over_the_selected_anchors_only():
-    z = unit(2, 9, 5)
-    g = torch.Generator().manual_seed(2)
-    pos = torch.randint(0, 9, (2, 9, 3), generator=g)
-    neg = torch.randint(0, 9, (2, 9, 4), generator=g)
-    anchors = torch.rand(2, 9, generator=g) > 0.5
-    chosen = anchors.nonzero().tolist()
-    expected = sum(ref_anchor_loss(z[b, i], z[b, pos[b, i]], z[b, neg[b, i]], 0.2)
-                   for b, i in chosen) / len(chosen)
-    got = losses.info_nce(z, pos, neg, 0.2, anchors=anchors)
-    assert got.item() == pytest.approx(expected, rel=1e-9)
-
-
-def test_info_nce_without_anchors_is_zero_and_moves_nothing():
-    z = unit(1, 9, 5).requires_grad_()
-    pos, neg = torch.zeros(1, 9, 2, dtype=torch.long), torch.ones(1, 9, 3, dtype=torch.long)
-    loss = losses.info_nce(z, pos, neg, 0.1, anchors=torch.zeros(1, 9, dtype=torch.bool))
-    loss.backward()
-    assert loss.item() == 0.0
-    assert z.grad.abs().max().item() == 0.0
-
-
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_cap_loss_matches_reference(exclude_self):
     z = unit(2, 16, 8)
