@@ -285,7 +285,7 @@ def test_a_trials_run_directory_is_in_local_storage_and_in_its_working_dir_for_a
     ray_trial_dir = tmp_path / "ray-session" / "driver_artifacts" / "k=1_abc"
 
     def ctx(experiment_dir: str) -> TrialContext:
-        return TrialContext(base_config={}, tracking_uri="", experiment="e", parent_run_id="p",
+        return TrialContext(base_config={}, tracking_uri="", parent_run_id="p",
                             metric="seed_miou", experiment_dir=experiment_dir)
 
     local = trial_run_dir(ctx(str(tmp_path / "ray_results" / "demo")), ray_trial_dir)

@@ -44,7 +44,6 @@ class TrialContext:
     # plain data, and the trial builds its config from the two once
     base_config: Config
     tracking_uri: str
-    experiment: str
     parent_run_id: str
     metric: str
     experiment_dir: str  # the sweep's directory in Ray's storage: a local path or a URI

@@ -286,8 +286,8 @@ def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
         _check_cluster_resources(spec)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, uri, datasets, resume, optuna_url)
-    ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
-                       experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
+    ctx = TrialContext(base_config=spec.base, tracking_uri=uri, parent_run_id=parent,
+                       metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
     try:
