@@ -540,14 +540,10 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """All leaf keys of a config class, dotted (`loss.k_sap_pos`, ...)."""
     keys: list[str] = []
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for name in _fields(cls):
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
@@ -692,7 +688,7 @@ def build(cls: type, data: Mapping[str, Any], prefix: str = "", where: str = "co
     or a close run config key; another's: a close key of `cls`)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{prefix.rstrip('.') or where}' must be a mapping, got {data!r}")
-    fields, hints = _fields(cls), _hints(cls)
+    fields, hints = _fields(cls), typing.get_type_hints(cls)
     for name in data:
         if name not in fields:
             own = None if where == "config" else [f"{prefix}{n}" for n in fields]
@@ -902,7 +898,7 @@ def describe() -> list[tuple[str, Any, str]]:
     defaults = flatten(Config())
 
     def walk(cls: type, prefix: str) -> None:
-        hints = _hints(cls)
+        hints = typing.get_type_hints(cls)
         for name, f in _fields(cls).items():
             if dataclasses.is_dataclass(hints[name]):
                 walk(hints[name], f"{prefix}{name}.")

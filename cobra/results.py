@@ -520,12 +520,6 @@ RESULTS_FILE = "results.md"
 NOTE_ROWS = 2
 
 
-def results_markdown(store: Store, parent_run_id: str, trials: list[TrialRecord], metric: str,
-                     mode: str, sweep: str | None) -> str:
-    """The parent run's full results: every cell, best first, linked to its runs."""
-    return sweep_results(store, parent_run_id, trials, metric, mode, sweep).full
-
-
 def sweep_results(store: Store, parent_run_id: str, trials: list[TrialRecord], metric: str,
                   mode: str, sweep: str | None, links: Sequence[str] = ()) -> SweepResults:
     """The parent run's short description (headline, `links`, best and runner-up) and its

@@ -12,7 +12,7 @@ import pytest
 from cobra.layout import IMAGE_COUNTS
 from cobra.metrics import confusion_matrix, iou_counts
 from cobra.noise import ImageCounts
-from cobra.results import NOTE_ROWS, make_report, results_markdown, sweep_results
+from cobra.results import NOTE_ROWS, make_report, sweep_results
 from cobra.tracking import MlflowReporter, Store, start_sweep_run, start_trial_run, trials_of
 from cobra.tracking import tags as tag
 
@@ -74,7 +74,7 @@ def store(tmp_path_factory) -> tuple[Store, Path, str]:
 
 def test_description_and_report_give_the_same_verdicts_counting_both_noises(store, tmp_path):
     db, _, parent = store
-    note = results_markdown(db, parent, trials_of(db, parent), "seed_miou", "max", "single")
+    note = sweep_results(db, parent, trials_of(db, parent), "seed_miou", "max", "single").full
     report = make_report(db, EXP, "single", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
 
@@ -132,7 +132,7 @@ def test_without_replicates_anywhere_seed_noise_is_unknown_and_says_how_to_measu
     db, root, _ = store
     parent = sweep(db, root, "alone", "base-new", [(5, 0, 70.0, counts(0.9, 1)),
                                                     (10, 0, 60.0, counts(0.6, 2))])
-    note = results_markdown(db, parent, trials_of(db, parent), "seed_miou", "max", "alone")
+    note = sweep_results(db, parent, trials_of(db, parent), "seed_miou", "max", "alone").full
     assert "unknown (gap 10.00; seed noise unknown: add `repeats: 3`)" in note
     assert "Seed noise: unmeasured" in note and "add `repeats: 3`" in note
 

@@ -1,8 +1,8 @@
 """MLflow tracking for sweeps. MLflow itself is imported in one module, `mlflow_api`.
 
-Everything goes through one `Store` (a URI and its `MlflowClient`, made once and passed down) with explicit run ids, never mlflow's global "active
-run", so the same calls work from the driver and from Ray worker processes. Run structure (tag
-names in `tags`):
+Every call takes one `Store` (a URI and its client, made once and passed down) and explicit
+run ids, never mlflow's global "active run", so the same calls work from the driver and from
+Ray worker processes. Run structure (tag names in `tags`):
 
     experiment
       <sweep_name>            cobra.kind=sweep, cobra.metric, cobra.mode, artifact: the sweep YAML
@@ -10,17 +10,8 @@ names in `tags`):
                               artifacts: config.yaml, checkpoints/last.pt, pictures/
       final-<trial run name>  cobra.kind=final, source_run_id
 
-The modules, by concern:
-
-    tags        every tag name written or read
-    mlflow_api  the MLflow client, entities and optional flavours CoBra uses
-    store       the tracking URI, its password redacted, reachability checks, `Store`
-    reporter    MlflowReporter: Reporter hooks buffered into one run
-    queries     reading runs back: finding runs, TrialRecord, the best trial, a trial's files,
-                the sweeps on the same base config
-    runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
-                source tags, dataset inputs, files and models (imports queries, never back)
-    views       a sweep's saved view of the experiment page (its columns and charts)
+Modules, one concern each, importing one way: `tags` < `mlflow_api` < `store` < `reporter` <
+`queries` (reading runs back) < `runs` (their lifecycle) < `views`.
 """
 
 from cobra.tracking import tags

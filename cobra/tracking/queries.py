@@ -3,13 +3,13 @@ plain `TrialRecord`s, the best of them, and the files `launch.py final` continue
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
@@ -243,27 +243,14 @@ def artifact_bytes(store: Store, run_id: str, path: str) -> bytes | None:
     if not any(a.path == path for a in client.list_artifacts(run_id, folder or None)):
         return None
     # a report reads one small file per trial: MLflow's progress bar for each is noise
-    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, _env(
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, mock.patch.dict(
+            os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
         return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
 
 
 def artifact_size(store: Store, run_id: str, folder: str) -> int:
     """Bytes of the files directly in a run's artifact folder (what it stores there)."""
     return sum(a.file_size or 0 for a in store.client.list_artifacts(run_id, folder))
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def download_trial(store: Store, run_id: str, dst: Path) -> Path:

@@ -17,7 +17,7 @@ import json
 import time
 
 from cobra.tracking import tags as tag
-from cobra.tracking.runs import get_run
+from cobra.tracking.queries import get_run
 from cobra.tracking.store import Store
 
 SECTION = "section"  # the uuid of the view's one chart section (uuids are the UI's keys)
