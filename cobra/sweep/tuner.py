@@ -98,7 +98,7 @@ def _scheduler(spec: SweepSpec):
                          reduction_factor=spec.reduction_factor)
 
 
-def _preflight(spec: SweepSpec, resume: bool) -> str:
+def _preflight(spec: SweepSpec, resume: bool) -> tracking.Store:
     """Everything that can fail fast does, before Ray starts: the resources a trial asks for,
     the tracker, the data, the weights, the experiment directory. Returns the tracking store."""
     if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
@@ -107,7 +107,6 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     store = tracking.open_store()
-    _check_storage(spec)
     exists = _sweep_exists(spec)
     if exists and not resume:
         raise ConfigError(f"sweep '{spec.name}' already exists at {spec.experiment_dir}; pass "
@@ -141,13 +140,8 @@ def _lock_sweep(spec: SweepSpec) -> Path | None:
         return None
     from cobra.locks import hold
 
-    root = Path(spec.storage)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"sweep storage '{root}' cannot be created ({exc.strerror}); set "
-                          f"'storage:' to a writable shared directory") from None
-    lock = root / f".{spec.name}.lock"
+    _check_storage(spec)  # made and writable, before the lock is taken in it
+    lock = Path(spec.storage) / f".{spec.name}.lock"
     hold(lock, f"sweep '{spec.name}' ({spec.experiment_dir})")
     return lock
 
