@@ -179,16 +179,23 @@ def render_rows(header: list[str], body: list[list[str]], title: str) -> str:
     return "\n".join([title, rule, line(header), rule, *(line(r) for r in body)])
 
 
+def markdown_table(header: list[str], body: list[list[str]], numeric: bool = False,
+                   padded: bool = False) -> str:
+    """Rows of strings as a GitHub-flavoured markdown table (no tabulate dependency); `numeric`:
+    every column after the first right-aligned; `padded`: cells padded for MLflow (`_pad`)."""
+    def line(row: list[str]) -> str:
+        cells = (c.replace("|", "\\|") for c in row)
+        return "| " + " | ".join(_pad(c) if padded else c for c in cells) + " |"
+
+    rule = "|" + "|".join([" --- "] + [" ---: " if numeric else " --- "] * (len(header) - 1))
+    return "\n".join([line(header), rule + "|", *(line(row) for row in body)])
+
+
 def write_markdown(df: pd.DataFrame, path: Path) -> None:
-    """The table as a GitHub-flavoured markdown table (no tabulate dependency)."""
-    header, body = _cells(df)
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in header) + " |",
-             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    """The table as markdown, under what its cells are."""
     metric = df.attrs.get("metric")
     preface = f"Mean `{metric}` per cell.\n\n" if metric else ""
-    Path(path).write_text(preface + "\n".join(lines) + "\n")
+    Path(path).write_text(preface + markdown_table(*_cells(df), numeric=True) + "\n")
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -394,12 +401,7 @@ def _pad(text: str) -> str:
 
 def cells_markdown(cells: list[cells_mod.Cell], axes: list[str], metric: str,
                    link=None, padded: bool = False) -> str:
-    header, body = cells_mod.rows(cells, axes, metric, link)
-    cell = (lambda s: _pad(s.replace("|", "\\|"))) if padded else (  # noqa: E731
-        lambda s: s.replace("|", "\\|"))
-    lines = ["| " + " | ".join(cell(c) for c in header) + " |",
-             "|" + "|".join([" --- "] * len(header)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in body])
+    return markdown_table(*cells_mod.rows(cells, axes, metric, link), padded=padded)
 
 
 @dataclass
