@@ -450,11 +450,11 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
     from cobra.sweep.tuner import run_sweep
 
     workdir.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    store = tracking.Store(f"sqlite:///{workdir / 'mlflow.db'}")
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
     # A user's store exists before their sweep: its one-time creation (MLflow's schema
     # migrations, a few seconds) is not the sweep's overhead.
-    tracking.connect(uri).search_experiments()
+    store.client.search_experiments()
     # the demo recipe, 3 epochs: 60-75 s of compute per trial on an idle 2-core machine
     sweep = {"name": f"bench-{int(time.time())}", "base": str(DEMO),
              "overrides": {"train.epochs": 3, "train.max_steps_per_epoch": None,
@@ -468,7 +468,7 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
     start = time.perf_counter()
     result = run_sweep(load_sweep(path))
     wall = time.perf_counter() - start
-    runs = tracking.trials_of(uri, result["parent_run_id"])
+    runs = tracking.trials_of(store, result["parent_run_id"])
     compute = sum(r.seconds or 0.0 for r in runs)
     overhead = wall / (compute / concurrency)
     storage = Path(result["experiment_dir"])
@@ -478,7 +478,7 @@ def sweep_rows(trials: int, concurrency: int, workdir: Path) -> list[dict]:
         weights = torch.load(trial_dir / "run/checkpoints/last.pt", weights_only=True)["model"]
         fp32 = sum(v.numel() * 4 for v in weights.values() if v.is_floating_point())
         stored = sum(f.stat().st_size for f in trial_dir.rglob("*.pt"))
-        stored += tracking.artifact_size(uri, r.run_id, "checkpoints")
+        stored += tracking.artifact_size(store, r.run_id, "checkpoints")
         ratios.append(stored / fp32)
     mean_trial = compute / max(len(runs), 1)
     return [row(f"sweep overhead ({len(runs)} trials of ~{mean_trial:.0f} s, {concurrency} "

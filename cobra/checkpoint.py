@@ -15,12 +15,14 @@ from cobra.layout import atomic_write_bytes
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: config_mod.Config, epoch: int,
                     optimizer: torch.optim.Optimizer | None = None,
+                    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
                     extra: dict[str, Any] | None = None) -> None:
     """Serialise to memory first, then write tmp + fsync + rename: a crash or a full disk while
     writing leaves the previous checkpoint intact."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "schedule": schedule.state_dict() if schedule is not None else None,
         "epoch": epoch,
         "config": config_mod.to_dict(cfg),
         "extra": extra or {},
@@ -55,7 +57,7 @@ def export_weights(src: Path, dst: Path, half: bool = True) -> None:
     model (`load_state_dict`) casts back, so every later stage reads it like `last.pt`."""
     state = load_checkpoint(src)
     model = {k: _half(v) if half else v for k, v in state["model"].items()}
-    state = {**state, "model": model, "optimizer": None,
+    state = {**state, "model": model, "optimizer": None, "schedule": None,
              "extra": {**(state.get("extra") or {}), "weights_dtype": "float16" if half
                        else "float32"}}
     buffer = io.BytesIO()

@@ -199,9 +199,7 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     out = _writable_directory(Path(args.out or "reports"), "report --out")
     from cobra import results, tracking  # mlflow: once the command line is known to be good
 
-    uri = tracking.resolve_tracking_uri()
-    tracking.check_reachable(uri)
-    result = results.make_report(uri, args.experiment, args.sweep, out,
+    result = results.make_report(tracking.open_store(), args.experiment, args.sweep, out,
                                 rows=args.rows, cols=args.cols)
     print(result.pop("table"), file=sys.stderr)
     return result

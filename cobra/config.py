@@ -258,18 +258,26 @@ class SeedsConfig:
 
 
 @dataclass
-class IRLabelCRFConfig:
-    """`masks.ir_labels.crf`: the denseCRF that refines each side of the IR labels (IRN's
-    `crf_inference_label`)."""
+class CRFConfig:
+    """A denseCRF's label confidence and pairwise kernels: one class for both CRFs, each
+    section with its own defaults (those of its parent's field) and its one key of its own."""
 
-    iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels; the mask CRF, "
-                    "masks.rule.crf, runs as many: the authors share one setting)")
-    gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels")
+    gt_prob: float = _f(0.7, gt=0.0, le=0.999, help="denseCRF unary confidence in the labels "
+                        "(masks.rule.crf: the relative rule's hard-label mask CRF)")
     gauss_sxy: float = _f(3.0, gt=0.0)
     gauss_compat: float = _f(3.0, ge=0.0)
     bilateral_sxy: float = _f(50.0, gt=0.0)
     bilateral_srgb: float = _f(5.0, gt=0.0)
     bilateral_compat: float = _f(10.0, ge=0.0)
+
+
+@dataclass
+class IRLabelCRFConfig(CRFConfig):
+    """`masks.ir_labels.crf`: the denseCRF that refines each side of the IR labels (IRN's
+    `crf_inference_label`)."""
+
+    iters: int = _f(10, ge=1, help="denseCRF mean-field iterations (IR labels; the mask CRF, "
+                    "masks.rule.crf, runs as many: the authors share one setting)")
 
 
 @dataclass
@@ -334,18 +342,11 @@ class WalkConfig:
 
 
 @dataclass
-class MaskCRFConfig:
+class MaskCRFConfig(CRFConfig):
     """`masks.rule.crf`: the second denseCRF on the final masks (the authors'); it runs
     masks.ir_labels.crf.iters iterations."""
 
     enabled: bool = _f(True, help="refine masks with a second denseCRF (authors)")
-    gt_prob: float = _f(0.7, gt=0.0, le=0.999,
-                        help="relative rule: the hard-label mask CRF's label confidence")
-    gauss_sxy: float = _f(2.0, gt=0.0)
-    gauss_compat: float = _f(3.0, ge=0.0)
-    bilateral_sxy: float = _f(45.0, gt=0.0)
-    bilateral_srgb: float = _f(5.0, gt=0.0)
-    bilateral_compat: float = _f(4.0, ge=0.0)
 
 
 @dataclass
@@ -360,7 +361,8 @@ class MaskRuleConfig:
         "scored; this one is written and is mask_miou")
     sem_seg_bg: float = _f(0.25, ge=0.0, le=1.0, help="background score on random-walk maps")
     relative_theta: float = _f(0.31, ge=0.0, le=1.0, help="θ of the relative rule (authors)")
-    crf: MaskCRFConfig = field(default_factory=MaskCRFConfig)
+    crf: MaskCRFConfig = field(default_factory=lambda: MaskCRFConfig(
+        gauss_sxy=2.0, bilateral_sxy=45.0, bilateral_compat=4.0))
 
 
 @dataclass
@@ -533,14 +535,10 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """All leaf keys of a config class, dotted (`loss.k_sap_pos`, ...)."""
     keys: list[str] = []
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for name in _fields(cls):
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
@@ -677,13 +675,15 @@ def check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"'{key}' must be {text} {b}, got {value!r}")
 
 
-def build(cls: type, data: Mapping[str, Any], prefix: str = "", where: str = "config") -> Any:
+def build(cls: type, data: Mapping[str, Any], prefix: str = "", where: str = "config",
+          default: Any = None) -> Any:
     """Instantiate dataclass `cls` from a (possibly partial) mapping, validating each value;
-    an unknown key is refused as a `where` key (a run config's: with its new name or a close
-    run config key; another's: a close key of `cls`)."""
+    what it does not set stays as in `default` (a section's defaults: its parent field's), else
+    the class's. An unknown key is refused as a `where` key (a run config's: with its new name
+    or a close run config key; another's: a close key of `cls`)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{prefix.rstrip('.') or where}' must be a mapping, got {data!r}")
-    fields, hints = _fields(cls), _hints(cls)
+    fields, hints = _fields(cls), typing.get_type_hints(cls)
     for name in data:
         if name not in fields:
             own = None if where == "config" else [f"{prefix}{n}" for n in fields]
@@ -694,11 +694,12 @@ def build(cls: type, data: Mapping[str, Any], prefix: str = "", where: str = "co
             continue
         key, tp, value = f"{prefix}{name}", hints[name], data[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = build(tp, value, f"{key}.", where)
+            own = f.default_factory() if callable(f.default_factory) else None
+            kwargs[name] = build(tp, value, f"{key}.", where, own)
         else:
             kwargs[name] = coerce(key, value, tp)
             check_range(key, kwargs[name], f.metadata)
-    return cls(**kwargs)
+    return cls(**kwargs) if default is None else dataclasses.replace(default, **kwargs)
 
 
 def _validate_cross_field(cfg: Config) -> None:
@@ -892,7 +893,7 @@ def describe() -> list[tuple[str, Any, str]]:
     defaults = flatten(Config())
 
     def walk(cls: type, prefix: str) -> None:
-        hints = _hints(cls)
+        hints = typing.get_type_hints(cls)
         for name, f in _fields(cls).items():
             if dataclasses.is_dataclass(hints[name]):
                 walk(hints[name], f"{prefix}{name}.")

@@ -106,7 +106,7 @@ def version_info(source: tracking.TrialRecord, metrics: dict[str, Any], cfg: Con
     return tracking.ModelVersionInfo(description, tags)
 
 
-def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout,
+def log_models(store: tracking.Store, run_id: str, cfg: Config, layout: RunLayout,
                version: tracking.ModelVersionInfo) -> dict[str, str]:
     """The segmentation network and the boundary network (IRN) as MLflow models, registered."""
     import numpy as np
@@ -124,49 +124,48 @@ def log_models(uri: str, run_id: str, cfg: Config, layout: RunLayout,
     if layout.irn_checkpoint.exists():
         net = load_boundary_net(layout, torch.device("cpu"))
         outcome[IRN_MODEL] = tracking.log_torch_model(
-            uri, run_id, net, "irn", IRN_MODEL, example, requirements, [layout.config], version)
+            store, run_id, net, "irn", IRN_MODEL, example, requirements, [layout.config], version)
     if layout.segment_checkpoint.exists():
         num_classes = build_source(cfg, cfg.data.seed_split).num_classes
         model = build_segmenter(cfg.segment, num_classes)
         model.load_state_dict(load_checkpoint(layout.segment_checkpoint, "cpu")["model"])
         outcome[SEGMENTATION_MODEL] = tracking.log_torch_model(
-            uri, run_id, model.eval(), "segmentation", SEGMENTATION_MODEL, example,
+            store, run_id, model.eval(), "segmentation", SEGMENTATION_MODEL, example,
             requirements, [layout.config], version)
     return outcome
 
 
 def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides: list[str],
               runs_dir: Path) -> dict[str, Any]:
-    uri = tracking.resolve_tracking_uri()
-    tracking.check_reachable(uri)
-    source = tracking.best_trial(uri, experiment, sweep_name=sweep, run_id=run_id)
+    store = tracking.open_store()
+    source = tracking.best_trial(store, experiment, sweep_name=sweep, run_id=run_id)
     # a directory of an earlier `final` of this trial (one that failed, say) is left alone: this
     # one gets the same name and a timestamp
     layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}",
                      stamp_if_taken=True)
     try:
-        tracking.download_trial(uri, source.run_id, layout.root)
+        tracking.download_trial(store, source.run_id, layout.root)
         cfg = load_config(layout.config, final_overrides(overrides), saved=True)
     except BaseException:
         shutil.rmtree(layout.root, ignore_errors=True)
         raise
-    final_id = tracking.start_final_run(uri, experiment, source)
-    mlflow_reporter = tracking.MlflowReporter(uri, final_id, system_metrics=True)
+    final_id = tracking.start_final_run(store, experiment, source)
+    mlflow_reporter = tracking.MlflowReporter(store, final_id, system_metrics=True)
     reporter = MultiReporter([FileReporter(layout.metrics),
                               PrefixedReporter(mlflow_reporter, FINAL_PREFIX)])
-    tracking.set_description(uri, final_id, describe(source, {}))
+    tracking.set_description(store, final_id, describe(source, {}))
     # backbone, initialisation and CRF settings of every stage travel with its results
     reporter.log_params(flatten(cfg))
-    tracking.log_dataset_inputs(uri, final_id, dataset_splits(cfg, POST_TRAIN_STAGES))
+    tracking.log_dataset_inputs(store, final_id, dataset_splits(cfg, POST_TRAIN_STAGES))
     try:
         metrics = run_stages(cfg, layout, reporter, stages=POST_TRAIN_STAGES, force=True)
         mlflow_reporter.log_artifact(layout.config, None)
-        models = log_models(uri, final_id, cfg, layout,
+        models = log_models(store, final_id, cfg, layout,
                             version_info(source, metrics, cfg, final_id))
     except BaseException:
         reporter.close("FAILED")
         raise
-    tracking.set_description(uri, final_id, describe(source, metrics, cfg))
+    tracking.set_description(store, final_id, describe(source, metrics, cfg))
     mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
                              for name, what in models.items()})
     reporter.close("FINISHED")

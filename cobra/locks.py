@@ -2,11 +2,7 @@
 a lock file. The kernel drops it when the holder exits, however it exits (SIGKILL included), so
 a crashed process never leaves a stale lock. Local filesystems only: flock over NFS is not
 dependable, which is why a sweep on remote storage is not locked (see `cobra.sweep.tuner`).
-
-    hold(path, what)   refuse at once (CobraError, one line) when another process holds it;
-                       held until `release_all` (the end of a command) or the process's exit
-    locked(path)       wait for it, for the duration of a `with` block
-"""
+`hold` refuses at once when another process holds the lock, `locked` waits for it."""
 
 from __future__ import annotations
 

@@ -79,21 +79,25 @@ def resolve(pretrained: bool | str, cfg: Config, roles: list[tuple[str, str]]) -
 def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = True,
            device: str = "auto") -> tuple[Path, dict[str, dict[str, Any]]]:
     """Pretrain every (role, timm name) not cached yet; returns the directory and, per name,
-    its held-out scores."""
+    its held-out scores. Torch's RNG is left as it was (checking and training backbones draw
+    from it), so a run that makes the weights first starts as one that finds them cached."""
     folder = weights_dir(cfg)
-    missing = [(role, name) for role, name in roles if not _usable(folder, name)]
-    for role, name in missing:  # before any work, and only for what is to be trained
-        check_supported(role, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder / ".lock"):
-        # checked again under the lock: another process may have made some meanwhile
-        todo = [(role, name) for role, name in roles if not _usable(folder, name, repair=True)]
-        if todo:
-            print(f"making the builtin weights of {', '.join(name for _, name in todo)}: "
-                  f"pretraining on the procedural corpus, once (cached in {folder})",
-                  file=sys.stderr, flush=True)
-            _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
-        scores = {name: json.loads((folder / f"{name}.json").read_text()) for _, name in roles}
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        missing = [(role, name) for role, name in roles if not _usable(folder, name)]
+        for role, name in missing:  # before any work, and only for what is to be trained
+            check_supported(role, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with locked(folder / ".lock"):
+            # checked again under the lock: another process may have made some meanwhile
+            todo = [(role, name) for role, name in roles
+                    if not _usable(folder, name, repair=True)]
+            if todo:
+                print(f"making the builtin weights of {', '.join(name for _, name in todo)}: "
+                      f"pretraining on the procedural corpus, once (cached in {folder})",
+                      file=sys.stderr, flush=True)
+                _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
+            scores = {name: json.loads((folder / f"{name}.json").read_text())
+                      for _, name in roles}
     return folder, scores
 
 

@@ -24,6 +24,7 @@ from cobra.layout import IMAGE_COUNTS
 from cobra.noise import ImageCounts, SeedNoise, pooled_seed_noise
 from cobra.paper import paper_table
 from cobra.tracking import (
+    Store,
     TrialRecord,
     artifact_bytes,
     get_sweep,
@@ -178,16 +179,23 @@ def render_rows(header: list[str], body: list[list[str]], title: str) -> str:
     return "\n".join([title, rule, line(header), rule, *(line(r) for r in body)])
 
 
+def markdown_table(header: list[str], body: list[list[str]], numeric: bool = False,
+                   padded: bool = False) -> str:
+    """Rows of strings as a GitHub-flavoured markdown table (no tabulate dependency); `numeric`:
+    every column after the first right-aligned; `padded`: cells padded for MLflow (`_pad`)."""
+    def line(row: list[str]) -> str:
+        cells = (c.replace("|", "\\|") for c in row)
+        return "| " + " | ".join(_pad(c) if padded else c for c in cells) + " |"
+
+    rule = "|" + "|".join([" --- "] + [" ---: " if numeric else " --- "] * (len(header) - 1))
+    return "\n".join([line(header), rule + "|", *(line(row) for row in body)])
+
+
 def write_markdown(df: pd.DataFrame, path: Path) -> None:
-    """The table as a GitHub-flavoured markdown table (no tabulate dependency)."""
-    header, body = _cells(df)
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in header) + " |",
-             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    """The table as markdown, under what its cells are."""
     metric = df.attrs.get("metric")
     preface = f"Mean `{metric}` per cell.\n\n" if metric else ""
-    Path(path).write_text(preface + "\n".join(lines) + "\n")
+    Path(path).write_text(preface + markdown_table(*_cells(df), numeric=True) + "\n")
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -393,12 +401,7 @@ def _pad(text: str) -> str:
 
 def cells_markdown(cells: list[cells_mod.Cell], axes: list[str], metric: str,
                    link=None, padded: bool = False) -> str:
-    header, body = cells_mod.rows(cells, axes, metric, link)
-    cell = (lambda s: _pad(s.replace("|", "\\|"))) if padded else (  # noqa: E731
-        lambda s: s.replace("|", "\\|"))
-    lines = ["| " + " | ".join(cell(c) for c in header) + " |",
-             "|" + "|".join([" --- "] * len(header)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in body])
+    return markdown_table(*cells_mod.rows(cells, axes, metric, link), padded=padded)
 
 
 @dataclass
@@ -410,7 +413,7 @@ class SweepNoise:
     earlier_seed_noise: SeedNoise | None = None
 
 
-def gather_noise(uri: str, parent_run_id: str, trials: list[TrialRecord],
+def gather_noise(store: Store, parent_run_id: str, trials: list[TrialRecord],
                  metric: str) -> SweepNoise:
     """Read from MLflow what the verdicts need: the trials' per-image counts of `metric`
     (artifact IMAGE_COUNTS[metric]) and the replicates of earlier sweeps on the same base
@@ -418,10 +421,10 @@ def gather_noise(uri: str, parent_run_id: str, trials: list[TrialRecord],
     noise = SweepNoise()
     path = IMAGE_COUNTS.get(metric)
     for trial in scored_trials(trials, metric) if path else []:
-        data = artifact_bytes(uri, trial.run_id, path)
+        data = artifact_bytes(store, trial.run_id, path)
         if data is not None:
             noise.image_counts[trial.run_id] = ImageCounts.from_bytes(data)
-    noise.earlier_seed_noise = earlier_seed_noise(sweeps_with_base(uri, parent_run_id), metric)
+    noise.earlier_seed_noise = earlier_seed_noise(sweeps_with_base(store, parent_run_id), metric)
     return noise
 
 
@@ -519,18 +522,12 @@ RESULTS_FILE = "results.md"
 NOTE_ROWS = 2
 
 
-def results_markdown(uri: str, parent_run_id: str, trials: list[TrialRecord], metric: str,
-                     mode: str, sweep: str | None) -> str:
-    """The parent run's full results: every cell, best first, linked to its runs."""
-    return sweep_results(uri, parent_run_id, trials, metric, mode, sweep).full
-
-
-def sweep_results(uri: str, parent_run_id: str, trials: list[TrialRecord], metric: str,
+def sweep_results(store: Store, parent_run_id: str, trials: list[TrialRecord], metric: str,
                   mode: str, sweep: str | None, links: Sequence[str] = ()) -> SweepResults:
     """The parent run's short description (headline, `links`, best and runner-up) and its
     full results section, from one reading of the trials' noise."""
     try:
-        noise = gather_noise(uri, parent_run_id, trials, metric)
+        noise = gather_noise(store, parent_run_id, trials, metric)
         cells, axes = sweep_cells(trials, metric, mode, sweep, noise=noise)
     except TrackingError:
         return SweepResults("No trial finished with a score.", "No trial finished with a score.",
@@ -578,15 +575,15 @@ def optuna_plots(parent: TrialRecord, out_dir: Path) -> tuple[list[Path], list[s
     return study.draw_plots(url, parent.tags.get(tag.OPTUNA_STUDY, parent.run_name), out_dir)
 
 
-def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path,
+def make_report(store: Store, experiment: str, sweep_name: str | None, out_dir: Path,
                 rows: str | None = None, cols: str | None = None) -> dict:
     """Build a sweep's ablation table and its cells with noise, write report.md/.csv/.png, and
     log them to the sweep."""
-    sweep = get_sweep(uri, experiment, sweep_name)
+    sweep = get_sweep(store, experiment, sweep_name)
     parent, trials, name = sweep.parent, sweep.trials, sweep.name
     parent_id, metric, mode = parent.run_id, sweep.metric, sweep.mode
     table = ablation_table(trials, metric, rows, cols, mode=mode)
-    noise = gather_noise(uri, parent_id, trials, metric)
+    noise = gather_noise(store, parent_id, trials, metric)
     cells, axes = sweep_cells(trials, metric, mode, name, rows, cols, noise)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -605,7 +602,7 @@ def make_report(uri: str, experiment: str, sweep_name: str | None, out_dir: Path
     write_csv(table, files[1])
     write_heatmap(table, files[2], title, cells, seed_noise_used(cells, noise))
     files += plots
-    log_files(uri, parent_id, files, subdir="report")
+    log_files(store, parent_id, files, subdir="report")
     header, body = cells_mod.rows(cells, axes, metric)
     cells_text = render_rows(header, body, "cells, best first (vs best: is the gap more than "
                                            "noise?)")

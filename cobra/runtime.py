@@ -80,27 +80,20 @@ def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -
     return base * (1.0 - min(step, total) / max(total, 1)) ** power
 
 
-@dataclass(frozen=True)
-class PolySchedule:
-    """poly_lr for every parameter group from its own base lr, set before each step. (Written
-    out, not torch's PolynomialLR: that one multiplies the previous lr by a ratio every step,
-    which drifts from the closed form in the last bits, and has no warm-up.)"""
+class PolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """poly_lr for every parameter group from its base lr (the group's lr when the schedule is
+    made), stepped once per iteration; its state (the step) is saved with the checkpoint. The
+    closed form, not torch's PolynomialLR: that one multiplies the previous lr by a ratio every
+    step, which drifts from the closed form in the last bits, and has no warm-up."""
 
-    base_lrs: tuple[float, ...]
-    total: int
-    power: float
-    warmup: int = 0
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, power: float,
+                 warmup: int = 0) -> None:
+        self.total, self.power, self.warmup = total, power, warmup
+        super().__init__(optimizer)
 
-    @classmethod
-    def of(cls, optimizer: torch.optim.Optimizer, total: int, power: float, warmup: int = 0
-           ) -> PolySchedule:
-        """From the optimizer's lrs as they are now: call it before loading a saved optimizer
-        state, which brings back the lrs of the step it was saved at."""
-        return cls(tuple(g["lr"] for g in optimizer.param_groups), total, power, warmup)
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for group, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = poly_lr(base, step, self.total, self.power, self.warmup)
+    def get_lr(self) -> list[float]:
+        return [poly_lr(base, self.last_epoch, self.total, self.power, self.warmup)
+                for base in self.base_lrs]
 
 
 # (total loss to backpropagate, the named terms to average) for a batch, or None to skip it
@@ -119,7 +112,7 @@ class EpochInfo:
 
 
 def train_one_epoch(batches: Iterable[dict], loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-                    schedule: PolySchedule, device: torch.device, info: EpochInfo,
+                    schedule: PolyLR, device: torch.device, info: EpochInfo,
                     progress: bool = False, total: int | None = None) -> dict[str, float]:
     """One pass over `batches` (the model already in train mode): schedule, loss, backward, step.
     Returns each named term's mean over the steps trained; raises NonFiniteLossError before the
@@ -127,7 +120,10 @@ def train_one_epoch(batches: Iterable[dict], loss_fn: LossFn, optimizer: torch.o
     meter = LossMeter(device)
     bar = tqdm(batches, total=total, disable=not progress, leave=False, desc=info.desc)
     for step, batch in enumerate(bar):
-        schedule.apply(optimizer, info.first_step + step)
+        # to this step's lr (kept as the optimizer's after the epoch): PolyLR() sets step 0's; a
+        # checkpoint from before the schedule was saved resumes at 0 and catches up here
+        while schedule.last_epoch < info.first_step + step:
+            schedule.step()
         losses = loss_fn(batch)
         if losses is None:
             continue

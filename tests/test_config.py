@@ -224,3 +224,13 @@ def test_a_config_saved_with_flat_masks_keys_still_loads(tmp_path):
     assert config.load_config(path, saved=True) == cfg
     with pytest.raises(ConfigError, match="is now"):  # the same file given by a user
         config.load_config(path)
+
+
+def test_crf_sections_share_one_class_and_keep_their_own_defaults():
+    # one CRF class: a section set in part keeps its parent's defaults for the rest
+    cfg = config.load_config(None, ["masks.rule.crf.enabled=false", "masks.ir_labels.crf.iters=3"])
+    rule, ir = cfg.masks.rule.crf, cfg.masks.ir_labels.crf
+    assert isinstance(rule, config.CRFConfig) and isinstance(ir, config.CRFConfig)
+    assert (rule.gauss_sxy, rule.bilateral_sxy, rule.bilateral_compat) == (2.0, 45.0, 4.0)
+    assert (ir.gauss_sxy, ir.bilateral_sxy, ir.bilateral_compat) == (3.0, 50.0, 10.0)
+    assert not rule.enabled and ir.iters == 3

@@ -15,7 +15,7 @@ from cobra.ops.random_walk import (
     neighbour_offsets,
     path_max,
     random_walk,
-    relative_masks,
+    relative_labels,
     segment_pixels,
 )
 
@@ -291,10 +291,10 @@ def test_masks_from_rw_and_relative_masks():
     np.testing.assert_array_equal(masks_from_rw(rw, keys, 0.05), [[5, 9, 5, 9, 5, 9]])
     # thresholds: class 5 → 0.5·4 + 0 = 2; class 9 → 0.5·2 + 0.4 = 1.4 (pixel 5 at 1.2 fails,
     # which a θ·(max − min) + min reading would accept); pixel 4: both claim, larger rw wins
-    out = relative_masks(rw, keys, 0.5)
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out, [[5, 9, 0, 0, 5, 0]])
-    assert not relative_masks(np.zeros((0, 2, 2)), np.array([]), 0.5).any()
+    out = relative_labels(rw, 0.5)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(np.array([0, *keys])[out], [[5, 9, 0, 0, 5, 0]])
+    assert not relative_labels(np.zeros((0, 2, 2)), 0.5).any()
 
 
 def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
@@ -313,7 +313,7 @@ def test_relative_rule_then_hard_label_crf_on_a_hand_made_map():
     expected = np.zeros((24, 24), dtype=np.uint8)
     expected[:, :15], expected[:, 15:] = 4, 7
     np.testing.assert_array_equal(plain, expected)
-    np.testing.assert_array_equal(plain, relative_masks(rw, keys, 0.31))
+    np.testing.assert_array_equal(plain, np.array([0, *keys])[relative_labels(rw, 0.31)])
     # the hard-label CRF pulls class 4's spill back to the colour edge
     truth = np.where(np.arange(24) < 12, 4, 7)[None].repeat(24, 0)
     assert (refined != truth).sum() < (plain != truth).sum()

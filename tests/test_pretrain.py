@@ -59,6 +59,14 @@ def test_weights_dir_is_keyed_by_every_setting(cache):
         assert pretrain.weights_dir(dataclasses.replace(TINY_PRETRAIN, **{key: value})) != base
 
 
+def test_pretraining_leaves_torch_rng_as_it_found_it(cache):
+    # a cold weight cache must not change how the CoBra heads start after it
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    pretrain.ensure(TINY_PRETRAIN, ROLES[:1], progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_pretraining_writes_weights_a_cnn_and_a_vit_load_offline(cache):
     folder, scores = pretrain.ensure(TINY_PRETRAIN, ROLES, progress=False)
     for _, name in ROLES:

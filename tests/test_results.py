@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cobra.layout import IMAGE_COUNTS
 from cobra.metrics import confusion_matrix, iou_counts
 from cobra.noise import ImageCounts
-from cobra.results import NOTE_ROWS, make_report, results_markdown, sweep_results
-from cobra.tracking import MlflowReporter, start_sweep_run, start_trial_run, trials_of
+from cobra.results import NOTE_ROWS, make_report, sweep_results
+from cobra.tracking import MlflowReporter, Store, start_sweep_run, start_trial_run, trials_of
 from cobra.tracking import tags as tag
 
 EXP = "cobra-results"
@@ -31,18 +30,18 @@ def counts(accuracy: float, seed: int, num_images: int = 40) -> ImageCounts:
     return ImageCounts(tuple(f"img{i:03d}" for i in range(num_images)), np.stack(out))
 
 
-def sweep(uri: str, root: Path, name: str, base: str,
+def sweep(db: Store, root: Path, name: str, base: str,
           trials: list[tuple[int, int, float, ImageCounts | None]]) -> str:
     """A parent run and its FINISHED trials: (k, seed, seed_miou, per-image counts)."""
     sweep_file = root / f"{name}.yaml"
     sweep_file.write_text(f"name: {name}\n")
-    parent = start_sweep_run(uri, EXP, name, sweep_file, "seed_miou", "max",
+    parent = start_sweep_run(db, EXP, name, sweep_file, "seed_miou", "max",
                              tags={tag.BASE_CONFIG: base})
     for k, seed, value, image_counts in trials:
-        run_id = start_trial_run(uri, parent, f"kcp{k}·seed{seed}",
+        run_id = start_trial_run(db, parent, f"kcp{k}·seed{seed}",
                                  {tag.RAY_TRIAL_ID: f"{name}{k}{seed}",
                                   tag.SEARCHED: "loss.k_cap_pos,train.seed"})
-        rep = MlflowReporter(uri, run_id)
+        rep = MlflowReporter(db, run_id)
         rep.log_params({"loss.k_cap_pos": k, "train.seed": seed})
         rep.log_summary({"seed_miou": value, "seed_num_images": 40, "seed_miou_ci_lo": value - 1,
                          "seed_miou_ci_hi": value + 1, "seed_miou_heldout": value,
@@ -57,26 +56,26 @@ def sweep(uri: str, root: Path, name: str, base: str,
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, Path, str]:
+def store(tmp_path_factory) -> tuple[Store, Path, str]:
     root = tmp_path_factory.mktemp("results")
-    uri = f"sqlite:///{root}/mlflow.db"
+    db = Store(f"sqlite:///{root}/mlflow.db")
     # earlier: two k values x three seeds on the same base config, seed std exactly 1
-    sweep(uri, root, "calib", BASE, [(k, s, v + s, None) for k, v in ((5, 60.0), (10, 50.0))
+    sweep(db, root, "calib", BASE, [(k, s, v + s, None) for k, v in ((5, 60.0), (10, 50.0))
                                      for s in range(3)])
     # another base config's replicates (seed std 10) must not count
-    sweep(uri, root, "elsewhere", "base-xyz", [(5, s, 50.0 + 10 * s, None) for s in range(3)])
+    sweep(db, root, "elsewhere", "base-xyz", [(5, s, 50.0 + 10 * s, None) for s in range(3)])
     # this sweep: one run per cell. k=10 is 0.5 behind on worse images (within the seed-noise
     # limit 2.776·1·√2 = 3.93); k=20 is 20 behind on worse images (behind)
     good, bad = counts(0.9, 1), counts(0.6, 2)
-    parent = sweep(uri, root, "single", BASE, [(5, 0, 70.0, good), (10, 0, 69.5, bad),
+    parent = sweep(db, root, "single", BASE, [(5, 0, 70.0, good), (10, 0, 69.5, bad),
                                                (20, 0, 50.0, bad)])
-    return uri, root, parent
+    return db, root, parent
 
 
 def test_description_and_report_give_the_same_verdicts_counting_both_noises(store, tmp_path):
-    uri, _, parent = store
-    note = results_markdown(uri, parent, trials_of(uri, parent), "seed_miou", "max", "single")
-    report = make_report(uri, EXP, "single", tmp_path / "report")
+    db, _, parent = store
+    note = sweep_results(db, parent, trials_of(db, parent), "seed_miou", "max", "single").full
+    report = make_report(db, EXP, "single", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
 
     by_k = {c["point"]["loss.k_cap_pos"]: c for c in report["cells"]}
@@ -97,7 +96,7 @@ def test_description_and_report_give_the_same_verdicts_counting_both_noises(stor
     assert "± " not in note.split("\n\n")[1]  # one run per cell: no std shown
     assert "*n*: training seeds (runs) per cell" in note and "Names: kcp = loss.k_cap_pos" in note
     assert "both halves chose threshold 0.35" in note and "both halves chose threshold 0.35" in md
-    logged = MlflowClient(uri).list_artifacts(parent, "report")
+    logged = db.client.list_artifacts(parent, "report")
     assert sorted(Path(a.path).name for a in logged) == ["report.csv", "report.md", "report.png"]
 
 
@@ -106,12 +105,12 @@ def test_the_parent_description_fits_mlflows_unfolded_100_px_and_heads_with_the_
     Chromium: a line is 19 px + 13 px margin, a table row 20 px): the description is the
     headline line with its links and a table of the best cell and the runner-up, nothing
     more; the full table goes to an artifact."""
-    uri, root, _ = store
-    calib = next(r for r in MlflowClient(uri).search_runs(
-        [MlflowClient(uri).get_experiment_by_name(EXP).experiment_id],
+    db, root, _ = store
+    calib = next(r for r in db.client.search_runs(
+        [db.client.get_experiment_by_name(EXP).experiment_id],
         "tags.`cobra.sweep` = 'calib' and tags.`cobra.kind` = 'sweep'"))
-    trials = trials_of(uri, calib.info.run_id)
-    results = sweep_results(uri, calib.info.run_id, trials, "seed_miou", "max", "calib",
+    trials = trials_of(db, calib.info.run_id)
+    results = sweep_results(db, calib.info.run_id, trials, "seed_miou", "max", "calib",
                             links=["[all cells](#/a)", "[charts](#/b)"])
     lines = results.note.splitlines()
     assert lines[0] == ("**Best `seed_miou`: kcp5 = 61.00 ± 1.00** (3 seeds) · [all cells](#/a)"
@@ -130,10 +129,10 @@ def test_the_parent_description_fits_mlflows_unfolded_100_px_and_heads_with_the_
 
 def test_without_replicates_anywhere_seed_noise_is_unknown_and_says_how_to_measure_it(
         store, tmp_path):
-    uri, root, _ = store
-    parent = sweep(uri, root, "alone", "base-new", [(5, 0, 70.0, counts(0.9, 1)),
+    db, root, _ = store
+    parent = sweep(db, root, "alone", "base-new", [(5, 0, 70.0, counts(0.9, 1)),
                                                     (10, 0, 60.0, counts(0.6, 2))])
-    note = results_markdown(uri, parent, trials_of(uri, parent), "seed_miou", "max", "alone")
+    note = sweep_results(db, parent, trials_of(db, parent), "seed_miou", "max", "alone").full
     assert "unknown (gap 10.00; seed noise unknown: add `repeats: 3`)" in note
     assert "Seed noise: unmeasured" in note and "add `repeats: 3`" in note
 
@@ -141,15 +140,15 @@ def test_without_replicates_anywhere_seed_noise_is_unknown_and_says_how_to_measu
 def test_a_trial_declares_the_sweep_metric_first_and_the_experiment_its_primary_metric(store):
     """MLflow's Compare page plots the first shared metric (in logging order) against the
     params that differ: a trial's first metric is its sweep's, whatever is logged before it."""
-    uri, root, _ = store
-    parent = sweep(uri, root, "declared", "base-d", [])
-    run_id = start_trial_run(uri, parent, "kcp5", {tag.RAY_TRIAL_ID: "d0"})
-    rep = MlflowReporter(uri, run_id)
+    db, root, _ = store
+    parent = sweep(db, root, "declared", "base-d", [])
+    run_id = start_trial_run(db, parent, "kcp5", {tag.RAY_TRIAL_ID: "d0"})
+    rep = MlflowReporter(db, run_id)
     rep.log_metrics({"system/cpu_utilization_percentage": 50.0, "cls_map_cnn": 90.0})
     rep.log_epoch(0, {"loss": 1.0})
     rep.log_summary({"seed_miou": 61.5})
     rep.close("FINISHED")
-    client = MlflowClient(uri)
+    client = db.client
     run = client.get_run(run_id)
     assert list(run.data.metrics)[0] == "seed_miou" and run.data.metrics["seed_miou"] == 61.5
     history = client.get_metric_history(run_id, "seed_miou")
@@ -179,9 +178,9 @@ def test_the_final_runs_description_gives_every_score_its_split_images_and_inter
     from cobra.final import describe
     from cobra.tracking import get_trial
 
-    uri, root, _ = store
-    parent = sweep(uri, root, "finals", "base-f", [(5, 0, 56.0, None)])
-    source = get_trial(uri, trials_of(uri, parent)[0].run_id)
+    db, root, _ = store
+    parent = sweep(db, root, "finals", "base-f", [(5, 0, 56.0, None)])
+    source = get_trial(db, trials_of(db, parent)[0].run_id)
     metrics = {"seed_miou": 56.7, "seed_miou_ci_lo": 55.1, "seed_miou_ci_hi": 58.2,
                "seed_num_images": 1000, "seed_threshold": 0.35, "seed_miou_heldout": 56.5,
                "ir_label_precision": 96.2, "ir_label_num_images": 1000,

@@ -3,13 +3,14 @@ the first non-finite step found without reading the loss every step."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from cobra.errors import NonFiniteLossError
-from cobra.runtime import EpochInfo, LossMeter, PolySchedule, poly_lr, train_one_epoch
+from cobra.runtime import EpochInfo, LossMeter, PolyLR, poly_lr, train_one_epoch
 
 
 def _terms(values: list[float]) -> dict[str, torch.Tensor]:
@@ -74,7 +75,7 @@ def test_one_epoch_is_the_plain_loop_it_replaces():
                 loss = torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
                 return loss, {"l": loss}
             info = EpochInfo(1, 7, "loss", "hint", "test")
-            out = train_one_epoch(batches, loss_fn, opt, PolySchedule.of(opt, 14, 0.9, 3),
+            out = train_one_epoch(batches, loss_fn, opt, PolyLR(opt, 14, 0.9, 3),
                                   torch.device("cpu"), info)
             mean = out["l"]
         else:
@@ -105,5 +106,31 @@ def test_a_diverging_epoch_raises_before_it_returns():
 
     info = EpochInfo(0, 0, "test loss", "lower the lr", "test")
     with pytest.raises(NonFiniteLossError, match="non-finite test loss at epoch 0 step"):
-        train_one_epoch(_batches(5), loss_fn, opt, PolySchedule.of(opt, 5, 0.9),
+        train_one_epoch(_batches(5), loss_fn, opt, PolyLR(opt, 5, 0.9),
                         torch.device("cpu"), info)
+
+
+def test_poly_lr_schedule_is_the_closed_form_and_resumes_from_its_state():
+    """PolyLR gives every group poly_lr of its own base lr at each step, to the last bit, and a
+    schedule loaded from a saved state (the checkpoint's) goes on with the same sequence."""
+    def made() -> tuple[torch.optim.Optimizer, PolyLR]:
+        params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1},
+                               {"params": params[1:], "lr": 1.0}])
+        return opt, PolyLR(opt, 23, 0.9, warmup=5)
+
+    opt, schedule = made()
+    seen, saved = [], None
+    for step in range(30):
+        if step:
+            schedule.step()
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        if step == 11:
+            saved = copy.deepcopy(schedule.state_dict())
+    assert seen == [[poly_lr(b, s, 23, 0.9, 5) for b in (0.1, 1.0)] for s in range(30)]
+    opt, resumed = made()
+    resumed.load_state_dict(saved)
+    for step in range(12, 30):
+        resumed.step()
+        assert [g["lr"] for g in opt.param_groups] == seen[step]

@@ -271,8 +271,8 @@ def test_bad_sweeps_exit_2_before_any_trial(sweep_env, capsys, monkeypatch):
     # a trial that never wrote its checkpoint cannot feed the final stage
     from cobra import tracking
 
-    parent = tracking.start_sweep_run(sweep_env["uri"], "tests", "stub", path, "seed_miou", "max")
-    trial = tracking.start_trial_run(sweep_env["uri"], parent, "stub-trial", {})
+    parent = tracking.start_sweep_run(tracking.Store(sweep_env["uri"]), "tests", "stub", path, "seed_miou", "max")
+    trial = tracking.start_trial_run(tracking.Store(sweep_env["uri"]), parent, "stub-trial", {})
     code, _, err = run_cli(["final", "--run", trial, "--experiment", "tests",
                         "--runs-dir", str(sweep_env["dir"] / "runs")], capsys)
     assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
@@ -285,7 +285,7 @@ def test_a_trials_run_directory_is_in_local_storage_and_in_its_working_dir_for_a
     ray_trial_dir = tmp_path / "ray-session" / "driver_artifacts" / "k=1_abc"
 
     def ctx(experiment_dir: str) -> TrialContext:
-        return TrialContext(base_config={}, tracking_uri="", experiment="e", parent_run_id="p",
+        return TrialContext(base_config={}, store=None, parent_run_id="p",
                             metric="seed_miou", experiment_dir=experiment_dir)
 
     local = trial_run_dir(ctx(str(tmp_path / "ray_results" / "demo")), ray_trial_dir)

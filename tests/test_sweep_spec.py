@@ -154,7 +154,8 @@ def test_a_bare_ctrl_c_still_prints_the_resume_command(tmp_path, monkeypatch, ca
     # the sweep's Optuna study goes to ./optuna.db: in tmp_path, not in the checkout (a second
     # run would find the first one's study and refuse)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tuner, "_preflight", lambda spec, resume: "sqlite:///unused.db")
+    monkeypatch.setattr(tuner, "_preflight",
+                        lambda spec, resume: tuner.tracking.Store("sqlite:///unused.db"))
     monkeypatch.setattr(tuner, "_init_ray", lambda: None)
     monkeypatch.setattr(tuner.tracking, "start_sweep_run", lambda *a, **k: "parent")
     monkeypatch.setattr(tuner.tracking, "MlflowReporter",

@@ -27,6 +27,7 @@ from cobra.tracking import (
     start_sweep_run,
     start_trial_run,
 )
+from cobra.tracking import Store as TrackingStore
 from cobra.tracking.views import save_sweep_view, sweep_view_state
 
 EXP = "cobra-test"
@@ -37,8 +38,9 @@ EPOCHS = 3
 
 
 @dataclass
-class Store:
+class Logged:
     uri: str
+    db: TrackingStore
     root: Path
     parent: str
     children: dict[str, str]  # ray trial id -> run id
@@ -59,18 +61,18 @@ def _write_run_files(root: Path, k: int) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Store:
+def store(tmp_path_factory) -> Logged:
     """A sweep parent with three trials logged through MlflowReporter; t2 ends FAILED."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
+    db = TrackingStore(f"sqlite:///{root}/mlflow.db")
     sweep_file = root / "sweep.yaml"
     sweep_file.write_text("name: ksap\nsearch:\n  loss.k_sap_pos: [10, 20, 30]\n")
-    parent = start_sweep_run(uri, EXP, SWEEP, sweep_file, "seed_miou", "max")
+    parent = start_sweep_run(db, EXP, SWEEP, sweep_file, "seed_miou", "max")
     children = {}
     for trial_id, k, miou, status in TRIALS:
-        run_id = start_trial_run(uri, parent, f"trial-{trial_id}",
+        run_id = start_trial_run(db, parent, f"trial-{trial_id}",
                                  {"ray_trial_id": trial_id, "ray_node_id": "node-a"})
-        rep = MlflowReporter(uri, run_id)
+        rep = MlflowReporter(db, run_id)
         rep.log_params(_trial_params(k))
         rep.log_params(_trial_params(k))  # a retried trial logs the same params again
         for epoch in range(EPOCHS):
@@ -86,10 +88,10 @@ def store(tmp_path_factory) -> Store:
         rep.log_summary({"seed_miou": miou})
         rep.close(status)
         children[trial_id] = run_id
-    return Store(uri=uri, root=root, parent=parent, children=children)
+    return Logged(uri=db.uri, db=db, root=root, parent=parent, children=children)
 
 
-def test_parent_child_structure(store: Store) -> None:
+def test_parent_child_structure(store: Logged) -> None:
     client = MlflowClient(store.uri)
     exp = client.get_experiment_by_name(EXP)
     runs = client.search_runs([exp.experiment_id])
@@ -117,13 +119,13 @@ def test_parent_child_structure(store: Store) -> None:
     assert failed.data.tags["cobra.failure"].startswith("NonFiniteLossError")
     assert "failure.txt" in [a.path for a in client.list_artifacts(failed.info.run_id)]
 
-    assert find_sweep_run(store.uri, EXP, SWEEP) == store.parent
-    assert find_sweep_run(store.uri, EXP, "nope") is None
-    assert find_trial_run(store.uri, store.parent, "t1") == store.children["t1"]
-    assert find_trial_run(store.uri, store.parent, "t9") is None
+    assert find_sweep_run(store.db, EXP, SWEEP) == store.parent
+    assert find_sweep_run(store.db, EXP, "nope") is None
+    assert find_trial_run(store.db, store.parent, "t1") == store.children["t1"]
+    assert find_trial_run(store.db, store.parent, "t9") is None
 
 
-def test_metric_history(store: Store) -> None:
+def test_metric_history(store: Logged) -> None:
     client = MlflowClient(store.uri)
     run_id = store.children["t1"]
     history = client.get_metric_history(run_id, "val/miou")
@@ -133,17 +135,17 @@ def test_metric_history(store: Store) -> None:
     assert client.get_run(run_id).data.metrics["seed_miou"] == pytest.approx(0.57)
 
 
-def test_changed_param_raises(store: Store) -> None:
-    rep = MlflowReporter(store.uri, store.children["t0"])
+def test_changed_param_raises(store: Logged) -> None:
+    rep = MlflowReporter(store.db, store.children["t0"])
     with pytest.raises(TrackingError, match="loss.k_sap_pos"):
         rep.log_params({"loss.k_sap_pos": 99})
 
 
-def test_many_params_and_odd_metric_keys(store: Store) -> None:
+def test_many_params_and_odd_metric_keys(store: Logged) -> None:
     client = MlflowClient(store.uri)
     exp_id = client.get_experiment_by_name(EXP).experiment_id
     run_id = client.create_run(exp_id, run_name="scratch").info.run_id
-    rep = MlflowReporter(store.uri, run_id)
+    rep = MlflowReporter(store.db, run_id)
     rep.log_params({f"p.{i}": i for i in range(250)} | {"long": "x" * 7000})
     rep.log_metrics({"miou@0.5": 1.0, "a:b": 2.0, "inf": float("inf")}, step=1)
     data = client.get_run(run_id).data
@@ -152,49 +154,49 @@ def test_many_params_and_odd_metric_keys(store: Store) -> None:
     client.delete_run(run_id)
 
 
-def test_best_trial_matches_direct_query(store: Store) -> None:
+def test_best_trial_matches_direct_query(store: Logged) -> None:
     client = MlflowClient(store.uri)
     exp_id = client.get_experiment_by_name(EXP).experiment_id
     direct = client.search_runs(
         [exp_id], f"tags.`mlflow.parentRunId` = '{store.parent}' and attributes.status = "
         "'FINISHED'", order_by=["metrics.seed_miou DESC"], max_results=1)[0]
-    best = best_trial(store.uri, EXP, SWEEP)
+    best = best_trial(store.db, EXP, SWEEP)
     assert best.run_id == direct.info.run_id == store.children["t1"]  # t2 scored higher but FAILED
     assert best.params["loss.k_sap_pos"] == "20"
-    assert best_trial(store.uri, EXP, SWEEP, mode="min").run_id == store.children["t0"]
-    assert best_trial(store.uri, EXP, run_id=store.children["t2"]).status == "FAILED"
+    assert best_trial(store.db, EXP, SWEEP, mode="min").run_id == store.children["t0"]
+    assert best_trial(store.db, EXP, run_id=store.children["t2"]).status == "FAILED"
 
 
-def test_one_sweep_record_gives_report_final_and_best_the_same_sweep(store: Store) -> None:
+def test_one_sweep_record_gives_report_final_and_best_the_same_sweep(store: Logged) -> None:
     from cobra.tracking import get_sweep
 
-    sweep = get_sweep(store.uri, EXP, SWEEP)
+    sweep = get_sweep(store.db, EXP, SWEEP)
     assert (sweep.name, sweep.metric, sweep.mode) == (SWEEP, "seed_miou", "max")
     assert sweep.parent.run_id == store.parent
     assert {t.run_id for t in sweep.trials} == set(store.children.values())
     assert {t.experiment_id for t in sweep.trials} == {sweep.parent.experiment_id}
 
 
-def test_download_round_trip(store: Store, tmp_path: Path) -> None:
+def test_download_round_trip(store: Logged, tmp_path: Path) -> None:
     run_id = store.children["t1"]
-    dst = download_trial(store.uri, run_id, tmp_path / "run")
+    dst = download_trial(store.db, run_id, tmp_path / "run")
     src = store.root / "runs" / "t1"
     assert (dst / "config.yaml").read_text() == (src / "config.yaml").read_text()
     assert (dst / "checkpoints" / "last.pt").read_bytes() == (src / "checkpoints" /
                                                                "last.pt").read_bytes()
     with pytest.raises(TrackingError, match="no checkpoint artifact"):
-        download_trial(store.uri, store.children["t2"], tmp_path / "failed")
+        download_trial(store.db, store.children["t2"], tmp_path / "failed")
 
 
-def test_final_run_and_finish_sweep(store: Store) -> None:
+def test_final_run_and_finish_sweep(store: Logged) -> None:
     client = MlflowClient(store.uri)
-    best = best_trial(store.uri, EXP, SWEEP)
-    final = client.get_run(start_final_run(store.uri, EXP, best))
+    best = best_trial(store.db, EXP, SWEEP)
+    final = client.get_run(start_final_run(store.db, EXP, best))
     assert final.info.run_name == "final-trial-t1"
     assert final.data.tags["cobra.kind"] == "final"
     assert final.data.tags["source_run_id"] == best.run_id
     # the best cell's mean over its seeds heads the parent run, the best single trial beside it
-    finish_sweep(store.uri, store.parent, best.run_id, best.metrics["seed_miou"], "seed_miou",
+    finish_sweep(store.db, store.parent, best.run_id, best.metrics["seed_miou"], "seed_miou",
                  cell_mean=0.55)
     parent = client.get_run(store.parent)
     assert parent.info.status == "FINISHED"
@@ -203,13 +205,13 @@ def test_final_run_and_finish_sweep(store: Store) -> None:
     assert parent.data.metrics["best_trial_seed_miou"] == pytest.approx(0.57)
 
 
-def test_a_sweep_saves_a_view_of_its_trials_that_mlflows_ui_opens(store: Store) -> None:
+def test_a_sweep_saves_a_view_of_its_trials_that_mlflows_ui_opens(store: Logged) -> None:
     """The view MLflow 3.17's experiment page lists under *Views* (an experiment tag whose
     envelope and state its bundle parses; checked in Chromium): the sweep's trials, best first,
     with the metric and searched keys as columns and charts of the metric against each key."""
     client = MlflowClient(store.uri)
     searched = ["loss.k_sap_neg", "loss.k_cap_pos"]
-    link = save_sweep_view(store.uri, store.parent, SWEEP, "seed_miou", "max", searched,
+    link = save_sweep_view(store.db, store.parent, SWEEP, "seed_miou", "max", searched,
                            "train.seed")
     exp_id = client.get_run(store.parent).info.experiment_id
     key = f"cobra-{store.parent}"
@@ -237,7 +239,7 @@ def test_a_sweep_saves_a_view_of_its_trials_that_mlflows_ui_opens(store: Store) 
     scores = [r.data.metrics["seed_miou"] for r in runs if "seed_miou" in r.data.metrics]
     assert scores == sorted(scores, reverse=True)
     # a resumed sweep saves its view again: one view per sweep, not one per resume
-    save_sweep_view(store.uri, store.parent, SWEEP, "seed_miou", "max", searched)
+    save_sweep_view(store.db, store.parent, SWEEP, "seed_miou", "max", searched)
     views = [k for k in client.get_experiment(exp_id).tags if k.startswith("mlflow.sharedView")]
     assert views == [f"mlflow.sharedViewState.{key}"]
 
@@ -249,11 +251,11 @@ def test_a_quoted_sweep_name_gets_a_view_without_a_filter_mlflow_cannot_parse() 
     assert state["selectedColumns"] == ["metrics.`mask_miou`", "params.`loss.k_cap_pos`"]
 
 
-def test_unknown_sweep_and_experiment(store: Store) -> None:
+def test_unknown_sweep_and_experiment(store: Logged) -> None:
     with pytest.raises(TrackingError, match=r"sweep 'nope' not found.*available: .*ksap"):
-        list_trials(store.uri, EXP, "nope")
+        list_trials(store.db, EXP, "nope")
     with pytest.raises(TrackingError, match="experiment 'missing' not found"):
-        best_trial(store.uri, "missing", SWEEP)
+        best_trial(store.db, "missing", SWEEP)
 
 
 def test_redact_hides_the_password_of_any_uri_and_nothing_else() -> None:
@@ -265,7 +267,7 @@ def test_redact_hides_the_password_of_any_uri_and_nothing_else() -> None:
         assert redact(f"store {uri}", uri) == f"store {uri}"
 
 
-def test_check_reachable(store: Store, tmp_path: Path) -> None:
+def test_check_reachable(store: Logged, tmp_path: Path) -> None:
     check_reachable(store.uri)
     start = time.monotonic()
     with pytest.raises(TrackingError, match="unreachable") as info:
@@ -276,33 +278,33 @@ def test_check_reachable(store: Store, tmp_path: Path) -> None:
         check_reachable(f"sqlite:///{tmp_path}/absent/mlflow.db")
 
 
-def test_report_grid(store: Store, tmp_path: Path) -> None:
+def test_report_grid(store: Logged, tmp_path: Path) -> None:
     """2×2 grid × 2 seeds: each cell is the mean of its two seeds; FAILED trials are ignored."""
     sweep_file = tmp_path / "grid.yaml"
     sweep_file.write_text("name: grid\n")
-    parent = start_sweep_run(store.uri, EXP, "grid", sweep_file, "seed_miou", "max")
+    parent = start_sweep_run(store.db, EXP, "grid", sweep_file, "seed_miou", "max")
     expected = {}
     for k in (5, 20):
         for lam in (0.1, 1.0):
             values = [k / 100 + lam + s / 10 for s in (0, 1)]
             expected[(k, lam)] = sum(values) / 2
             for seed, value in zip((0, 1), values, strict=True):
-                run_id = start_trial_run(store.uri, parent, f"k{k}-l{lam}-s{seed}",
+                run_id = start_trial_run(store.db, parent, f"k{k}-l{lam}-s{seed}",
                                          {"ray_trial_id": f"{k}_{lam}_{seed}"})
-                rep = MlflowReporter(store.uri, run_id)
+                rep = MlflowReporter(store.db, run_id)
                 rep.log_params({"loss.k_sap_pos": k, "loss.lambda_proj": lam,
                                 "train.seed": seed, "loss.tau": 0.1})
                 rep.log_summary({"seed_miou": value})
                 rep.close("FINISHED")
-    bad = start_trial_run(store.uri, parent, "bad", {"ray_trial_id": "bad"})
-    rep = MlflowReporter(store.uri, bad)
+    bad = start_trial_run(store.db, parent, "bad", {"ray_trial_id": "bad"})
+    rep = MlflowReporter(store.db, bad)
     rep.log_params({"loss.k_sap_pos": 5, "loss.lambda_proj": 0.1, "train.seed": 0})
     rep.log_summary({"seed_miou": 100.0})
     rep.close("FAILED")
 
-    newest, _ = list_trials(store.uri, EXP, None)
+    newest, _ = list_trials(store.db, EXP, None)
     assert newest == parent  # no sweep name: the newest sweep
-    _, trials = list_trials(store.uri, EXP, "grid")
+    _, trials = list_trials(store.db, EXP, "grid")
     table = ablation_table(trials, "seed_miou", None, None)
     assert table.index.name == "loss.k_sap_pos" and table.columns.name == "loss.lambda_proj"
     assert list(table.index) == [5, 20] and list(table.columns) == [0.1, 1.0]
@@ -312,7 +314,7 @@ def test_report_grid(store: Store, tmp_path: Path) -> None:
     assert one_d.loc[5, "seed_miou"] == pytest.approx(
         (expected[(5, 0.1)] + expected[(5, 1.0)]) / 2)
 
-    out = make_report(store.uri, EXP, "grid", tmp_path / "report")
+    out = make_report(store.db, EXP, "grid", tmp_path / "report")
     assert out["sweep"] == "grid" and out["parent_run_id"] == parent
     assert [Path(f).name for f in out["files"]] == ["report.md", "report.csv", "report.png"]
     assert all(Path(f).stat().st_size > 0 for f in out["files"])
@@ -323,7 +325,7 @@ def test_report_grid(store: Store, tmp_path: Path) -> None:
     assert sorted(Path(a.path).name for a in logged) == ["report.csv", "report.md", "report.png"]
 
 
-def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Store) -> None:
+def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Logged) -> None:
     from cobra.tracking import log_dataset_inputs
 
     client = MlflowClient(store.uri)
@@ -333,7 +335,7 @@ def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Store) -> 
     child = client.get_run(store.children["t0"])
     assert child.data.tags["mlflow.source.git.commit"] == parent.data.tags[
         "mlflow.source.git.commit"]
-    log_dataset_inputs(store.uri, store.children["t0"], [
+    log_dataset_inputs(store.db, store.children["t0"], [
         {"name": "voc/train_aug", "context": "training", "source": "/data/VOC", "digest": "ab12",
          "num_images": 10582},
         {"name": "voc/train[:60]", "context": "scored (seeds, masks)", "source": "/data/VOC",
@@ -345,11 +347,11 @@ def test_runs_say_who_ran_them_from_which_commit_on_which_data(store: Store) -> 
                                       if i.dataset.digest == "cd34")
 
 
-def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Store, tmp_path,
+def test_metrics_are_rounded_and_tables_and_system_metrics_are_logged(store: Logged, tmp_path,
                                                                       monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    run_id = start_trial_run(store.uri, store.parent, "sysmetrics", {"ray_trial_id": "sm"})
-    rep = MlflowReporter(store.uri, run_id, system_metrics=True)
+    run_id = start_trial_run(store.db, store.parent, "sysmetrics", {"ray_trial_id": "sm"})
+    rep = MlflowReporter(store.db, run_id, system_metrics=True)
     rep.log_summary({"seed_miou": 56.712348912})
     rep.log_table({"class": ["background", "kite"], "iou": [80.1, None]},
                   "seeds/per_class_iou.json")
@@ -372,7 +374,7 @@ def test_a_model_is_logged_and_registered(tmp_path: Path, monkeypatch, backend: 
 
     from cobra.tracking import (
         ModelVersionInfo,
-        connect,
+        Store,
         get_or_create_experiment,
         log_torch_model,
     )
@@ -383,13 +385,13 @@ def test_a_model_is_logged_and_registered(tmp_path: Path, monkeypatch, backend: 
     (tmp_path / "store").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    exp_id = get_or_create_experiment(uri, EXP)
-    run_id = connect(uri).create_run(exp_id).info.run_id
+    exp_id = get_or_create_experiment(Store(uri), EXP)
+    run_id = Store(uri).client.create_run(exp_id).info.run_id
     config = tmp_path / "config.yaml"
     config.write_text("segment: {arch: deeplabv3plus}\n")
     model = torch.nn.Conv2d(3, 2, 1)
     version = ModelVersionInfo("from trial t0", {"source_run_id": "t0", "final/seg_miou": "67.8"})
-    outcome = log_torch_model(uri, run_id, model, "lin", "cobra-test-lin",
+    outcome = log_torch_model(Store(uri), run_id, model, "lin", "cobra-test-lin",
                               np.zeros((1, 3, 8, 8), np.float32), ["torch"], [config], version)
     client = MlflowClient(uri)
     # a LoggedModel of the run (the experiment's Models tab), with its signature and example
@@ -459,3 +461,12 @@ def test_tracking_reads_one_way_and_links_runs_without_asking_the_store():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "cobra.tracking.runs" not in imported
     assert run_link("7", "abc123", "kcp4·seed1") == "[kcp4·seed1](#/experiments/7/runs/abc123)"
+
+
+def test_one_store_is_passed_down_and_travels_to_workers_as_its_uri(store: Logged) -> None:
+    import pickle
+
+    assert store.db.client is store.db.client  # one client, made once
+    again = pickle.loads(pickle.dumps(store.db))  # what Ray sends a trial: the URI alone
+    assert again.uri == store.uri and "client" not in vars(again)
+    assert find_sweep_run(again, EXP, SWEEP) == store.parent

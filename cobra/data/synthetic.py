@@ -23,13 +23,9 @@ Everything is vectorized numpy on an (S, S) grid; images are PNG (lossless) so t
 settings give byte-identical files. The dataset is written to a temporary sibling directory and
 renamed into place, so a reader never sees half a dataset.
 
-`data.synthetic.shape: voc` writes the same scenes at PASCAL VOC's shape, for rehearsing every
-stage at the paper's scale on a machine without the dataset (`launch.py bench --rows
-rehearsal`): 20 classes (each family in five part colours), images of VOC's sizes (a scene drawn
-on a long_side square and cropped to mostly 4:3 landscape, some portrait), JPEG like VOC's, and
-an optional `train_aug` listing of `num_train_aug` images (train plus extra images whose masks sit
-in `SegmentationClassAug`, as SBD's do). The default `demo` shape writes exactly what it wrote
-before the option existed (GENERATOR_VERSION 2; tests/test_data.py pins its pixels).
+`data.synthetic.shape: voc` writes the same scenes at PASCAL VOC's shape (README, "Data"). The
+default `demo` shape writes exactly what it wrote before the option existed (GENERATOR_VERSION 2;
+tests/test_data.py pins its pixels).
 """
 
 from __future__ import annotations

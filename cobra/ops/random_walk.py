@@ -182,10 +182,3 @@ def relative_labels(rw: np.ndarray, theta: float) -> np.ndarray:
     claims = rw >= thr[:, None, None]
     best = np.where(claims, rw, -np.inf).argmax(axis=0)
     return np.where(claims.any(axis=0), best + 1, 0).astype(np.int64)
-
-
-def relative_masks(rw: np.ndarray, keys: np.ndarray, theta: float) -> np.ndarray:
-    """(K, H, W) walk maps + (K,) ids → (H, W) uint8 mask by the relative rule
-    (`relative_labels`), before the authors' CRF."""
-    ids = np.concatenate([[0], np.asarray(keys, dtype=np.int64).reshape(-1)])
-    return ids[relative_labels(rw, theta)].astype(np.uint8)

@@ -1,9 +1,5 @@
-"""The segmentation network that stage `segment` trains on the pseudo masks (fully supervised).
-
-`build_segmenter` makes an smp DeepLabV3+ / SegFormer that takes any input size, `MaskDataset`
-serves augmented (image, mask) crops, `train_segmenter` fits it (SGD, poly lr, CE with 255
-ignored), and `predict` / `predict_and_score` run multi-scale + flip inference and score mIoU.
-"""
+"""The segmentation network that stage `segment` trains on the pseudo masks (fully supervised):
+`model` builds it, `data` serves its crops, `train` fits it, `infer` predicts and scores."""
 
 from cobra.segmenter.data import MaskDataset, read_mask
 from cobra.segmenter.infer import predict, predict_and_score

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cobra.config import SegmentConfig
 from cobra.errors import StageInputError
-from cobra.runtime import EpochInfo, PolySchedule, train_one_epoch
+from cobra.runtime import EpochInfo, PolyLR, train_one_epoch
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -77,8 +77,8 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
     optimizer = build_optimizer(model, cfg)
-    schedule = PolySchedule.of(optimizer, len(loader) * cfg.epochs, cfg.poly_power,
-                               round(cfg.warmup_epochs * len(loader)))
+    schedule = PolyLR(optimizer, len(loader) * cfg.epochs, cfg.poly_power,
+                      round(cfg.warmup_epochs * len(loader)))
     single = batch_size == 1
     if single:
         # BatchNorm cannot train on one image (DeepLabV3+'s pooled ASPP branch is 1x1 and fails).

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cobra.config import Config
+from cobra.config import Config, CRFConfig
 from cobra.data.source import Source
 from cobra.errors import StageInputError
 from cobra.layout import RunLayout, atomic_write_text
@@ -80,9 +80,8 @@ def skip_if_current(stamp: Stamp, layout: RunLayout, metrics: str, force: bool,
     return None
 
 
-def crf_kernels(crf: Any, iters: int) -> dict[str, float]:
-    """A CRF sub-config's iterations and pairwise kernels as `cobra.ops.crf` keyword arguments
-    (both CRF sub-configs, `masks.ir_labels.crf` and `masks.rule.crf`, have these fields)."""
+def crf_kernels(crf: CRFConfig, iters: int) -> dict[str, float]:
+    """A CRF section's iterations and pairwise kernels as `cobra.ops.crf` keyword arguments."""
     return {"iters": iters, "gauss_sxy": crf.gauss_sxy, "gauss_compat": crf.gauss_compat,
             "bi_sxy": crf.bilateral_sxy, "bi_srgb": crf.bilateral_srgb,
             "bi_compat": crf.bilateral_compat}

@@ -20,7 +20,7 @@ from cobra.models.irn import OUTPUT_STRIDE, BoundaryNet, load_cam_backbone
 from cobra.ops.affinity import affinity_loss
 from cobra.ops.random_walk import neighbour_offsets
 from cobra.reporting import Reporter
-from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
+from cobra.runtime import EpochInfo, PolyLR, resolve_device, train_one_epoch
 from cobra.stages.common import (
     Stamp,
     fingerprint,
@@ -97,8 +97,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
                         num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     offsets = neighbour_offsets(m.pair_radius)
-    schedule = PolySchedule.of(optimizer, max(1, len(loader) * m.epochs),
-                               cfg.train.poly_power)
+    schedule = PolyLR(optimizer, max(1, len(loader) * m.epochs), cfg.train.poly_power)
 
     def losses(batch: dict):
         boundary = net(batch["image"].to(device))

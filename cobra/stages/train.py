@@ -37,7 +37,7 @@ from cobra.models import build_model
 from cobra.models.cobra import CoBra
 from cobra.objective import check_k_values, compute_losses
 from cobra.reporting import Reporter
-from cobra.runtime import EpochInfo, PolySchedule, resolve_device, train_one_epoch
+from cobra.runtime import EpochInfo, PolyLR, resolve_device, train_one_epoch
 from cobra.weights import check_backbones
 
 NONFINITE_HINT = "lower train.lr or check the data"
@@ -126,13 +126,16 @@ def _build_model(cfg: Config, weights: bool | str, num_classes: int, device: tor
 
 
 def _resume(checkpoint: Path, model: CoBra, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> int:
-    """Load a checkpoint's weights and optimizer state; the epoch to continue from."""
+            schedule: PolyLR, device: torch.device) -> int:
+    """Load a checkpoint's weights, optimizer and lr schedule state; the epoch to continue
+    from."""
     state = load_checkpoint(checkpoint, map_location=device)
     try:
         model.load_state_dict(state["model"])
         if state["optimizer"] is not None:  # None: a finished run (see run's save)
             optimizer.load_state_dict(state["optimizer"])
+        if state.get("schedule") is not None:  # None: a finished run, an older checkpoint
+            schedule.load_state_dict(state["schedule"])
     except (RuntimeError, ValueError, KeyError, TypeError):
         raise StageInputError(f"checkpoint '{checkpoint}' does not fit the model of this "
                               f"run's config; resume with the config it was trained with "
@@ -192,13 +195,14 @@ def _loss_fn(cfg: Config, model: CoBra, device: torch.device, nhwc: bool, monito
 
 
 def _save_epoch(cfg: Config, layout: RunLayout, model: CoBra, optimizer: torch.optim.Optimizer,
-                epoch: int) -> None:
+                schedule: PolyLR, epoch: int) -> None:
     # After the last epoch nothing resumes training, so the optimizer state (as large as the
     # weights with momentum) is not kept: every copy of the final checkpoint (run directory,
     # Ray, MLflow) is the weights alone.
     finished = epoch + 1 == cfg.train.epochs
     save_checkpoint(layout.last_checkpoint, model=model, cfg=cfg, epoch=epoch,
-                    optimizer=None if finished else optimizer)
+                    optimizer=None if finished else optimizer,
+                    schedule=None if finished else schedule)
 
 
 def run(cfg: Config, layout: RunLayout, reporter: Reporter,
@@ -214,14 +218,14 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
     weights = pretrain.resolve(cfg.model.pretrained, cfg, pretrain.backbones_of(cfg))
     model, nhwc = _build_model(cfg, weights, train_set.num_classes, device)
     optimizer = build_optimizer(model, cfg)
-    # before a resumed optimizer state replaces them with the lrs of the step it was saved at
-    base_lrs = tuple(g["lr"] for g in optimizer.param_groups)
-    start_epoch = 0 if resume_from is None else _resume(resume_from, model, optimizer, device)
+    steps_per_epoch = _steps_per_epoch(cfg, len(train_set))
+    # made before a resumed optimizer state brings back the lrs of the step it was saved at
+    schedule = PolyLR(optimizer, steps_per_epoch * cfg.train.epochs, cfg.train.poly_power,
+                      round(cfg.train.warmup_epochs * steps_per_epoch))
+    start_epoch = 0 if resume_from is None else _resume(resume_from, model, optimizer, schedule,
+                                                        device)
     save_config(cfg, layout.config)
     reporter.log_params(flatten(cfg))
-    steps_per_epoch = _steps_per_epoch(cfg, len(train_set))
-    schedule = PolySchedule(base_lrs, steps_per_epoch * cfg.train.epochs, cfg.train.poly_power,
-                            round(cfg.train.warmup_epochs * steps_per_epoch))
     workers = cfg.data.num_workers
     pin = accel.loader_options(device)["pin_memory"]
     val_loader = make_loader(val_set, cfg.train.batch_size, workers, cfg.train.seed,
@@ -243,7 +247,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter,
         if monitor is not None:
             result.update(monitor.epoch_metrics(model))
         result["lr"] = optimizer.param_groups[0]["lr"]
-        _save_epoch(cfg, layout, model, optimizer, epoch)
+        _save_epoch(cfg, layout, model, optimizer, schedule, epoch)
         reporter.log_epoch(epoch, result, checkpoint=layout.checkpoints)
     layout.update_summary({k: v for k, v in result.items() if k.startswith("cls_map")})
     return result

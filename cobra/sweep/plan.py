@@ -143,10 +143,10 @@ def rough_trial_time(spec: SweepSpec) -> TrialTime:
                      f"figure for training alone; expect 2× either way)")
 
 
-def measured_trial_time(spec: SweepSpec, uri: str) -> TrialTime | None:
+def measured_trial_time(spec: SweepSpec, store: tracking.Store) -> TrialTime | None:
     """The median wall time of earlier FINISHED trials of the same base config and stages."""
     try:
-        seconds = tracking.finished_trial_seconds(uri, spec.experiment, spec.base_digest(),
+        seconds = tracking.finished_trial_seconds(store, spec.experiment, spec.base_digest(),
                                                   ",".join(spec.stages))
     except Exception as exc:  # an unreachable server: the plan still stands on the rough figure
         print(f"plan: MLflow store not read ({type(exc).__name__}); using the rough figure",
@@ -157,7 +157,7 @@ def measured_trial_time(spec: SweepSpec, uri: str) -> TrialTime | None:
     return TrialTime(statistics.median(seconds), len(seconds),
                      f"median of {len(seconds)} earlier FINISHED trials of this base config "
                      f"(tag {tracking.tags.BASE_CONFIG}={spec.base_digest()}) in "
-                     f"{tracking.redact(uri, uri)}")
+                     f"{store.redacted}")
 
 
 def plan_sweep(spec: SweepSpec, capacity: Capacity | None = None) -> dict[str, Any]:
@@ -165,8 +165,8 @@ def plan_sweep(spec: SweepSpec, capacity: Capacity | None = None) -> dict[str, A
     names, known = trial_names(spec)
     capacity = capacity or cluster_capacity()
     at_once = concurrent_trials(spec, capacity)
-    uri = tracking.resolve_tracking_uri()
-    time = measured_trial_time(spec, uri) or rough_trial_time(spec)
+    store = tracking.Store(tracking.resolve_tracking_uri())
+    time = measured_trial_time(spec, store) or rough_trial_time(spec)
     waves = math.ceil(spec.num_trials / at_once) if at_once else None
     return {"sweep": spec.name, "algorithm": spec.algorithm, "num_trials": spec.num_trials,
             # names a TPE search picks from results are not known yet: only the others

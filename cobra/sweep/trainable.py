@@ -43,8 +43,7 @@ class TrialContext:
     # the sweep's validated base config, as is: only the searched values (Ray's params) are
     # plain data, and the trial builds its config from the two once
     base_config: Config
-    tracking_uri: str
-    experiment: str
+    store: tracking.Store
     parent_run_id: str
     metric: str
     experiment_dir: str  # the sweep's directory in Ray's storage: a local path or a URI
@@ -133,8 +132,8 @@ def _restore(layout: RunLayout) -> Path | None:
 
 def _earlier_attempt(ctx: TrialContext, trial_id: str) -> tracking.TrialRecord | None:
     """The MLflow run an earlier attempt of this Ray trial made, if any."""
-    existing = tracking.find_trial_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
-    return tracking.get_trial(ctx.tracking_uri, existing) if existing else None
+    existing = tracking.find_trial_run(ctx.store, ctx.parent_run_id, trial_id)
+    return tracking.get_trial(ctx.store, existing) if existing else None
 
 
 def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
@@ -143,13 +142,13 @@ def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
     reused when Ray restarts the trial, so retries stay one run."""
     node = ray.get_runtime_context().get_node_id()
     if earlier is not None:
-        tracking.reopen_run(ctx.tracking_uri, earlier.run_id)
+        tracking.reopen_run(ctx.store, earlier.run_id)
         # a restarted trial may land on another node: keep where every attempt ran
         history = earlier.tags.get(tag.RAY_NODE_HISTORY, "")
-        tracking.MlflowReporter(ctx.tracking_uri, earlier.run_id).set_tags(
+        tracking.MlflowReporter(ctx.store, earlier.run_id).set_tags(
             {tag.RAY_NODE_ID: node, tag.RAY_NODE_HISTORY: f"{history},{node}".strip(",")})
         return earlier.run_id, True
-    run_id = tracking.start_trial_run(ctx.tracking_uri, ctx.parent_run_id, name,
+    run_id = tracking.start_trial_run(ctx.store, ctx.parent_run_id, name,
                                       tags={tag.RAY_TRIAL_ID: trial_id, tag.RAY_NODE_ID: node,
                                             tag.RAY_NODE_HISTORY: node})
     return run_id, False
@@ -234,10 +233,10 @@ def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         tune.report({**earlier.metrics, "mlflow_run_id": earlier.run_id})
         return
     run_id, resumed = _mlflow_run(ctx, trial_id, trial_name(params), earlier)
-    mlflow_reporter = tracking.MlflowReporter(ctx.tracking_uri, run_id, resumed=resumed,
+    mlflow_reporter = tracking.MlflowReporter(ctx.store, run_id, resumed=resumed,
                                               system_metrics=True)
     if not resumed and ctx.datasets:
-        tracking.log_dataset_inputs(ctx.tracking_uri, run_id, ctx.datasets)
+        tracking.log_dataset_inputs(ctx.store, run_id, ctx.datasets)
     ray_reporter = RayReporter(layout, run_id)
     reporter = MultiReporter([FileReporter(layout.metrics), mlflow_reporter, ray_reporter])
     # the worker's pid lets an operator (or a fault drill) find the process of a trial

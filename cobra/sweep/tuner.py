@@ -98,17 +98,15 @@ def _scheduler(spec: SweepSpec):
                          reduction_factor=spec.reduction_factor)
 
 
-def _preflight(spec: SweepSpec, resume: bool) -> str:
+def _preflight(spec: SweepSpec, resume: bool) -> tracking.Store:
     """Everything that can fail fast does, before Ray starts: the resources a trial asks for,
-    the tracker, the data, the weights, the experiment directory. Returns the tracking URI."""
+    the tracker, the data, the weights, the experiment directory. Returns the tracking store."""
     if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
         check_resources(spec, os.cpu_count() or 1, _local_gpus(), "this machine")
     warning = spec.projection_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    uri = tracking.resolve_tracking_uri()
-    tracking.check_reachable(uri)
-    _check_storage(spec)
+    store = tracking.open_store()
     exists = _sweep_exists(spec)
     if exists and not resume:
         raise ConfigError(f"sweep '{spec.name}' already exists at {spec.experiment_dir}; pass "
@@ -116,9 +114,9 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     if resume and not exists:
         raise ConfigError(f"no sweep '{spec.name}' to resume at {spec.experiment_dir}; "
                           f"start it without --resume")
-    if resume and tracking.find_sweep_run(uri, spec.experiment, spec.name) is None:
+    if resume and tracking.find_sweep_run(store, spec.experiment, spec.name) is None:
         raise ConfigError(f"no sweep '{spec.name}' to resume in MLflow experiment "
-                          f"'{spec.experiment}' of {tracking.redact(uri, uri)}; run it from the "
+                          f"'{spec.experiment}' of {store.redacted}; run it from the "
                           f"directory (or with the MLFLOW_TRACKING_URI) it was started with")
     # Written once here (synthetic) and checked: trials must not race to create the dataset.
     build_source(spec.base, resolve_train_split(spec.base))
@@ -131,7 +129,7 @@ def _preflight(spec: SweepSpec, resume: bool) -> str:
     weights = pretrain.resolve(spec.base.model.pretrained, spec.base,
                                pretrain.backbones_of(spec.base))
     check_backbones(spec.base, weights)
-    return uri
+    return store
 
 
 def _lock_sweep(spec: SweepSpec) -> Path | None:
@@ -142,13 +140,8 @@ def _lock_sweep(spec: SweepSpec) -> Path | None:
         return None
     from cobra.locks import hold
 
-    root = Path(spec.storage)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"sweep storage '{root}' cannot be created ({exc.strerror}); set "
-                          f"'storage:' to a writable shared directory") from None
-    lock = root / f".{spec.name}.lock"
+    _check_storage(spec)  # made and writable, before the lock is taken in it
+    lock = Path(spec.storage) / f".{spec.name}.lock"
     hold(lock, f"sweep '{spec.name}' ({spec.experiment_dir})")
     return lock
 
@@ -201,10 +194,10 @@ def _note(spec: SweepSpec, results: str | None = None, view_link: str | None = N
     return note
 
 
-def _save_view(spec: SweepSpec, uri: str, parent: str) -> str:
+def _save_view(spec: SweepSpec, store: tracking.Store, parent: str) -> str:
     """The sweep's saved view in the MLflow UI (its trials, its metric against the searched
     keys); returns the markdown link that opens it."""
-    return tracking.save_sweep_view(uri, parent, spec.name, spec.metric, spec.mode,
+    return tracking.save_sweep_view(store, parent, spec.name, spec.metric, spec.mode,
                                     list(spec.space),
                                     REPLICATE_KEY if spec.repeats > 1 else None)
 
@@ -277,17 +270,17 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
 
 
 def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
-    uri = _preflight(spec, resume)
-    optuna_url = study.storage_url(spec.optuna_storage, uri)
+    store = _preflight(spec, resume)
+    optuna_url = study.storage_url(spec.optuna_storage, store.uri)
     optuna_storage = study.open_storage(optuna_url)
     study.check_fresh(optuna_storage, optuna_url, spec.name, resume)
     _init_ray()
     if _cluster_address():
         _check_cluster_resources(spec)
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
-    parent = _parent_run(spec, uri, datasets, resume, optuna_url)
-    ctx = TrialContext(base_config=spec.base, tracking_uri=uri,
-                       experiment=spec.experiment, parent_run_id=parent, metric=spec.metric,
+    parent = _parent_run(spec, store, datasets, resume, optuna_url)
+    ctx = TrialContext(base_config=spec.base, store=store, parent_run_id=parent,
+                       metric=spec.metric,
                        experiment_dir=spec.experiment_dir, stages=spec.stages,
                        cpus=spec.cpu, datasets=datasets)
     try:
@@ -301,21 +294,21 @@ def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
             results = tuner.fit()
         _remove_staging_leftovers(spec)
     except BaseException as exc:
-        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
+        tracking.finish_sweep(store, parent, None, None, spec.metric, status="KILLED")
         if isinstance(exc, KeyboardInterrupt):
             _print_resume_hint(spec)
         raise
     bad_input = first_input_error(results)
     if bad_input is not None:
-        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="FAILED")
+        tracking.finish_sweep(store, parent, None, None, spec.metric, status="FAILED")
         raise ConfigError(f"sweep '{spec.name}' stopped: {bad_input}; fix it, then start the "
                           f"sweep again (remove {spec.experiment_dir} or rename the sweep)")
     if _interrupted(spec, results):
         # Ray caught Ctrl+C, stopped the trials and saved the search state: say how to go on.
-        tracking.finish_sweep(uri, parent, None, None, spec.metric, status="KILLED")
+        tracking.finish_sweep(store, parent, None, None, spec.metric, status="KILLED")
         _print_resume_hint(spec)
         raise KeyboardInterrupt
-    return _summarise(spec, uri, parent, results)
+    return _summarise(spec, store, parent, results)
 
 
 @contextlib.contextmanager
@@ -334,23 +327,23 @@ def _sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _parent_run(spec: SweepSpec, uri: str, datasets: tuple[dict[str, Any], ...],
+def _parent_run(spec: SweepSpec, store: tracking.Store, datasets: tuple[dict[str, Any], ...],
                 resume: bool, optuna_url: str) -> str:
     """The sweep's parent run: a resumed sweep's own, reopened, else a new one that says what
     the sweep searches, how, and on which data."""
-    parent = tracking.find_sweep_run(uri, spec.experiment, spec.name) if resume else None
+    parent = tracking.find_sweep_run(store, spec.experiment, spec.name) if resume else None
     if parent is not None:
-        tracking.reopen_run(uri, parent)
+        tracking.reopen_run(store, parent)
         return parent
-    parent = tracking.start_sweep_run(uri, spec.experiment, spec.name, spec.file,
+    parent = tracking.start_sweep_run(store, spec.experiment, spec.name, spec.file,
                                       spec.metric, spec.mode,
                                       tags={tracking.tags.BASE_CONFIG: spec.base_digest(),
                                             tracking.tags.OPTUNA_STORAGE:
                                                 study.public_url(optuna_url),
                                             tracking.tags.OPTUNA_STUDY: spec.name})
-    tracking.MlflowReporter(uri, parent).log_params(sweep_params(spec))
-    tracking.set_description(uri, parent, _note(spec, view_link=_save_view(spec, uri, parent)))
-    tracking.log_dataset_inputs(uri, parent, datasets)
+    tracking.MlflowReporter(store, parent).log_params(sweep_params(spec))
+    tracking.set_description(store, parent, _note(spec, view_link=_save_view(spec, store, parent)))
+    tracking.log_dataset_inputs(store, parent, datasets)
     return parent
 
 
@@ -412,20 +405,20 @@ def _interrupted(spec: SweepSpec, results) -> bool:
     return len(results) < spec.num_trials or ended < len(results)
 
 
-def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any]:
+def _summarise(spec: SweepSpec, store: tracking.Store, parent: str, results) -> dict[str, Any]:
     """End the parent run with the sweep's results and best trial. The best is MLflow's pick
     (`tracking.pick_best`), the very one `launch.py final --best` continues, not a second
     ranking of Ray's results."""
-    trials = tracking.trials_of(uri, parent)
+    trials = tracking.trials_of(store, parent)
     best = tracking.pick_best(trials, spec.metric, spec.mode)
     best_run = best.run_id if best else None
     best_value = best.metrics[tracking.sanitize_key(spec.metric)] if best else None
-    links = [tracking.artifact_link(uri, parent, RESULTS_FILE, "all cells"),
-             _save_view(spec, uri, parent)]
-    summary = sweep_results(uri, parent, trials, spec.metric, spec.mode, spec.name, links)
-    tracking.MlflowReporter(uri, parent).log_text(_note(spec, summary.full), RESULTS_FILE)
-    tracking.set_description(uri, parent, summary.note)
-    tracking.finish_sweep(uri, parent, best_run, best_value, spec.metric,
+    links = [tracking.artifact_link(store, parent, RESULTS_FILE, "all cells"),
+             _save_view(spec, store, parent)]
+    summary = sweep_results(store, parent, trials, spec.metric, spec.mode, spec.name, links)
+    tracking.MlflowReporter(store, parent).log_text(_note(spec, summary.full), RESULTS_FILE)
+    tracking.set_description(store, parent, summary.note)
+    tracking.finish_sweep(store, parent, best_run, best_value, spec.metric,
                           cell_mean=summary.best_mean)
     return {"sweep": spec.name, "parent_run_id": parent, "trials": len(results),
             "errored": sum(r.error is not None for r in results),
@@ -433,4 +426,4 @@ def _summarise(spec: SweepSpec, uri: str, parent: str, results) -> dict[str, Any
             "best_run_id": best_run, f"best_{spec.metric}": (None if summary.best_mean is None
                                                       else round(summary.best_mean, 4)),
             f"best_trial_{spec.metric}": best_value,
-            "tracking_uri": tracking.redact(uri, uri), "experiment_dir": str(spec.experiment_dir)}
+            "tracking_uri": store.redacted, "experiment_dir": str(spec.experiment_dir)}

@@ -1,8 +1,8 @@
 """MLflow tracking for sweeps. MLflow itself is imported in one module, `mlflow_api`.
 
-Everything goes through `MlflowClient(uri)` with explicit run ids, never mlflow's global "active
-run", so the same calls work from the driver and from Ray worker processes. Run structure (tag
-names in `tags`):
+Every call takes one `Store` (a URI and its client, made once and passed down) and explicit
+run ids, never mlflow's global "active run", so the same calls work from the driver and from
+Ray worker processes. Run structure (tag names in `tags`):
 
     experiment
       <sweep_name>            cobra.kind=sweep, cobra.metric, cobra.mode, artifact: the sweep YAML
@@ -10,17 +10,8 @@ names in `tags`):
                               artifacts: config.yaml, checkpoints/last.pt, pictures/
       final-<trial run name>  cobra.kind=final, source_run_id
 
-The modules, by concern:
-
-    tags        every tag name written or read
-    mlflow_api  the MLflow client, entities and optional flavours CoBra uses
-    store       the tracking URI, its password redacted, reachability checks, the client
-    reporter    MlflowReporter: Reporter hooks buffered into one run
-    queries     reading runs back: finding runs, TrialRecord, the best trial, a trial's files,
-                the sweeps on the same base config
-    runs        experiments and the sweep / trial / final runs' lifecycle, descriptions, links,
-                source tags, dataset inputs, files and models (imports queries, never back)
-    views       a sweep's saved view of the experiment page (its columns and charts)
+Modules, one concern each, importing one way: `tags` < `mlflow_api` < `store` < `reporter` <
+`queries` (reading runs back) < `runs` (their lifecycle) < `views`.
 """
 
 from cobra.tracking import tags
@@ -58,15 +49,21 @@ from cobra.tracking.runs import (
     start_sweep_run,
     start_trial_run,
 )
-from cobra.tracking.store import check_reachable, connect, redact, resolve_tracking_uri
+from cobra.tracking.store import (
+    Store,
+    check_reachable,
+    open_store,
+    redact,
+    resolve_tracking_uri,
+)
 from cobra.tracking.views import save_sweep_view
 
 __all__ = [
-    "MlflowReporter", "ModelVersionInfo", "SweepRecord", "TrialRecord", "artifact_bytes",
-    "artifact_link", "artifact_size", "best_trial", "check_reachable", "connect",
+    "MlflowReporter", "ModelVersionInfo", "Store", "SweepRecord", "TrialRecord", "artifact_bytes",
+    "artifact_link", "artifact_size", "best_trial", "check_reachable",
     "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
     "get_or_create_experiment", "get_sweep", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
-    "log_torch_model", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
+    "log_torch_model", "open_store", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
     "sanitize_key", "save_sweep_view", "scored_trials", "set_description", "start_final_run",
     "start_sweep_run",
     "start_trial_run", "sweeps_with_base", "tags", "trials_of",

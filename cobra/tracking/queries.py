@@ -3,19 +3,19 @@ plain `TrialRecord`s, the best of them, and the files `launch.py final` continue
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 from cobra.errors import TrackingError
 from cobra.tracking import tags as tag
 from cobra.tracking.mlflow_api import MlflowClient, MlflowException, Run
 from cobra.tracking.reporter import as_float, sanitize_key
-from cobra.tracking.store import connect, redact, sqlite_path
+from cobra.tracking.store import Store, sqlite_path
 
 
 @dataclass
@@ -48,11 +48,11 @@ def _seconds(run: Run) -> float | None:
 # Finding runs
 
 
-def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+def experiment_id(store: Store, name: str) -> str:
     """The id of an existing experiment; TrackingError when there is none by that name."""
-    exp = client.get_experiment_by_name(name)
+    exp = store.client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"experiment '{name}' not found in {redact(uri, uri)}; check "
+        raise TrackingError(f"experiment '{name}' not found in {store.redacted}; check "
                             f"--experiment or MLFLOW_TRACKING_URI")
     return exp.experiment_id
 
@@ -84,12 +84,12 @@ def children(client: MlflowClient, parent: Run) -> list[Run]:
                        ["attributes.start_time ASC"])
 
 
-def get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
+def get_run(store: Store, run_id: str) -> Run:
     """Run `run_id`; TrackingError when the store has no such run."""
     try:
-        return client.get_run(run_id)
+        return store.client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"run {run_id} not found in {redact(uri, uri)}; check the run id "
+        raise TrackingError(f"run {run_id} not found in {store.redacted}; check the run id "
                             f"(the MLflow UI lists a sweep's trials under its parent run)"
                             ) from exc
 
@@ -98,16 +98,16 @@ def get_run(client: MlflowClient, uri: str, run_id: str) -> Run:
 # Trials
 
 
-def get_trial(uri: str, run_id: str) -> TrialRecord:
+def get_trial(store: Store, run_id: str) -> TrialRecord:
     """One run by id."""
-    return _record(get_run(connect(uri), uri, run_id))
+    return _record(get_run(store, run_id))
 
 
-def list_trials(uri: str, experiment: str,
+def list_trials(store: Store, experiment: str,
                 sweep_name: str | None) -> tuple[str, list[TrialRecord]]:
     """The sweep's parent run id (newest sweep when `sweep_name` is None) and its child runs."""
-    client = connect(uri)
-    sweeps = sweep_runs(client, experiment_id(client, uri, experiment))
+    client = store.client
+    sweeps = sweep_runs(client, experiment_id(store, experiment))
     if not sweeps:
         raise TrackingError(f"experiment '{experiment}' holds no sweep; run `launch.py sweep` "
                             f"first or check --experiment")
@@ -123,10 +123,9 @@ def list_trials(uri: str, experiment: str,
     return parent.info.run_id, [_record(r) for r in children(client, parent)]
 
 
-def trials_of(uri: str, parent_run_id: str) -> list[TrialRecord]:
+def trials_of(store: Store, parent_run_id: str) -> list[TrialRecord]:
     """The child runs of one sweep parent run, oldest first."""
-    client = connect(uri)
-    return [_record(r) for r in children(client, get_run(client, uri, parent_run_id))]
+    return [_record(r) for r in children(store.client, get_run(store, parent_run_id))]
 
 
 def scored_trials(trials: Sequence[TrialRecord], metric: str) -> list[TrialRecord]:
@@ -163,13 +162,13 @@ class SweepRecord:
     trials: list[TrialRecord]
 
 
-def get_sweep(uri: str, experiment: str, sweep_name: str | None = None,
+def get_sweep(store: Store, experiment: str, sweep_name: str | None = None,
               metric: str | None = None, mode: str | None = None,
               remedy: str = "") -> SweepRecord:
     """The sweep `sweep_name` (the newest when None), its metric and mode those its parent
     records unless given; TrackingError (ending in `remedy`) when it records none usable."""
-    parent_id, trials = list_trials(uri, experiment, sweep_name)
-    parent = get_trial(uri, parent_id)
+    parent_id, trials = list_trials(store, experiment, sweep_name)
+    parent = get_trial(store, parent_id)
     metric = metric or parent.tags.get(tag.METRIC)
     mode = mode or parent.tags.get(tag.MODE, "max")
     if not metric:
@@ -182,14 +181,14 @@ def get_sweep(uri: str, experiment: str, sweep_name: str | None = None,
                        trials)
 
 
-def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
+def best_trial(store: Store, experiment: str, sweep_name: str | None = None,
                run_id: str | None = None, metric: str | None = None,
                mode: str | None = None) -> TrialRecord:
     """The run `run_id`, or the sweep's best FINISHED trial by `metric` (default: the sweep's)."""
     if run_id:
-        return get_trial(uri, run_id)
+        return get_trial(store, run_id)
     # `launch.py final` has no --metric or --mode: a sweep without them is picked from by --run
-    sweep = get_sweep(uri, experiment, sweep_name, metric, mode, "; pick a trial with --run")
+    sweep = get_sweep(store, experiment, sweep_name, metric, mode, "; pick a trial with --run")
     best = pick_best(sweep.trials, sweep.metric, sweep.mode)
     if best is None:
         raise TrackingError(
@@ -199,11 +198,12 @@ def best_trial(uri: str, experiment: str, sweep_name: str | None = None,
     return best
 
 
-def sweeps_with_base(uri: str, parent_run_id: str) -> list[tuple[TrialRecord, list[TrialRecord]]]:
+def sweeps_with_base(store: Store,
+                     parent_run_id: str) -> list[tuple[TrialRecord, list[TrialRecord]]]:
     """The other sweeps of `parent_run_id`'s experiment on the same base config (tag
     BASE_CONFIG), newest first, each with its trials: where seed noise was measured before."""
-    client = connect(uri)
-    parent = get_run(client, uri, parent_run_id)
+    client = store.client
+    parent = get_run(store, parent_run_id)
     digest = parent.data.tags.get(tag.BASE_CONFIG)
     if not digest:
         return []
@@ -213,16 +213,16 @@ def sweeps_with_base(uri: str, parent_run_id: str) -> list[tuple[TrialRecord, li
             and run.info.run_id != parent_run_id]
 
 
-def finished_trial_seconds(uri: str, experiment: str, base_digest: str,
+def finished_trial_seconds(store: Store, experiment: str, base_digest: str,
                            stages: str) -> list[float]:
     """Wall seconds of every FINISHED trial of `experiment`'s sweeps on the base config
     `base_digest` (tag BASE_CONFIG) whose trials ran `stages` (the parent's param, e.g.
     "seeds,ir_labels,irn,masks"), oldest sweep last: what the same work took before. Only
     reads: a store or experiment that does not exist yet gives [] and is not created."""
-    db = sqlite_path(uri)
+    db = sqlite_path(store.uri)
     if db is not None and not db.expanduser().exists():
         return []  # opening it would create an empty store
-    client = connect(uri)
+    client = store.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage == "deleted":
         return []
@@ -236,40 +236,27 @@ def finished_trial_seconds(uri: str, experiment: str, base_digest: str,
     return seconds
 
 
-def artifact_bytes(uri: str, run_id: str, path: str) -> bytes | None:
+def artifact_bytes(store: Store, run_id: str, path: str) -> bytes | None:
     """The bytes of one artifact file of a run, or None when the run has no such file."""
-    client = connect(uri)
+    client = store.client
     folder, _, name = path.rpartition("/")
     if not any(a.path == path for a in client.list_artifacts(run_id, folder or None)):
         return None
     # a report reads one small file per trial: MLflow's progress bar for each is noise
-    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, _env(
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+    with tempfile.TemporaryDirectory(prefix="cobra-artifact-") as tmp, mock.patch.dict(
+            os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
         return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
 
 
-def artifact_size(uri: str, run_id: str, folder: str) -> int:
+def artifact_size(store: Store, run_id: str, folder: str) -> int:
     """Bytes of the files directly in a run's artifact folder (what it stores there)."""
-    return sum(a.file_size or 0 for a in connect(uri).list_artifacts(run_id, folder))
+    return sum(a.file_size or 0 for a in store.client.list_artifacts(run_id, folder))
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def download_trial(uri: str, run_id: str, dst: Path) -> Path:
+def download_trial(store: Store, run_id: str, dst: Path) -> Path:
     """Fetch a trial's config.yaml and checkpoints/last.pt into `dst` (a run directory)."""
-    client = connect(uri)
-    get_run(client, uri, run_id)
+    client = store.client
+    get_run(store, run_id)
     have_ckpt = any(Path(a.path).name == "last.pt"
                     for a in client.list_artifacts(run_id, "checkpoints"))
     if not have_ckpt:

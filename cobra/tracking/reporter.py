@@ -28,7 +28,7 @@ from cobra.tracking.mlflow_api import (
     RunTag,
     system_metrics_monitor,
 )
-from cobra.tracking.store import connect, redact
+from cobra.tracking.store import Store
 
 # Metric values keep this many decimals (mIoU in %, losses, mAP): what a reader can use.
 METRIC_DECIMALS = 4
@@ -75,12 +75,13 @@ def str_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
 class MlflowReporter(Reporter):
     """Reporter hooks logged to one MLflow run, by id."""
 
-    def __init__(self, uri: str, run_id: str, resumed: bool = False,
+    def __init__(self, store: Store, run_id: str, resumed: bool = False,
                  system_metrics: bool = False) -> None:
-        self.uri = uri
+        self.store = store
         self.run_id = run_id
-        self.client = connect(uri)
-        self._monitor = _start_system_metrics(uri, run_id, resumed) if system_metrics else None
+        self.client = store.client
+        self._monitor = (_start_system_metrics(store.uri, run_id, resumed) if system_metrics
+                         else None)
         self._params: dict[str, str] | None = None  # what the run already holds, loaded lazily
         # A restarted trial replays the epoch it was in when it died (resume is exact, so the
         # values are the same); (key, step) pairs the run already holds are not logged twice.
@@ -162,7 +163,7 @@ class MlflowReporter(Reporter):
         while not self._flush():
             if time.time() > deadline:
                 raise TrackingError(
-                    f"MLflow store {redact(self.uri, self.uri)} unreachable while {action}; "
+                    f"MLflow store {self.store.redacted} unreachable while {action}; "
                     f"{len(self._pending)} "
                     f"metric values of run {self.run_id} are only in the run directory's "
                     f"metrics.jsonl - bring the server back and resume the sweep")

@@ -24,7 +24,7 @@ from cobra.tracking.mlflow_api import (
 )
 from cobra.tracking.queries import TrialRecord, children, get_run, sweep_runs
 from cobra.tracking.reporter import MlflowReporter, sanitize_key, str_tags
-from cobra.tracking.store import connect, sqlite_path
+from cobra.tracking.store import Store, sqlite_path
 
 # The checkout whose commit the source tags name.
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -34,18 +34,18 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # Experiments
 
 
-def _artifact_location(uri: str, name: str) -> str | None:
+def _artifact_location(store: Store, name: str) -> str | None:
     """Artifacts of a sqlite store live next to the database, not in the caller's cwd."""
-    db = sqlite_path(uri)
+    db = sqlite_path(store.uri)
     if db is None:
         return None  # servers and file stores choose their own artifact root
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "experiment"
     return (db.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
 
 
-def get_or_create_experiment(uri: str, name: str) -> str:
+def get_or_create_experiment(store: Store, name: str) -> str:
     """The id of experiment `name`, created (or restored from deletion) when needed."""
-    client = connect(uri)
+    client = store.client
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -54,7 +54,7 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     try:
         # the experiment's kind is model development, not GenAI (MLflow 3.17's UI still opens
         # in its GenAI workspace until a user picks "Model training": see the README)
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+        return client.create_experiment(name, artifact_location=_artifact_location(store, name),
                                         tags={tag.EXPERIMENT_KIND: "custom_model_development"})
     except MlflowException:
         # Another process (a parallel trial) created it between our lookup and create.
@@ -68,11 +68,11 @@ def get_or_create_experiment(uri: str, name: str) -> str:
 # Sweep, trial and final runs
 
 
-def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path, metric: str,
+def start_sweep_run(store: Store, experiment: str, sweep_name: str, sweep_file: Path, metric: str,
                     mode: str, tags: dict | None = None) -> str:
     """Create the sweep's parent run, log the sweep YAML to it, and return its id."""
-    client = connect(uri)
-    exp_id = get_or_create_experiment(uri, experiment)
+    client = store.client
+    exp_id = get_or_create_experiment(store, experiment)
     # the experiment's Chart view opens on the metric of its latest sweep
     client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC, metric)
     client.set_experiment_tag(exp_id, tag.PRIMARY_METRIC_GREATER, str(mode == "max").lower())
@@ -83,9 +83,9 @@ def start_sweep_run(uri: str, experiment: str, sweep_name: str, sweep_file: Path
     return run.info.run_id
 
 
-def find_sweep_run(uri: str, experiment: str, sweep_name: str) -> str | None:
+def find_sweep_run(store: Store, experiment: str, sweep_name: str) -> str | None:
     """The latest parent run of sweep `sweep_name` (for resume), or None."""
-    client = connect(uri)
+    client = store.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
@@ -96,11 +96,11 @@ def find_sweep_run(uri: str, experiment: str, sweep_name: str) -> str | None:
     return None
 
 
-def start_trial_run(uri: str, parent_run_id: str, run_name: str, tags: dict) -> str:
+def start_trial_run(store: Store, parent_run_id: str, run_name: str, tags: dict) -> str:
     """Create a child run of the sweep's parent, in the parent's experiment (MLflow nests runs
     of one experiment only), and return its id."""
-    client = connect(uri)
-    parent = get_run(client, uri, parent_run_id)
+    client = store.client
+    parent = get_run(store, parent_run_id)
     all_tags = {**source_tags(), **str_tags(tags), tag.PARENT: parent_run_id, tag.KIND: "trial",
                 tag.SWEEP: parent.data.tags.get(tag.SWEEP, "")}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=run_name)
@@ -118,27 +118,27 @@ def declare_metric(client: MlflowClient, run_id: str, metric: str) -> None:
     client.log_batch(run_id, metrics=[placeholder])
 
 
-def find_trial_run(uri: str, parent_run_id: str, ray_trial_id: str) -> str | None:
+def find_trial_run(store: Store, parent_run_id: str, ray_trial_id: str) -> str | None:
     """The newest child of `parent_run_id` made for Ray trial `ray_trial_id`, or None."""
-    client = connect(uri)
-    parent = get_run(client, uri, parent_run_id)
+    client = store.client
+    parent = get_run(store, parent_run_id)
     matches = [r for r in children(client, parent)
                if r.data.tags.get(tag.RAY_TRIAL_ID) == str(ray_trial_id)]
     return matches[-1].info.run_id if matches else None
 
 
-def reopen_run(uri: str, run_id: str) -> None:
+def reopen_run(store: Store, run_id: str) -> None:
     """Mark a run RUNNING again: a retried trial or a resumed sweep continues its own run."""
-    connect(uri).update_run(run_id, status="RUNNING")
+    store.client.update_run(run_id, status="RUNNING")
 
 
-def finish_sweep(uri: str, parent_run_id: str, best_run_id: str | None,
+def finish_sweep(store: Store, parent_run_id: str, best_run_id: str | None,
                  best_value: float | None, metric: str, status: str = "FINISHED",
                  cell_mean: float | None = None) -> None:
     """Record the sweep's best on its parent run and end the parent: `best_<metric>` is the
     best cell's mean over its training seeds (`cell_mean`, the value its description heads
     with; the best trial's where not given), `best_trial_<metric>` the best single trial's."""
-    reporter = MlflowReporter(uri, parent_run_id)
+    reporter = MlflowReporter(store, parent_run_id)
     if best_run_id:
         reporter.set_tags({tag.BEST_RUN: best_run_id})
     summary = {f"best_{metric}": best_value if cell_mean is None else cell_mean,
@@ -147,10 +147,10 @@ def finish_sweep(uri: str, parent_run_id: str, best_run_id: str | None,
     reporter.close(status)
 
 
-def start_final_run(uri: str, experiment: str, source: TrialRecord) -> str:
+def start_final_run(store: Store, experiment: str, source: TrialRecord) -> str:
     """Create the run that retrains / evaluates the chosen trial, and return its id."""
-    client = connect(uri)
-    exp_id = get_or_create_experiment(uri, experiment)
+    client = store.client
+    exp_id = get_or_create_experiment(store, experiment)
     tags = {**source_tags(), tag.KIND: "final", tag.SOURCE_RUN: source.run_id}
     if tag.SWEEP in source.tags:
         tags[tag.SWEEP] = source.tags[tag.SWEEP]
@@ -187,17 +187,17 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
-def log_dataset_inputs(uri: str, run_id: str, splits: Iterable[Mapping[str, Any]]) -> None:
+def log_dataset_inputs(store: Store, run_id: str, splits: Iterable[Mapping[str, Any]]) -> None:
     """Record the dataset splits a run read (MLflow's Datasets column): each mapping has
     name, context (train / validation / scored), source, digest and num_images."""
     inputs = [dataset_input(str(split["name"]), str(split["digest"]), str(split["source"]),
                             split["num_images"], str(split["context"])) for split in splits]
-    connect(uri).log_inputs(run_id, datasets=inputs)
+    store.client.log_inputs(run_id, datasets=inputs)
 
 
-def set_description(uri: str, run_id: str, markdown: str) -> None:
+def set_description(store: Store, run_id: str, markdown: str) -> None:
     """The run's description (MLflow renders markdown, links included)."""
-    MlflowReporter(uri, run_id).set_tags({tag.NOTE: markdown})
+    MlflowReporter(store, run_id).set_tags({tag.NOTE: markdown})
 
 
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
@@ -206,15 +206,15 @@ def run_link(experiment_id: str, run_id: str, text: str) -> str:
     return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
 
 
-def artifact_link(uri: str, run_id: str, path: str, text: str) -> str:
+def artifact_link(store: Store, run_id: str, path: str, text: str) -> str:
     """A markdown link to a run's artifact that opens in the MLflow UI's artifact view."""
-    run = get_run(connect(uri), uri, run_id)
+    run = get_run(store, run_id)
     return f"[{text}](#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{path})"
 
 
-def log_files(uri: str, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
+def log_files(store: Store, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
     """Upload files to an existing run (e.g. a report to the sweep's parent run)."""
-    reporter = MlflowReporter(uri, run_id)
+    reporter = MlflowReporter(store, run_id)
     for path in paths:
         reporter.log_artifact(Path(path), subdir)
 
@@ -228,16 +228,16 @@ class ModelVersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def log_torch_model(uri: str, run_id: str, model, name: str, registered_name: str,
+def log_torch_model(store: Store, run_id: str, model, name: str, registered_name: str,
                     input_example, pip_requirements: list[str], extra_files: list[Path] = (),
                     version: ModelVersionInfo = ModelVersionInfo()) -> str:
     """Log `model` as an MLflow PyTorch model of the run (signature and input example
     included; loads with `mlflow.pytorch.load_model("models:/<name>/<version>")`) and register
     it. Returns what happened: `registered <name> v<N>`, or why it was not registered (a store
     without a model registry; the model stays logged with the run)."""
-    client = connect(uri)
-    experiment = get_run(client, uri, run_id).info.experiment_id
-    with process_tracking_uri(uri):
+    client = store.client
+    experiment = get_run(store, run_id).info.experiment_id
+    with process_tracking_uri(store.uri):
         model_uri, model_id = log_pytorch_model(client, experiment, run_id, model, name,
                                                 input_example, pip_requirements,
                                                 list(extra_files), str_tags(version.tags))

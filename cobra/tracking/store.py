@@ -4,6 +4,7 @@ every message, and the checks that fail a command before Ray starts rather than 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import threading
@@ -42,12 +43,35 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path)
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client of the store at `uri`; against a server, with bounded retries and timeouts."""
-    if is_http(uri):
-        for key, value in HTTP_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)  # the user's own setting wins
-    return MlflowClient(uri)
+class Store:
+    """One tracking store: its URI and one client of it, made on first use (a client opens the
+    store: a sqlite file would be created) and shared by every call given this Store. It
+    pickles as its URI, so a Ray worker handed one connects on its own."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        if is_http(self.uri):  # against a server, bounded retries and timeouts
+            for key, value in HTTP_ENV_DEFAULTS.items():
+                os.environ.setdefault(key, value)  # the user's own setting wins
+        return MlflowClient(self.uri)
+
+    @property
+    def redacted(self) -> str:
+        """The URI with its password masked: what messages show."""
+        return redact(self.uri, self.uri)
+
+    def __reduce__(self):
+        return Store, (self.uri,)
+
+
+def open_store() -> Store:
+    """The store `resolve_tracking_uri` names, checked usable (`check_reachable`)."""
+    uri = resolve_tracking_uri()
+    check_reachable(uri)
+    return Store(uri)
 
 
 def _login(uri: str) -> tuple[str, str] | None:

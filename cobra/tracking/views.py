@@ -17,8 +17,8 @@ import json
 import time
 
 from cobra.tracking import tags as tag
-from cobra.tracking.runs import get_run
-from cobra.tracking.store import connect
+from cobra.tracking.queries import get_run
+from cobra.tracking.store import Store
 
 SECTION = "section"  # the uuid of the view's one chart section (uuids are the UI's keys)
 
@@ -75,12 +75,12 @@ def view_id(parent_run_id: str) -> str:
     return f"cobra-{parent_run_id}"
 
 
-def save_sweep_view(uri: str, parent_run_id: str, sweep: str, metric: str, mode: str,
+def save_sweep_view(store: Store, parent_run_id: str, sweep: str, metric: str, mode: str,
                     searched: list[str], replicate_key: str | None = None) -> str:
     """Save the sweep's view on its experiment (the *Views* menu lists it as `sweep <name>`)
     and return a markdown link that opens it in the Chart view."""
-    client = connect(uri)
-    experiment = get_run(client, uri, parent_run_id).info.experiment_id
+    client = store.client
+    experiment = get_run(store, parent_run_id).info.experiment_id
     key = view_id(parent_run_id)
     now = int(time.time() * 1000)
     state = sweep_view_state(sweep, metric, mode, searched, replicate_key)
