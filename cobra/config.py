@@ -716,6 +716,10 @@ def _validate_cross_field(cfg: Config) -> None:
         raise ConfigError("'seeds.threshold_grid' values must lie in [0, 1]")
     if any(not 0 <= p <= 100 for p in cfg.seeds.percentile_grid):
         raise ConfigError("'seeds.percentile_grid' values must lie in [0, 100]")
+    rates = cfg.segment.atrous_rates
+    if len(rates) != 3 or any(r < 1 for r in rates):  # DeepLabV3+'s ASPP takes exactly three
+        raise ConfigError(f"'segment.atrous_rates' must be three dilation rates >= 1 (e.g. "
+                          f"[12, 24, 36]), got {rates}")
     if cfg.loss.proj_space == "seed" and (cfg.loss.sap_bg is None or cfg.model.proj_head != "cam"):
         raise ConfigError("'loss.proj_space: seed' scores background as loss.sap_bg and needs no "
                           "projection head: set loss.sap_bg (e.g. 0.35) and model.proj_head: cam")

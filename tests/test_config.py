@@ -234,3 +234,9 @@ def test_crf_sections_share_one_class_and_keep_their_own_defaults():
     assert (rule.gauss_sxy, rule.bilateral_sxy, rule.bilateral_compat) == (2.0, 45.0, 4.0)
     assert (ir.gauss_sxy, ir.bilateral_sxy, ir.bilateral_compat) == (3.0, 50.0, 10.0)
     assert not rule.enabled and ir.iters == 3
+
+
+@pytest.mark.parametrize("rates", ["[]", "[2,4]", "[0,2,4]", "[2,4,6,8]"])
+def test_atrous_rates_must_be_three_positive_rates(rates):
+    with pytest.raises(ConfigError, match="segment.atrous_rates"):
+        config.load_config(None, [f"segment.atrous_rates={rates}"])
