@@ -30,6 +30,19 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
+def slow_amp_warning(amp: str, device: torch.device) -> str | None:
+    """A warning when bf16 autocast would run on a CPU that emulates bf16 (no AVX512-BF16, no
+    AMX): there every bf16 matmul and convolution converts, and the run is slower than fp32."""
+    if amp != "bf16" or device.type != "cpu":
+        return None
+    native = [getattr(torch.cpu, probe, lambda: False)()
+              for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(native):
+        return None
+    return ("warning: train.amp=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs "
+            "slower than fp32; set train.amp=none")
+
+
 def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None
                       ) -> bool:
     """Store the CNN branch's weights NHWC (cuDNN's and Tensor Cores' native layout); `None`

@@ -84,9 +84,11 @@ def _train_run_dir(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     layout, cfg = _train_run_dir(args)
     # torch and the models: imported once the command line is known to be good
+    from cobra.accel import slow_amp_warning
     from cobra.objective import projections_never_start
     from cobra.pipeline import run_trial
     from cobra.reporting import FileReporter
+    from cobra.runtime import resolve_device
     from cobra.stages import train
 
     if args.resume:
@@ -94,9 +96,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
     else:
         resume_from = None
-    warning = projections_never_start(cfg.loss, cfg.train.epochs, cfg.model.branches == "both")
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    for warning in (projections_never_start(cfg.loss, cfg.train.epochs,
+                                            cfg.model.branches == "both"),
+                    slow_amp_warning(cfg.train.amp, resolve_device(cfg.train.device))):
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     reporter = FileReporter(layout.metrics)
     try:
         if args.no_seeds:

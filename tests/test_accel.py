@@ -121,3 +121,16 @@ def test_fast_paths_are_off_on_cpu_by_default(setup):
     assert cfg.train.amp == "none" and cfg.train.channels_last is None
     assert not accel.use_channels_last(model, CPU, cfg.train.channels_last)
     assert accel.loader_options(CPU) == {"pin_memory": False}
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, warned", [(False, False, True), (True, False, False),
+                                                      (False, True, False)])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, avx512_bf16, amx, warned):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    warning = accel.slow_amp_warning("bf16", CPU)
+    assert (warning is not None) == warned
+    if warned:
+        assert "train.amp=none" in warning
+    assert accel.slow_amp_warning("none", CPU) is None
+    assert accel.slow_amp_warning("bf16", torch.device("cuda")) is None

@@ -12,11 +12,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cobra import naming, pretrain, study, tracking
+from cobra import accel, naming, pretrain, study, tracking
 from cobra.data import build_source, resolve_train_split
 from cobra.errors import ConfigError
 from cobra.provenance import dataset_splits
 from cobra.results import RESULTS_FILE, sweep_results
+from cobra.runtime import resolve_device
 from cobra.stages import seeds
 from cobra.sweep.spec import REPLICATE_KEY, SweepSpec, trial_name
 from cobra.sweep.trainable import (
@@ -101,10 +102,12 @@ def _scheduler(spec: SweepSpec):
 def _preflight(spec: SweepSpec, resume: bool) -> tracking.Store:
     """Everything that can fail fast does, before Ray starts: the resources a trial asks for,
     the tracker, the data, the weights, the experiment directory. Returns the tracking store."""
+    warnings = [spec.projection_warning()]
     if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
         check_resources(spec, os.cpu_count() or 1, _local_gpus(), "this machine")
-    warning = spec.projection_warning()
-    if warning:
+        warnings.append(accel.slow_amp_warning(spec.base.train.amp,
+                                               resolve_device(spec.base.train.device)))
+    for warning in filter(None, warnings):
         print(warning, file=sys.stderr, flush=True)
     store = tracking.open_store()
     exists = _sweep_exists(spec)
