@@ -5,8 +5,6 @@ memory on CUDA. tests/test_accel.py checks on CPU that the autocast and channels
 give the losses of the plain path within tolerance.
 """
 
-from __future__ import annotations
-
 import contextlib
 
 import torch

@@ -6,8 +6,6 @@ whether each cell's gap to the best is more than noise, counting both noises a s
 Plain TrialRecords in, plain data out: no MLflow here (`cobra.results` gathers each run's
 per-image counts and the seed-noise estimate, and renders the cells)."""
 
-from __future__ import annotations
-
 import math
 import statistics
 from collections.abc import Sequence

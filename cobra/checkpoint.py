@@ -1,7 +1,5 @@
 """Checkpoints: written atomically, loaded with `weights_only=True`, always carrying their config."""
 
-from __future__ import annotations
-
 import io
 from pathlib import Path
 from typing import Any

@@ -5,8 +5,6 @@ stdout so scripts can read it. Problems the user can fix print one `error:` line
 with code 2; nothing is overwritten.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json

@@ -5,8 +5,6 @@ checkpoints all use these names, so they are the public contract of the project.
 wrong types and out-of-range values raise `ConfigError` naming the dotted key.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import difflib
 import math

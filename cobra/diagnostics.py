@@ -16,8 +16,6 @@ and leaks onto background.
 Every function here is pure tensor maths; `DiagnosticProbe` reads nothing but what it is given.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 

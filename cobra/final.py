@@ -6,8 +6,6 @@ The final run scores every image of the seed split, a trial only `seeds.max_imag
 its metrics are logged as `final/<name>` (`final/seed_miou`): in the MLflow run list they sit in
 their own columns, never beside the trials' as if the final run had won the sweep."""
 
-from __future__ import annotations
-
 import shutil
 from pathlib import Path
 from typing import Any

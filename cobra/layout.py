@@ -21,8 +21,6 @@
       pictures/*.png         overlays for humans
 """
 
-from __future__ import annotations
-
 import errno
 import json
 import os

@@ -6,8 +6,6 @@ is detached (one-way knowledge transfer): L_cap learns from the ViT's affinity, 
 CNN's CAM. The slow references these must match live in tests/test_losses.py.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 from collections.abc import Callable

@@ -5,8 +5,6 @@ every pixel of every image (never an average of per-image scores), ignore label 
 background, and leave classes absent from both prediction and ground truth out of the mean.
 """
 
-from __future__ import annotations
-
 import warnings
 
 import numpy as np

@@ -5,8 +5,6 @@ Kept apart from the training loop so the gating rules (Table 3's switches, delay
 the authors' fidelity quirks) are testable on their own.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

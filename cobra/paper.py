@@ -2,8 +2,6 @@
 (CoBra, Tables 4, 10, 11 and 12; numbers copied exactly from the text), so `launch.py report`
 can print them beside a reproduction's cells."""
 
-from __future__ import annotations
-
 from typing import Any
 
 _K = (5, 10, 15, 20)

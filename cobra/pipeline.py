@@ -1,7 +1,5 @@
 """Compositions of stages: one sweep trial (train → seeds) and the final stage chain."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from pathlib import Path
 

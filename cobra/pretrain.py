@@ -11,8 +11,6 @@ Writes are atomic (a temporary name, then a rename) and serialised by a lock fil
 pretraining leaves no weights file that would be used and two trials starting together train once.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json

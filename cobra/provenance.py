@@ -1,8 +1,6 @@
 """What data a run read, described for the tracker (MLflow's Datasets column): one entry per
 split, with a digest of its image list so two runs on the same images show the same dataset."""
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Sequence
 from typing import Any

@@ -5,8 +5,6 @@ MLflow is reached only through `cobra.tracking`, which keeps this module importa
 testable) with plain TrialRecords.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field

@@ -2,8 +2,6 @@
 device named by `train.device`, checked before any work; the warm-up + poly schedule; and one
 epoch of training that reads its losses without stalling the device."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass

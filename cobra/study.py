@@ -6,8 +6,6 @@ Where: the sweep's `optuna_storage:` key, else `$COBRA_OPTUNA_STORAGE`, else `op
 (SQLite) beside the default MLflow store. The study is named after the sweep. Optuna is imported
 inside the functions: `launch.py report` on a grid sweep never needs it."""
 
-from __future__ import annotations
-
 import importlib.util
 import os
 import warnings

@@ -6,8 +6,6 @@ from random initialisation, a silently wrong run; here it is a ConfigError namin
 Every check builds the network on the meta device: shapes and names, no memory, no time.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import timm

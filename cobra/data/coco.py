@@ -8,8 +8,6 @@ file stems (`COCO_train2014_000000000009`). Only images with at least one non-cr
 listed, as in the usual WSSS COCO lists (an image with no label cannot train a classifier).
 """
 
-from __future__ import annotations
-
 import contextlib
 import io
 import sys

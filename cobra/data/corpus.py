@@ -17,8 +17,6 @@ for the few hundred steps two CPU cores allow (measured), and clean scenes teach
 colours, shapes and parts.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 from cobra.data.drawing import (

@@ -3,8 +3,6 @@
 Items are `{"image": (3, S, S) float32 normalized, "label": (C,) float32 multi-hot, "id": str}`.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

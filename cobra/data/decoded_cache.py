@@ -20,8 +20,6 @@ killed one's temporary file. Readers never take the lock: a store they find is c
 rename never changes what an open map holds.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import json

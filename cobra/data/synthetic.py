@@ -28,8 +28,6 @@ default `demo` shape writes exactly what it wrote before the option existed (GEN
 tests/test_data.py pins its pixels).
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import io

@@ -5,8 +5,6 @@ seeded generator reproduces the same batches; Python's `random` and numpy's glob
 touched.
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,6 @@
       classes.txt                  optional: one name a line, background first
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 

@@ -7,8 +7,6 @@ with `file=`), so position embeddings are resized and classifier heads dropped e
 weights.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

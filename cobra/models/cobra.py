@@ -1,7 +1,5 @@
 """CoBra: the CNN (CAK) and ViT (SAK) branches side by side, one typed output."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

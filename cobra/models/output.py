@@ -1,7 +1,5 @@
 """The one typed output of CoBra, identical in train and eval mode."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

@@ -8,8 +8,6 @@ patchify stem, which is what lets a ViT learn in the minutes two CPU cores give 
 a 12x12 grid at 96 px, fine enough for seeds on small images.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.layers import PatchEmbed

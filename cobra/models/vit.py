@@ -1,8 +1,6 @@
 """SAK branch: a timm ViT whose patch tokens feed a CAM head and a SAP projection head, and whose
 attention maps of every layer give the patch affinity and A_obj."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -6,8 +6,6 @@ pair (p, p+o): positive foreground (same class), positive background (both 0) or
 positive pairs and to 0 on negative ones.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

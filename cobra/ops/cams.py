@@ -7,8 +7,6 @@ a fixed background score swept over a grid (IRN), and a per-image score taken as
 percentile of the normalised A_obj (the paper's).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 

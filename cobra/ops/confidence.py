@@ -5,8 +5,6 @@ confident background (0) and unknown (255); both hard maps are refined by denseC
 `aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1).
 """
 
-from __future__ import annotations
-
 import math
 from typing import Any
 

@@ -5,8 +5,6 @@ one Gaussian (smoothness) and one bilateral (appearance) pairwise term, as IRN's
 `crf_inference_label` and the authors' mask CRF do.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 

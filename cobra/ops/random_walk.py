@@ -6,8 +6,6 @@ with weight 1. Rows are normalised, so the walk x ← T x averages each pixel's 
 leaves a constant field unchanged; 2^exp_times steps equal IRN's repeated squaring of T.
 """
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache

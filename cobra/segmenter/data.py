@@ -1,7 +1,5 @@
 """Training pairs for stage `segment`: dataset images with the pseudo masks of stage `masks`."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
 

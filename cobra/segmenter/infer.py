@@ -1,7 +1,5 @@
 """Multi-scale (+ flip) inference of the segmentation network and mIoU on a split."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """The segmentation network of stage `segment`: an smp DeepLabV3+ or SegFormer for any input size."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

@@ -1,7 +1,5 @@
 """Fully supervised training of the segmentation network on the pseudo masks (SPEC "Segmentation")."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable
 

@@ -8,8 +8,6 @@ imports every stage module, so they keep heavy imports (segmentation-models-pyto
 pydensecrf) inside the functions that need them.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 from cobra.errors import CobraError

@@ -1,8 +1,6 @@
 """What post-training stages share: which images they cover, input checks, parallel maps,
 fingerprints that tell a complete output from a stale one, and the skip-or-redo decision."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import multiprocessing

@@ -7,8 +7,6 @@ ground truth as precision (confident pixels that are right) and coverage (pixels
 confident).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

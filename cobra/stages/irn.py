@@ -5,8 +5,6 @@ the affinity a = 1 − max boundary on the segment between them: same-class pair
 different-class pairs to 0. Unknown (255) pixels supervise nothing.
 """
 
-from __future__ import annotations
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 

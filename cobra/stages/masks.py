@@ -10,8 +10,6 @@ can be swept offline. Two mask rules are made and scored: `irn` (background scor
 mask_miou, with and without its CRF (`masks.rule.crf`).
 """
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from typing import Any
 

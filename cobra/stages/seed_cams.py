@@ -4,8 +4,6 @@ image's positive classes are ReLU'd, upsampled to image size and summed; M_tran 
 ReLU(M_tran ⊗ A_obj); each class map is max-normalised.
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -1,8 +1,6 @@
 """What the seed stage draws: a strip per image for the first few images, and the threshold
 curve."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from cobra.config import Config

@@ -1,8 +1,6 @@
 """Scoring the seed stage's seeds against ground truth, under both background-threshold
 protocols side by side (they are not comparable), and the headline metrics a sweep ranks on."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from cobra.config import Config

@@ -4,8 +4,6 @@ scored (`seed_scores`) and drawn (`seed_pictures`); `run` composes the three, as
 fusion modes and thresholds can be swept offline without the network.
 """
 
-from __future__ import annotations
-
 import json
 from dataclasses import replace
 from pathlib import Path

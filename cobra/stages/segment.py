@@ -2,8 +2,6 @@
 trained on the masks of the seed split, scored on `segment.eval_split` with multi-scale + flip
 inference and optional denseCRF; VOC-server PNGs for `segment.test_split`."""
 
-from __future__ import annotations
-
 import torch
 
 from cobra import pretrain

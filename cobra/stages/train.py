@@ -6,8 +6,6 @@ after their start epochs, per-epoch classification mAP of each branch over the w
 set, an atomic checkpoint every epoch. Reports through a `Reporter`; knows nothing of Ray/MLflow.
 """
 
-from __future__ import annotations
-
 import math
 import random
 from dataclasses import replace

@@ -13,8 +13,6 @@ its resources), no trial, no MLflow run or experiment, no Optuna study on disk.
   training image and epoch (`ROUGH_S_PER_IMAGE_EPOCH`), said to be an estimate.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import statistics

@@ -27,8 +27,6 @@
 Every mistake is a ConfigError naming the key, with a close match when there is one.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import itertools

@@ -5,8 +5,6 @@ The training code only sees a `Reporter`; `RayReporter` turns each epoch into a
 be restored from its last checkpoint.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import os
 import shutil

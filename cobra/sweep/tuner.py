@@ -1,8 +1,6 @@
 """Run a sweep: Optuna proposes, Ray Tune schedules, MLflow records (parent run + one child per
 trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts for the sweep."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import shutil

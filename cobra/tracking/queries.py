@@ -1,8 +1,6 @@
 """Reading sweeps back from MLflow (which outlives Ray's results directory): a sweep's trials as
 plain `TrialRecord`s, the best of them, and the files `launch.py final` continues from."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile

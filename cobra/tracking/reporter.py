@@ -3,8 +3,6 @@
 It buffers what a store that is away (a restarting server) cannot take yet, so training goes on
 through an outage, and it skips what a restarted trial logs a second time."""
 
-from __future__ import annotations
-
 import math
 import numbers
 import os

@@ -2,8 +2,6 @@
 found again (resume, retry), reopened and finished; what each run says about itself
 (description, links, source tags, dataset inputs) and the files and models logged to it."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import re

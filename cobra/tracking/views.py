@@ -11,8 +11,6 @@ own columns, saved per browser), or change the legacy Compare page (its parallel
 print every numeric param with five decimals; its scatter and contour plots open on the
 alphabetically first params and metrics)."""
 
-from __future__ import annotations
-
 import json
 import time
 
