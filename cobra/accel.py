@@ -2,8 +2,7 @@
 
 bf16 autocast (`train.amp`), channels_last for the CNN branch, cuDNN autotuning and pinned host
 memory on CUDA. tests/test_accel.py checks on CPU that the autocast and channels_last paths
-give the losses of the plain path within tolerance.
-"""
+give the losses of the plain path within tolerance."""
 
 import contextlib
 

@@ -2,8 +2,7 @@
 
 Every knob has a dotted name (`loss.k_sap_pos`, `model.embed_dim`, ...). Sweeps, MLflow params and
 checkpoints all use these names, so they are the public contract of the project. Unknown keys,
-wrong types and out-of-range values raise `ConfigError` naming the dotted key.
-"""
+wrong types and out-of-range values raise `ConfigError` naming the dotted key."""
 
 import dataclasses
 import difflib

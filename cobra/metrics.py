@@ -2,8 +2,7 @@
 
 mIoU follows the field's protocol (SPEC "Evaluation"): accumulate a single confusion matrix over
 every pixel of every image (never an average of per-image scores), ignore label 255, include
-background, and leave classes absent from both prediction and ground truth out of the mean.
-"""
+background, and leave classes absent from both prediction and ground truth out of the mean."""
 
 import warnings
 
@@ -16,8 +15,7 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
 
     pred, gt: integer arrays of the same shape with values in [0, K) (gt may hold ignore_index).
     Works in the inputs' own dtype until the one int64 index bincount needs (a VOC-sized set
-    costs about what bare bincount does; benchmarks/bench.py measures it).
-    """
+    costs about what bare bincount does; benchmarks/bench.py measures it)."""
     pred, gt = np.asarray(pred).reshape(-1), np.asarray(gt).reshape(-1)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction has {pred.size} pixels but ground truth has {gt.size}")
@@ -57,8 +55,7 @@ def mean_iou(confusion: np.ndarray) -> tuple[float, np.ndarray]:
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the precision-recall step curve for one class (ties share one threshold).
 
-    scores: (N,) any real; positives: (N,) bool. NaN when there is no positive.
-    """
+    scores: (N,) any real; positives: (N,) bool. NaN when there is no positive."""
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives).astype(bool)
     n_pos = int(positives.sum())

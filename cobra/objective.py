@@ -2,8 +2,7 @@
 
 L_total = L_cls + λ1 L_cam + λ2 (L_sap + L_cap); Table 12 weighs L_sap and L_cap apart.
 Kept apart from the training loop so the gating rules (Table 3's switches, delayed starts,
-the authors' fidelity quirks) are testable on their own.
-"""
+the authors' fidelity quirks) are testable on their own."""
 
 from dataclasses import dataclass
 

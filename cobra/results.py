@@ -2,8 +2,7 @@
 (a metric pivoted by one or two swept config keys) and the cells with their noise.
 
 MLflow is reached only through `cobra.tracking`, which keeps this module importable (and
-testable) with plain TrialRecords.
-"""
+testable) with plain TrialRecords."""
 
 import math
 from collections.abc import Sequence

@@ -3,8 +3,7 @@ is given to, and a local weights file (`model.pretrained: DIR`, `builtin`) must 
 key for key. timm loads a file that does not fit with a warning about unexpected keys and trains
 from random initialisation, a silently wrong run; here it is a ConfigError naming the file.
 
-Every check builds the network on the meta device: shapes and names, no memory, no time.
-"""
+Every check builds the network on the meta device: shapes and names, no memory, no time."""
 
 from pathlib import Path
 

@@ -14,8 +14,7 @@ mildly textured and jittered in colour, scale and position, over a smooth colour
 markers. Every scene also has its category map (per pixel), for token labeling. The scenes are
 kept clean on purpose: with the clutter of the segmentation set, small networks stay at chance
 for the few hundred steps two CPU cores allow (measured), and clean scenes teach the same edges,
-colours, shapes and parts.
-"""
+colours, shapes and parts."""
 
 import numpy as np
 

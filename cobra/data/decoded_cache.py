@@ -17,8 +17,7 @@ file name, size and mtime, and the Pillow version that decodes them.
 a killed build leaves nothing that would be used. A lock file (flock, as `cobra.pretrain`'s) makes
 concurrent builders wait for the first instead of decoding too, and lets the next builder remove a
 killed one's temporary file. Readers never take the lock: a store they find is complete, and a
-rename never changes what an open map holds.
-"""
+rename never changes what an open map holds."""
 
 import contextlib
 import hashlib

@@ -25,8 +25,7 @@ renamed into place, so a reader never sees half a dataset.
 
 `data.synthetic.shape: voc` writes the same scenes at PASCAL VOC's shape (README, "Data"). The
 default `demo` shape writes exactly what it wrote before the option existed (GENERATOR_VERSION 2;
-tests/test_data.py pins its pixels).
-"""
+tests/test_data.py pins its pixels)."""
 
 import contextlib
 import hashlib

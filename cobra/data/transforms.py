@@ -2,8 +2,7 @@
 
 Every random draw uses torch's global RNG (`torch.randint`, `torch.rand`), so a DataLoader with a
 seeded generator reproduces the same batches; Python's `random` and numpy's global state are never
-touched.
-"""
+touched."""
 
 import numpy as np
 import torch
@@ -59,8 +58,7 @@ def _crop_window(h: int, w: int, size: int) -> tuple[slice, slice, slice, slice]
     """(source rows, source cols, canvas rows, canvas cols) of one random size x size window.
 
     Per axis: a crop offset into the image when it is larger, a paste offset into the canvas if
-    not (IRN's random_crop).
-    """
+    not (IRN's random_crop)."""
     ch, cw = min(h, size), min(w, size)
     sy = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
     sx = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0

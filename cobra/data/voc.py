@@ -5,8 +5,7 @@
       SegmentationClass/<id>.png   palette PNG, pixel value = class index, 255 = ignore
       SegmentationClassAug/<id>.png  optional (SBD-augmented masks for train_aug)
       ImageSets/Segmentation/<split>.txt
-      classes.txt                  optional: one name a line, background first
-"""
+      classes.txt                  optional: one name a line, background first"""
 
 import sys
 from pathlib import Path

@@ -4,8 +4,7 @@
 init, a path → local weights: a file (one branch) or a directory holding `<timm name>.safetensors`
 (or .pth/.pt/.bin) per backbone. Local files go through timm's own loader (`pretrained_cfg_overlay`
 with `file=`), so position embeddings are resized and classifier heads dropped exactly as for hub
-weights.
-"""
+weights."""
 
 from pathlib import Path
 from typing import Any

@@ -77,8 +77,7 @@ class CoBra(nn.Module):
         `groups="code"` reproduces the authors' two optimizers: the CNN projection head is in
         neither, and the ViT's 10× group is its last two registered tensors, the CAM-head bias
         and the projection weight (their `head.bias` + `embed.weight`), so the CAM-head weight
-        trains at the backbone lr.
-        """
+        trains at the backbone lr."""
         if groups not in ("paper", "code"):
             raise ValueError(f"groups must be 'paper' or 'code', got '{groups}'")
         backbone, heads = [], []

@@ -5,8 +5,7 @@ CoBra needs for A_obj and the patch affinity) whose patch embedding is a stack o
 convolutions instead of one 8x8 projection: the convolutional stem of Xiao et al., "Early
 Convolutions Help Transformers See Better" (2021). It trains far faster and more stably than a
 patchify stem, which is what lets a ViT learn in the minutes two CPU cores give it. Patch 8 gives
-a 12x12 grid at 96 px, fine enough for seeds on small images.
-"""
+a 12x12 grid at 96 px, fine enough for seeds on small images."""
 
 from typing import Any
 

@@ -2,8 +2,7 @@
 
 Two background scores split each image's class maps into confident foreground (class ids),
 confident background (0) and unknown (255); both hard maps are refined by denseCRF first.
-`aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1).
-"""
+`aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1)."""
 
 import math
 from typing import Any
@@ -31,8 +30,7 @@ def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: floa
 
     Confident foreground (a map beats `conf_fg` after CRF) keeps its class id, confident
     background (no map beats `conf_bg` after CRF, so background under both scores) is 0, the rest
-    is 255. `crf` holds keyword arguments for `crf_label` (gt_prob, iters, gauss_sxy, ...).
-    """
+    is 255. `crf` holds keyword arguments for `crf_label` (gt_prob, iters, gauss_sxy, ...)."""
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 3:
         raise ValueError(f"cam must be (K, H, W), got shape {cam.shape}")
@@ -61,8 +59,7 @@ def aobj_thresholds(a_obj: np.ndarray, percentile: float, step: float,
     below when p sits exactly on a multiple, as their `get_bounds` does. conf_fg = conf_bg + `gap`
     (authors: 0.5). Nothing is clipped, as in their code: p ≥ 0.5 + step gives conf_fg ≥ 1, so
     no class map (max-normalised to < 1) is confident foreground; p = 0 gives conf_bg < 0, so no
-    pixel is confident background.
-    """
+    pixel is confident background."""
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     p = float(np.percentile(np.asarray(a_obj, dtype=np.float64), percentile))
@@ -77,8 +74,7 @@ def ir_label_quality(ir: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     """(H, W) IR label + (H, W) ground truth → (confident, correct, total) pixel counts.
 
     Only pixels with gt != 255 count; precision = correct / confident and coverage =
-    confident / total, accumulated over a whole set by the caller.
-    """
+    confident / total, accumulated over a whole set by the caller."""
     ir = np.asarray(ir)
     gt = np.asarray(gt)
     if ir.shape != gt.shape:

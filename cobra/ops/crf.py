@@ -2,8 +2,7 @@
 
 Both functions take an (H, W, 3) uint8 RGB image and run pydensecrf's mean-field inference with
 one Gaussian (smoothness) and one bilateral (appearance) pairwise term, as IRN's
-`crf_inference_label` and the authors' mask CRF do.
-"""
+`crf_inference_label` and the authors' mask CRF do."""
 
 import numpy as np
 
@@ -37,8 +36,7 @@ def crf_label(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: 
     """(H, W, 3) uint8 image + (H, W) labels in 0..n_labels-1 → (H, W) int64 refined labels.
 
     Every label (0 included) is a real class (`zero_unsure=False`), each pixel trusting its
-    label with probability `gt_prob` (must lie in (0, 1), as pydensecrf asserts).
-    """
+    label with probability `gt_prob` (must lie in (0, 1), as pydensecrf asserts)."""
     labels = np.asarray(labels)
     if n_labels <= 1:
         # One label: nothing to refine, and unary_from_labels would divide by n_labels - 1 = 0.
@@ -61,8 +59,7 @@ def crf_probs(image: np.ndarray, probs: np.ndarray, *, iters: int = 10, gauss_sx
     """(H, W, 3) uint8 image + (K, H, W) probabilities → (K, H, W) float32 CRF marginals.
 
     Defaults are the authors' mask CRF (SPEC: sxy 2 compat 3; bilateral sxy 45 srgb 5 compat 4).
-    Probabilities are clipped to [1e-5, 1] so that −log stays finite.
-    """
+    Probabilities are clipped to [1e-5, 1] so that −log stays finite."""
     probs = np.asarray(probs, dtype=np.float32)
     k = probs.shape[0]
     img = _image(image)

@@ -28,8 +28,7 @@ class MaskDataset(Dataset):
 
     Augmentation: long side resized uniformly in `resize_long`, horizontal flip, random crop of
     side `crop` (image padded with 0 after normalization, mask with 255). Every draw uses torch's
-    global RNG, so a seeded DataLoader reproduces the same crops.
-    """
+    global RNG, so a seeded DataLoader reproduces the same crops."""
 
     def __init__(self, source: Source, mask_dir: Path | Callable[[str], Path], ids: list[str],
                  crop: int, resize_long: tuple[int, int] | list[int]) -> None:

@@ -54,8 +54,7 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
     Writes `out_dir/<id>.png` palette PNGs when out_dir is set; scores one confusion matrix over
     all pixels when the source has masks. Returns {"seg_miou": % or None, "per_class":
     {name: IoU % or None (class absent)}, "num_images": n, "image_counts": (n, 3, K) each
-    image's `iou_counts` (for an interval over images)}; without masks the scores are empty.
-    """
+    image's `iou_counts` (for an interval over images)}; without masks the scores are empty."""
     ids = list(ids)
     if cfg.max_images is not None:
         ids = ids[:cfg.max_images]

@@ -61,8 +61,7 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
     """SGD or AdamW + (warm-up and) poly lr, cross-entropy (255 ignored) over batches {"image": (B,3,S,S), "mask": (B,S,S)}.
 
     Returns {"seg_loss": mean loss of the last epoch}; `on_epoch(epoch, metrics)` (epoch from 0)
-    gets {"seg_loss", "lr"} after every epoch. A NaN/inf loss raises NonFiniteLossError.
-    """
+    gets {"seg_loss", "lr"} after every epoch. A NaN/inf loss raises NonFiniteLossError."""
     n = len(dataset)
     if n == 0:
         raise ValueError("the segmentation training set is empty")

@@ -5,8 +5,7 @@ Each stage is one module with `run(cfg, layout, reporter, force=False) -> dict[s
 earlier stage wrote (`cobra.stages.outputs`), never from that stage's module, and is skipped when
 its fingerprint (`cobra.stages.common`) says its outputs are current. Importing this package
 imports every stage module, so they keep heavy imports (segmentation-models-pytorch,
-pydensecrf) inside the functions that need them.
-"""
+pydensecrf) inside the functions that need them."""
 
 from collections.abc import Callable
 

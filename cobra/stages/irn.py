@@ -2,8 +2,7 @@
 
 Pixel pairs within `masks.irn.pair_radius` (at stride 4) whose IR labels are both known supervise
 the affinity a = 1 − max boundary on the segment between them: same-class pairs pull it to 1,
-different-class pairs to 0. Unknown (255) pixels supervise nothing.
-"""
+different-class pairs to 0. Unknown (255) pixels supervise nothing."""
 
 import torch
 from torch.utils.data import DataLoader, Dataset

@@ -7,8 +7,7 @@ the fused seed, or the ViT-side M_tran as the authors walk) brought to that grid
 can be swept offline. Two mask rules are made and scored: `irn` (background score
 `masks.rule.sem_seg_bg`, then the soft second CRF) and `relative` (the authors' per-class
 θ·max_c + min_c, then a hard-label CRF); `masks.rule.name` picks the one written and reported as
-mask_miou, with and without its CRF (`masks.rule.crf`).
-"""
+mask_miou, with and without its CRF (`masks.rule.crf`)."""
 
 from collections.abc import Iterator
 from typing import Any

@@ -34,8 +34,7 @@ def score_seeds(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
     the paper does; `miou_heldout` scores each image at a threshold chosen on the other images
     (two folds), and `ci95` is a bootstrap interval over images at the chosen threshold.
     Also returns each image's counts at the chosen threshold (a sweep's paired test of two
-    trials over the images both scored).
-    """
+    trials over the images both scored)."""
     num_classes = source.num_classes + 1
     thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
     fixed = ThresholdSweep(num_classes, thresholds)

@@ -1,8 +1,7 @@
 """Stage `seeds`: multi-scale + flip CAMs of both branches written per image (`seed_cams`), then
 scored (`seed_scores`) and drawn (`seed_pictures`); `run` composes the three, as IRN keeps
 `make_cam` and `eval_cam` apart. `RUN/seeds/<id>.npz` keeps M_cnn, M_tran and A_obj apart so
-fusion modes and thresholds can be swept offline without the network.
-"""
+fusion modes and thresholds can be swept offline without the network."""
 
 import json
 from dataclasses import replace

@@ -10,8 +10,7 @@ its resources), no trial, no MLflow run or experiment, no Optuna study on disk.
   (its CPUs and GPUs divided by a trial's share).
 - time: the median wall time of earlier FINISHED trials of the same base config
   (tag `cobra.base_config`) and stages in the MLflow store; with none, a rough figure per
-  training image and epoch (`ROUGH_S_PER_IMAGE_EPOCH`), said to be an estimate.
-"""
+  training image and epoch (`ROUGH_S_PER_IMAGE_EPOCH`), said to be an estimate."""
 
 import math
 import os

@@ -24,8 +24,7 @@
                                       # the default MLflow store (`cobra.study`)
     mlflow: {experiment: cobra}       # a non-empty name
 
-Every mistake is a ConfigError naming the key, with a close match when there is one.
-"""
+Every mistake is a ConfigError naming the key, with a close match when there is one."""
 
 import dataclasses
 import hashlib

@@ -2,8 +2,7 @@
 
 The training code only sees a `Reporter`; `RayReporter` turns each epoch into a
 `ray.tune.report(metrics, checkpoint=...)` so schedulers can stop a trial and a crashed trial can
-be restored from its last checkpoint.
-"""
+be restored from its last checkpoint."""
 
 import dataclasses
 import os
@@ -89,8 +88,7 @@ def _staged_checkpoint(layout: RunLayout) -> Iterator[str]:
     """A directory holding only `last.pt`, for Ray to persist; removed afterwards.
 
     It sits in the run directory so that `last.pt` can be hard-linked (no bytes copied) rather
-    than copied; a filesystem without hard links gets a copy.
-    """
+    than copied; a filesystem without hard links gets a copy."""
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=layout.root))
     try:
         try:

@@ -11,8 +11,7 @@ Ray worker processes. Run structure (tag names in `tags`):
       final-<trial run name>  cobra.kind=final, source_run_id
 
 Modules, one concern each, importing one way: `tags` < `mlflow_api` < `store` < `reporter` <
-`queries` (reading runs back) < `runs` (their lifecycle) < `views`.
-"""
+`queries` (reading runs back) < `runs` (their lifecycle) < `views`."""
 
 from cobra.tracking import tags
 from cobra.tracking.queries import (
