@@ -59,10 +59,6 @@ class ImageCounts:
         atomic_write_bytes(path, self.to_bytes())
 
     @classmethod
-    def load(cls, path: Path) -> ImageCounts:
-        return cls.from_bytes(Path(path).read_bytes())
-
-    @classmethod
     def from_bytes(cls, data: bytes) -> ImageCounts:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return cls(tuple(str(i) for i in arrays["ids"]), arrays["counts"])
