@@ -34,9 +34,8 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(3, H, W) float -> (3, height, width), bilinear with antialiasing when shrinking."""
     if image.shape[-2:] == (height, width):
         return image
-    out = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
-                        antialias=True)[0]
-    return out
+    return F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
 
 
 def random_resize_long(image: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -49,9 +48,7 @@ def random_resize_long(image: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 def random_hflip(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     """(3, H, W) -> the same, mirrored left-right with probability p."""
-    if torch.rand(()).item() < p:
-        return image.flip(-1)
-    return image
+    return image.flip(-1) if torch.rand(()).item() < p else image
 
 
 def _crop_window(h: int, w: int, size: int) -> tuple[slice, slice, slice, slice]:
