@@ -94,8 +94,6 @@ class CoBra(nn.Module):
                 cam_head = branch.cam_head
                 backbone.append(cam_head.weight)
                 heads += [p for p in (cam_head.bias, *parts["proj"]) if p is not None]
-        return [
-            {"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
-            {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,
-             "name": "heads"},
-        ]
+        return [{"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
+                {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,
+                 "name": "heads"}]

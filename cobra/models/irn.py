@@ -63,8 +63,7 @@ class BoundaryNet(nn.Module):
             feats = self.backbone(x)
             if self.pool_first:
                 feats[0] = F.max_pool2d(feats[0], kernel_size=3, stride=2, padding=1)
-        maps = [F.interpolate(squeeze(feats[i]), size=(h, w), mode="bilinear",
-                              align_corners=False)
+        maps = [F.interpolate(squeeze(feats[i]), size=(h, w), mode="bilinear", align_corners=False)
                 for squeeze, i in zip(self.squeeze, self.levels, strict=True)]
         return torch.sigmoid(self.fuse(torch.cat(maps, dim=1)))[:, 0]
 

@@ -70,8 +70,7 @@ def affinity_loss(boundary: torch.Tensor, ir: torch.Tensor, offsets: Sequence[Of
 
     def mean(mask: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         # Masked sum over its count; an empty set gives an exact 0 that keeps the graph intact.
-        count = mask.sum()
-        return (loss * mask).sum() / count.clamp_min(1)
+        return (loss * mask).sum() / mask.sum().clamp_min(1)
 
     pos = -torch.log(a + eps)
     neg = -torch.log(1.0 + eps - a)

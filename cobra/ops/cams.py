@@ -135,5 +135,5 @@ class ThresholdSweep:
 
     def curve(self) -> dict[float, float]:
         """mIoU % at every threshold (for plots and the eval file)."""
-        return {float(t): mean_iou(c)[0] for t, c in zip(self.thresholds, self.confusions,
-                                                          strict=True)}
+        return {float(t): mean_iou(c)[0]
+                for t, c in zip(self.thresholds, self.confusions, strict=True)}

@@ -19,9 +19,7 @@ def _conf_map(image: np.ndarray, cam: np.ndarray, id_map: np.ndarray, score: flo
     """(K, H, W) maps + a background score → (H, W) class ids after a CRF over K+1 labels."""
     padded = np.concatenate([np.full((1, *cam.shape[1:]), score, dtype=cam.dtype), cam])
     # argmax picks the first maximum, so a map equal to the score counts as background (IRN).
-    hard = padded.argmax(axis=0)
-    refined = crf_label(image, hard, cam.shape[0] + 1, **crf)
-    return id_map[refined]
+    return id_map[crf_label(image, padded.argmax(axis=0), cam.shape[0] + 1, **crf)]
 
 
 def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: float,
@@ -75,8 +73,7 @@ def ir_label_quality(ir: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
 
     Only pixels with gt != 255 count; precision = correct / confident and coverage =
     confident / total, accumulated over a whole set by the caller."""
-    ir = np.asarray(ir)
-    gt = np.asarray(gt)
+    ir, gt = np.asarray(ir), np.asarray(gt)
     if ir.shape != gt.shape:
         raise ValueError(f"IR label {ir.shape} and ground truth {gt.shape} differ in size")
     valid = gt != UNKNOWN

@@ -26,8 +26,7 @@ def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, iters: int, gaus
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
     d.addPairwiseBilateral(sxy=bi_sxy, srgb=bi_srgb, rgbim=image, compat=bi_compat)
-    q = d.inference(iters)
-    return np.array(q, dtype=np.float32).reshape(n_labels, h, w)
+    return np.array(d.inference(iters), dtype=np.float32).reshape(n_labels, h, w)
 
 
 def crf_label(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: float = 0.7,

@@ -36,12 +36,9 @@ def segment_pixels(dy: int, dx: int, samples: int | None = None) -> tuple[Offset
     max(|dy|, |dx|) + 1, one per row or column crossed), endpoints included."""
     n = samples if samples is not None else max(abs(dy), abs(dx)) + 1
     m = max(int(n) - 1, 1)
-    pts: set[Offset] = set()
-    for k in range(m + 1):
-        # Exact integer arithmetic so rounding never depends on float noise.
-        for y in _round_both(k * dy, m):
-            for x in _round_both(k * dx, m):
-                pts.add((y, x))
+    # Exact integer arithmetic so rounding never depends on float noise.
+    pts = {(y, x) for k in range(m + 1)
+           for y in _round_both(k * dy, m) for x in _round_both(k * dx, m)}
     return tuple(sorted(pts))
 
 

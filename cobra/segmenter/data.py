@@ -18,9 +18,8 @@ def read_mask(path: Path) -> np.ndarray:
     try:
         return read_label_png(path)
     except LabelFileError as exc:
-        missing = not path.exists()
-        raise StageInputError(f"mask {exc}; run stage 'masks' {'first' if missing else 'again'}"
-                              ) from None
+        raise StageInputError(f"mask {exc}; run stage 'masks' "
+                              f"{'again' if path.exists() else 'first'}") from None
 
 
 class MaskDataset(Dataset):
@@ -35,10 +34,7 @@ class MaskDataset(Dataset):
         lo, hi = (int(v) for v in resize_long)
         if not 1 <= lo <= hi:
             raise ValueError(f"resize_long must be [lo, hi] with 1 <= lo <= hi, got {resize_long}")
-        self.source = source
-        self.mask_dir = mask_dir
-        self.ids = list(ids)
-        self.crop = int(crop)
+        self.source, self.mask_dir, self.ids, self.crop = source, mask_dir, list(ids), int(crop)
         self.resize_long = (lo, hi)
 
     def mask_path(self, image_id: str) -> Path:

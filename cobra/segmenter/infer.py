@@ -82,11 +82,9 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
     if not scored:
         return {"seg_miou": None, "per_class": {}, "num_images": len(ids), "image_counts": None}
     miou, per_class = mean_iou(confusion)
-    return {
-        "seg_miou": None if np.isnan(miou) else miou,
-        "per_class": {name: None if np.isnan(v) else float(v)
-                      for name, v in zip(source.class_names, per_class, strict=True)},
-        "num_images": len(ids),
-        "image_counts": np.stack(image_counts) if image_counts else np.zeros(
-            (0, 3, num_labels), dtype=np.int64),
-    }
+    return {"seg_miou": None if np.isnan(miou) else miou,
+            "per_class": {name: None if np.isnan(v) else float(v)
+                          for name, v in zip(source.class_names, per_class, strict=True)},
+            "num_images": len(ids),
+            "image_counts": np.stack(image_counts) if image_counts else np.zeros(
+                (0, 3, num_labels), dtype=np.int64)}

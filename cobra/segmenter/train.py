@@ -28,8 +28,7 @@ def build_optimizer(model: nn.Module, cfg: SegmentConfig) -> torch.optim.Optimiz
     groups = param_groups(model, cfg.lr, cfg.head_lr_mult)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
