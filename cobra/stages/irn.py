@@ -90,8 +90,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
                                 weight_decay=cfg.train.weight_decay)
     dataset = IRLabelDataset(source, layout, ids, m.crop)
     loader = DataLoader(dataset, batch_size=m.batch_size, shuffle=True,
-                        drop_last=len(dataset) > m.batch_size,
-                        num_workers=cfg.data.num_workers,
+                        drop_last=len(dataset) > m.batch_size, num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     offsets = neighbour_offsets(m.pair_radius)
     schedule = PolyLR(optimizer, max(1, len(loader) * m.epochs), cfg.train.poly_power)

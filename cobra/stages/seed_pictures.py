@@ -36,11 +36,6 @@ def save_pictures(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
         reporter.log_artifact(path, "pictures")
 
 
-def per_class_table(per_class: dict[str, float | None]) -> dict[str, list]:
-    """{"class": [...], "iou": [...]}: a table MLflow shows in the run's artifacts."""
-    return {"class": list(per_class), "iou": list(per_class.values())}
-
-
 def save_threshold_curve(fixed: dict, path: Path) -> None:
     """Seed mIoU against the background threshold, the chosen one marked."""
     import matplotlib

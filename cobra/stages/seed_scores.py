@@ -57,8 +57,7 @@ def score_seeds(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
     heldout, heldout_thresholds = fixed.cross_fitted() if ids else (float("nan"), [])
     result = {"fusion": cfg.seeds.fusion, "num_images": len(ids),
               "fixed": {"threshold": threshold, "miou": miou,
-                        "threshold_chosen_on": THRESHOLD_CHOSEN_ON,
-                        "ci95": [ci_lo, ci_hi],
+                        "threshold_chosen_on": THRESHOLD_CHOSEN_ON, "ci95": [ci_lo, ci_hi],
                         "miou_heldout": heldout, "heldout_thresholds": heldout_thresholds,
                         "miou_at_default": curve[cfg.seeds.fixed_bg],
                         "default_threshold": cfg.seeds.fixed_bg,
