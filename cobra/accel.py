@@ -27,8 +27,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None
-                      ) -> bool:
+def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None) -> bool:
     """Store the CNN branch's weights NHWC (cuDNN's and Tensor Cores' native layout); `None`
     means on CUDA only. The ViT is left alone: its patch embedding reads either layout."""
     enabled = device.type == "cuda" if enabled is None else enabled

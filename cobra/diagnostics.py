@@ -87,8 +87,7 @@ def patch_majority_labels(masks: torch.Tensor, grid: tuple[int, int]) -> torch.T
     onehot = F.one_hot(torch.where(valid, masks, 0), num_classes) * valid[..., None]
     counts = onehot.reshape(b, nh, h // nh, nw, w // nw, num_classes).sum(dim=(2, 4))
     counts = counts.reshape(b, nh * nw, num_classes)
-    majority = counts.argmax(dim=2)
-    return torch.where(counts.sum(dim=2) > 0, majority, UNKNOWN)
+    return torch.where(counts.sum(dim=2) > 0, counts.argmax(dim=2), UNKNOWN)
 
 
 def selection_precision(pos_idx: torch.Tensor, neg_idx: torch.Tensor, patch_labels: torch.Tensor,
@@ -157,8 +156,7 @@ def normalised_cams(cam: torch.Tensor, labels: torch.Tensor, size: tuple[int, in
     classes absent from the image (as the seeds keep only the image's classes).
 
     cam: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, C, H, W)."""
-    fg = F.interpolate(cam[:, 1:].float().relu(), size=size, mode="bilinear",
-                       align_corners=False)
+    fg = F.interpolate(cam[:, 1:].float().relu(), size=size, mode="bilinear", align_corners=False)
     peak = fg.amax(dim=(2, 3), keepdim=True).clamp_min(1e-5)
     return fg / peak * (labels > 0.5)[:, :, None, None]
 
@@ -189,9 +187,8 @@ def cam_metrics(out: CoBraOutput, labels: torch.Tensor, masks: torch.Tensor, thr
     result = {}
     for branch, cam in (("cnn", out.cam_cnn), ("vit", out.cam_vit)):
         if cam is not None:
-            coverage, leakage = coverage_and_leakage(cam, labels, masks, threshold)
-            result[f"coverage_{branch}"] = coverage
-            result[f"leakage_{branch}"] = leakage
+            result[f"coverage_{branch}"], result[f"leakage_{branch}"] = coverage_and_leakage(
+                cam, labels, masks, threshold)
     return result
 
 
@@ -213,17 +210,14 @@ class GradientProbe:
     stay on the device until the epoch's end (reading one would stall the step queue)."""
 
     def __init__(self, every: int) -> None:
-        self.every = every
-        self.calls = 0
+        self.every, self.calls, self.count = every, 0, 0
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
 
     def observe(self, weighted: Mapping[str, torch.Tensor], out: CoBraOutput) -> None:
         self.calls += 1
         if (self.calls - 1) % self.every:
             return
-        norms = term_gradient_norms(weighted, {"cnn": out.features_cnn,
-                                               "vit": out.features_vit})
+        norms = term_gradient_norms(weighted, {"cnn": out.features_cnn, "vit": out.features_vit})
         for key, value in norms.items():
             self.sums[key] = self.sums.get(key, 0) + value
         self.count += 1
@@ -277,7 +271,5 @@ class MechanismMonitor:
 
 
 def _to(sample: DiagnosticSample | None, device: torch.device) -> DiagnosticSample | None:
-    if sample is None:
-        return None
-    return DiagnosticSample(sample.images.to(device), sample.labels.to(device),
-                            sample.masks.to(device))
+    return None if sample is None else DiagnosticSample(
+        sample.images.to(device), sample.labels.to(device), sample.masks.to(device))

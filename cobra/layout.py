@@ -190,8 +190,7 @@ def check_run_name(name: str, parent: Path) -> None:
                          f"'{parent}' allows {limit}; choose a shorter --name (run.name)")
 
 
-def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False
-            ) -> RunLayout:
+def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False) -> RunLayout:
     """Create a fresh run directory that this process alone owns.
 
     The directory is made with an exclusive `mkdir` (no exist-check beforehand), so two

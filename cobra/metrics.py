@@ -22,8 +22,7 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
     keep = gt != ignore_index
     pred, gt = pred[keep], gt[keep]
     _check_range(pred, num_classes, "prediction values must lie in")
-    _check_range(gt, num_classes, "ground-truth values must lie in",
-                 f" or be {ignore_index}")
+    _check_range(gt, num_classes, "ground-truth values must lie in", f" or be {ignore_index}")
     counts = np.bincount(gt.astype(np.int64) * num_classes + pred,
                          minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
@@ -31,8 +30,7 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
 
 def _check_range(values: np.ndarray, num_classes: int, what: str, tail: str = "") -> None:
     if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(f"{what} [0, {num_classes}){tail}, "
-                         f"got [{values.min()}, {values.max()}]")
+        raise ValueError(f"{what} [0, {num_classes}){tail}, got [{values.min()}, {values.max()}]")
 
 
 def iou_per_class(confusion: np.ndarray) -> np.ndarray:

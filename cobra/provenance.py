@@ -43,9 +43,8 @@ def dataset_splits(cfg: Config, stages: Sequence[str] = ("train", "seeds")
     scored = [s for s in SCORED_ON_SEED_SPLIT if s in stages]
     trained = [s for s in TRAINED_ON_SEED_SPLIT if s in stages]
     context = _context("scored", scored) + (f"; {_context('trains', trained)}" if trained else "")
-    entries.append({"name": f"{cfg.data.dataset}/{cfg.data.seed_split}{cap}",
-                    "context": context, "source": root,
-                    "digest": _digest(seed_ids), "num_images": len(seed_ids)})
+    entries.append({"name": f"{cfg.data.dataset}/{cfg.data.seed_split}{cap}", "context": context,
+                    "source": root, "digest": _digest(seed_ids), "num_images": len(seed_ids)})
     return entries
 
 

@@ -51,9 +51,6 @@ class LossMeter:
         bad = torch.logical_not(torch.isfinite(total.detach())) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, step, self.first_bad_step)
 
-    def due(self, step: int) -> bool:
-        return (step + 1) % self.CHECK_EVERY == 0
-
     def check(self, what: str, epoch: int, hint: str) -> None:
         """Raise NonFiniteLossError if any step so far had a NaN/inf loss (one device sync)."""
         step = int(self.first_bad_step)
@@ -130,7 +127,7 @@ def train_one_epoch(batches: Iterable[dict], loss_fn: LossFn, optimizer: torch.o
         loss.backward()
         optimizer.step()
         meter.add(step, terms, loss)
-        if meter.due(step):  # not every step: reading a loss stalls the device's queue
+        if (step + 1) % meter.CHECK_EVERY == 0:  # not every step: a read stalls the device queue
             meter.check(info.what, info.epoch, info.hint)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()

@@ -14,6 +14,7 @@ from torch import nn
 from cobra.config import Config
 from cobra.errors import ConfigError
 from cobra.models import backbones
+from cobra.pretrain import backbones_of
 
 # Keys timm adapts itself when it loads a file (resized to the input size), so their shapes may
 # differ from the network's.
@@ -109,8 +110,7 @@ def check_backbones(cfg: Config, pretrained: bool | str | None = None) -> None:
     """Each backbone builds its branch, and its local weights file (if any) fits it.
     `pretrained`: the resolved weight source (builtin → its cache directory), if not cfg's."""
     source = cfg.model.pretrained if pretrained is None else pretrained
-    roles = [(role, name) for role, name in (("cnn", cfg.model.cnn), ("vit", cfg.model.vit))
-             if cfg.model.branches in ("both", role)]
+    roles = backbones_of(cfg)
     for role, name in roles:
         if not timm.is_model(name):
             raise ConfigError(f"model.{role} '{name}' is not a timm model name; see "
