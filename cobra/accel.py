@@ -2,10 +2,7 @@
 
 bf16 autocast (`train.amp`), channels_last for the CNN branch, cuDNN autotuning and pinned host
 memory on CUDA. tests/test_accel.py checks on CPU that the autocast and channels_last paths
-give the losses of the plain path within tolerance.
-"""
-
-from __future__ import annotations
+give the losses of the plain path within tolerance."""
 
 import contextlib
 
@@ -43,8 +40,7 @@ def slow_amp_warning(amp: str, device: torch.device) -> str | None:
             "slower than fp32; set train.amp=none")
 
 
-def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None
-                      ) -> bool:
+def use_channels_last(model: nn.Module, device: torch.device, enabled: bool | None = None) -> bool:
     """Store the CNN branch's weights NHWC (cuDNN's and Tensor Cores' native layout); `None`
     means on CUDA only. The ViT is left alone: its patch embedding reads either layout."""
     enabled = device.type == "cuda" if enabled is None else enabled

@@ -6,8 +6,6 @@ whether each cell's gap to the best is more than noise, counting both noises a s
 Plain TrialRecords in, plain data out: no MLflow here (`cobra.results` gathers each run's
 per-image counts and the seed-noise estimate, and renders the cells)."""
 
-from __future__ import annotations
-
 import math
 import statistics
 from collections.abc import Sequence
@@ -105,17 +103,9 @@ class Cell:
         values = self.side.get(title, [])
         return statistics.fmean(values) if values else None
 
-    def name(self, axes: Sequence[str]) -> str:
-        """`k_sap_neg=2, k_cap_pos=8`: the cell's swept values under their config names."""
-        return ", ".join(f"{a.rsplit('.', 1)[-1]}={self.point[a]}" for a in axes) or "all"
-
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _point(trial: TrialRecord, axes: Sequence[str]) -> tuple:
-    return tuple(trial.params.get(a, "None") for a in axes)
 
 
 def parse_param(value: str) -> Any:
@@ -160,9 +150,9 @@ def group_cells(trials: Sequence[TrialRecord], metric: str, axes: Sequence[str],
         value = trial.metrics.get(key)
         if trial.status != "FINISHED" or not _finite(value):
             continue
-        point = _point(trial, axes)
-        cell = cells.setdefault(point, Cell({a: parse_param(v) for a, v in zip(axes, point,
-                                                                           strict=True)}))
+        point = tuple(trial.params.get(a, "None") for a in axes)
+        cell = cells.setdefault(point, Cell({a: parse_param(v)
+                                             for a, v in zip(axes, point, strict=True)}))
         _add_run(cell, trial, metric, float(value))
     for cell in cells.values():
         cell.paper = paper_value(sweep, metric, cell.point)
@@ -249,29 +239,23 @@ def format_value(cell: Cell) -> str:
     return f"{cell.mean:.2f}" if cell.n < 2 else f"{cell.mean:.2f} ± {cell.std:.2f}"
 
 
-def _side_titles(cells: Sequence[Cell], metric: str) -> list[str]:
-    return [t for t in SIDE_SCORES.get(metric, {}) if any(c.side.get(t) for c in cells)]
-
-
 def rows(cells: Sequence[Cell], axes: Sequence[str], metric: str,
          link=None) -> tuple[list[str], list[list[str]]]:
     """Header and body of the cells table as strings; `link(cell)` names the runs (markdown)."""
     has_paper = any(c.paper is not None for c in cells)
     replicated = any(c.n >= 2 for c in cells)
-    sides = _side_titles(cells, metric)
+    sides = [t for t in SIDE_SCORES.get(metric, {}) if any(c.side.get(t) for c in cells)]
     header = [*(a.rsplit(".", 1)[-1] for a in axes),
-              f"{metric} mean ± std" if replicated else metric, "n", "images",
-              "95% CI (images)", *sides, *(["paper"] if has_paper else []), "vs best",
-              *(["runs"] if link else [])]
+              f"{metric} mean ± std" if replicated else metric, "n", "images", "95% CI (images)",
+              *sides, *(["paper"] if has_paper else []), "vs best", *(["runs"] if link else [])]
     body = []
     for c in cells:
         images = sorted({int(i) for i in c.num_images})
         interval = c.interval
-        side_values = [c.side_mean(t) for t in sides]
         body.append([*(str(c.point[a]) for a in axes), format_value(c), str(c.n),
                      "/".join(map(str, images)) or "?",
                      f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "—",
-                     *(f"{v:.2f}" if v is not None else "—" for v in side_values),
+                     *(f"{v:.2f}" if v is not None else "—" for v in map(c.side_mean, sides)),
                      *([f"{c.paper:.1f}" if c.paper is not None else "—"] if has_paper else []),
                      c.verdict.short(), *([link(c)] if link else [])])
     return header, body

@@ -1,7 +1,5 @@
 """Checkpoints: written atomically, loaded with `weights_only=True`, always carrying their config."""
 
-from __future__ import annotations
-
 import io
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, cfg: config_mod.Confi
                     extra: dict[str, Any] | None = None) -> None:
     """Serialise to memory first, then write tmp + fsync + rename: a crash or a full disk while
     writing leaves the previous checkpoint intact."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "schedule": schedule.state_dict() if schedule is not None else None,
-        "epoch": epoch,
-        "config": config_mod.to_dict(cfg),
-        "extra": extra or {},
-    }
+    state = {"model": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "schedule": schedule.state_dict() if schedule is not None else None,
+             "epoch": epoch, "config": config_mod.to_dict(cfg), "extra": extra or {}}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())

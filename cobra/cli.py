@@ -2,10 +2,7 @@
 
 Every command ends by printing one JSON line with its headline metrics (and the run directory) on
 stdout so scripts can read it. Problems the user can fix print one `error:` line on stderr and exit
-with code 2; nothing is overwritten.
-"""
-
-from __future__ import annotations
+with code 2; nothing is overwritten."""
 
 import argparse
 import contextlib

@@ -2,10 +2,7 @@
 
 Every knob has a dotted name (`loss.k_sap_pos`, `model.embed_dim`, ...). Sweeps, MLflow params and
 checkpoints all use these names, so they are the public contract of the project. Unknown keys,
-wrong types and out-of-range values raise `ConfigError` naming the dotted key.
-"""
-
-from __future__ import annotations
+wrong types and out-of-range values raise `ConfigError` naming the dotted key."""
 
 import dataclasses
 import difflib
@@ -13,7 +10,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,8 +389,7 @@ class SegmentConfig:
                       "SegFormer, tu-<timm name> for any timm model)")
     encoder_weights: str | None = _f("imagenet", help="builtin (a tu-<timm CNN> pretrained "
                                      "offline, as model.pretrained=builtin), imagenet (not COCO: "
-                                     "a known confounder) "
-                                     "or null for random init")
+                                     "a known confounder) or null for random init")
     output_stride: int = _f(
         16, choices=(8, 16),
         help="DeepLabV3+'s encoder stride: 16 (paper) or 8, a finer map for small crops (on the "
@@ -419,8 +415,7 @@ class SegmentConfig:
     scales: list[float] = _f([0.5, 0.75, 1.0, 1.25, 1.5])
     flip: bool = _f(True)
     crf: bool = _f(True, help="denseCRF at test time (mask CRF parameters)")
-    max_images: int | None = _f(None, ge=1,
-                                help="only the first N images per split (smoke tests)")
+    max_images: int | None = _f(None, ge=1, help="only the first N images per split (smoke tests)")
 
 
 @dataclass
@@ -535,17 +530,18 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """All leaf keys of a config class, dotted (`loss.k_sap_pos`, ...)."""
-    keys: list[str] = []
+def _leaves(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every leaf of a config class (`loss.k_sap_pos`, ...)."""
     hints = typing.get_type_hints(cls)
-    for name in _fields(cls):
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            keys += dotted_keys(tp, f"{prefix}{name}.")
+    for name, f in _fields(cls).items():
+        if dataclasses.is_dataclass(hints[name]):
+            yield from _leaves(hints[name], f"{prefix}{name}.")
         else:
-            keys.append(f"{prefix}{name}")
-    return keys
+            yield f"{prefix}{name}", f
+
+
+def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    return [key for key, _ in _leaves(cls, prefix)]
 
 
 def suggest(key: str, candidates: Iterable[str]) -> str:
@@ -895,20 +891,10 @@ def describe() -> list[tuple[str, Any, str]]:
     """(dotted key, default, help) for every knob, for `launch.py config --list`."""
     rows = []
     defaults = flatten(Config())
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for name, f in _fields(cls).items():
-            if dataclasses.is_dataclass(hints[name]):
-                walk(hints[name], f"{prefix}{name}.")
-            else:
-                key = f"{prefix}{name}"
-                text = f.metadata.get("help", "")
-                if key in FIDELITY_SWITCHES:
-                    paper, code = FIDELITY_SWITCHES[key]
-                    text += (f" [None follows loss.fidelity: paper → {paper}, "
-                             f"code → {code}]")
-                rows.append((key, defaults[key], text))
-
-    walk(Config, "")
+    for key, f in _leaves():
+        text = f.metadata.get("help", "")
+        if key in FIDELITY_SWITCHES:
+            paper, code = FIDELITY_SWITCHES[key]
+            text += f" [None follows loss.fidelity: paper → {paper}, code → {code}]"
+        rows.append((key, defaults[key], text))
     return rows

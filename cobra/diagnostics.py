@@ -13,10 +13,7 @@ and leaks onto background.
   object pixels whose (max-normalised, ReLU'd) CAM of their class reaches the seed threshold
   `seeds.fixed_bg`, and the share of those above-threshold pixels that are background.
 
-Every function here is pure tensor maths; `DiagnosticProbe` reads nothing but what it is given.
-"""
-
-from __future__ import annotations
+Every function here is pure tensor maths; `DiagnosticProbe` reads nothing but what it is given."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,8 +42,7 @@ def term_gradient_norms(weighted: Mapping[str, torch.Tensor],
     weighted: term name → scalar loss already multiplied by its λ; features: branch name →
     (B, ·, N_h, N_w) feature map in the graph (None: branch off). A term that does not reach a
     branch (the detached guide of a one-way loss) has norm 0. Keys: `grad_<branch>_<term>`.
-    The graph is kept, so the step's backward() runs afterwards as usual.
-    """
+    The graph is kept, so the step's backward() runs afterwards as usual."""
     present = {name: f for name, f in features.items() if f is not None and f.requires_grad}
     norms: dict[str, torch.Tensor] = {}
     for term, value in weighted.items():
@@ -80,8 +76,7 @@ def patch_majority_labels(masks: torch.Tensor, grid: tuple[int, int]) -> torch.T
 
     masks: (B, H, W) long, 255 = ignore (nearest-resized to whole patches when H, W are not
     multiples of the grid); returns (B, M) long, M = N_h·N_w, UNKNOWN where every pixel of the
-    patch is ignore.
-    """
+    patch is ignore."""
     nh, nw = grid
     if masks.shape[1] % nh or masks.shape[2] % nw:  # nearest-resize to whole patches
         size = (nh * -(-masks.shape[1] // nh), nw * -(-masks.shape[2] // nw))
@@ -92,8 +87,7 @@ def patch_majority_labels(masks: torch.Tensor, grid: tuple[int, int]) -> torch.T
     onehot = F.one_hot(torch.where(valid, masks, 0), num_classes) * valid[..., None]
     counts = onehot.reshape(b, nh, h // nh, nw, w // nw, num_classes).sum(dim=(2, 4))
     counts = counts.reshape(b, nh * nw, num_classes)
-    majority = counts.argmax(dim=2)
-    return torch.where(counts.sum(dim=2) > 0, majority, UNKNOWN)
+    return torch.where(counts.sum(dim=2) > 0, counts.argmax(dim=2), UNKNOWN)
 
 
 def selection_precision(pos_idx: torch.Tensor, neg_idx: torch.Tensor, patch_labels: torch.Tensor,
@@ -104,8 +98,7 @@ def selection_precision(pos_idx: torch.Tensor, neg_idx: torch.Tensor, patch_labe
     Positive precision: over anchors with a known class, the share of their known positives of
     the anchor's class; negative precision: the share of known negatives of another class.
     `anchors` (B, M) bool restricts the anchors (e.g. object patches only). NaN when no pair
-    counts.
-    """
+    counts."""
     anchor_class = patch_labels[:, :, None]  # (B, M, 1)
     keep = patch_labels != UNKNOWN
     if anchors is not None:
@@ -141,8 +134,7 @@ def selection_metrics(out: CoBraOutput, labels: torch.Tensor, masks: torch.Tenso
                       cfg: LossConfig) -> dict[str, float]:
     """Precision of both losses' selections, over all anchors and over object anchors (`_fg`).
 
-    labels: (B, C) multi-hot; masks: (B, H, W) ground truth of the same images at input size.
-    """
+    labels: (B, C) multi-hot; masks: (B, H, W) ground truth of the same images at input size."""
     grid = out.cam_cnn.shape[-2:] if out.cam_cnn is not None else out.a_obj.shape[-2:]
     patch_labels = patch_majority_labels(masks, tuple(grid))
     result = {}
@@ -163,10 +155,8 @@ def normalised_cams(cam: torch.Tensor, labels: torch.Tensor, size: tuple[int, in
     """ReLU'd foreground CAMs upsampled to `size`, each max-normalised to [0, 1], zero for
     classes absent from the image (as the seeds keep only the image's classes).
 
-    cam: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, C, H, W).
-    """
-    fg = F.interpolate(cam[:, 1:].float().relu(), size=size, mode="bilinear",
-                       align_corners=False)
+    cam: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, C, H, W)."""
+    fg = F.interpolate(cam[:, 1:].float().relu(), size=size, mode="bilinear", align_corners=False)
     peak = fg.amax(dim=(2, 3), keepdim=True).clamp_min(1e-5)
     return fg / peak * (labels > 0.5)[:, :, None, None]
 
@@ -177,8 +167,7 @@ def coverage_and_leakage(cam: torch.Tensor, labels: torch.Tensor, masks: torch.T
 
     Coverage: of the object pixels of the image's classes, the share whose own class's CAM is
     ≥ threshold. Leakage: of the pixels where some present class's CAM is ≥ threshold, the share
-    that are background. masks: (B, H, W) long, 255 = ignore. NaN where nothing counts.
-    """
+    that are background. masks: (B, H, W) long, 255 = ignore. NaN where nothing counts."""
     cams = normalised_cams(cam, labels, tuple(masks.shape[-2:]))  # (B, C, H, W)
     valid = masks != IGNORE
     objects = valid & (masks > 0)
@@ -198,9 +187,8 @@ def cam_metrics(out: CoBraOutput, labels: torch.Tensor, masks: torch.Tensor, thr
     result = {}
     for branch, cam in (("cnn", out.cam_cnn), ("vit", out.cam_vit)):
         if cam is not None:
-            coverage, leakage = coverage_and_leakage(cam, labels, masks, threshold)
-            result[f"coverage_{branch}"] = coverage
-            result[f"leakage_{branch}"] = leakage
+            result[f"coverage_{branch}"], result[f"leakage_{branch}"] = coverage_and_leakage(
+                cam, labels, masks, threshold)
     return result
 
 
@@ -222,17 +210,14 @@ class GradientProbe:
     stay on the device until the epoch's end (reading one would stall the step queue)."""
 
     def __init__(self, every: int) -> None:
-        self.every = every
-        self.calls = 0
+        self.every, self.calls, self.count = every, 0, 0
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
 
     def observe(self, weighted: Mapping[str, torch.Tensor], out: CoBraOutput) -> None:
         self.calls += 1
         if (self.calls - 1) % self.every:
             return
-        norms = term_gradient_norms(weighted, {"cnn": out.features_cnn,
-                                               "vit": out.features_vit})
+        norms = term_gradient_norms(weighted, {"cnn": out.features_cnn, "vit": out.features_vit})
         for key, value in norms.items():
             self.sums[key] = self.sums.get(key, 0) + value
         self.count += 1
@@ -286,7 +271,5 @@ class MechanismMonitor:
 
 
 def _to(sample: DiagnosticSample | None, device: torch.device) -> DiagnosticSample | None:
-    if sample is None:
-        return None
-    return DiagnosticSample(sample.images.to(device), sample.labels.to(device),
-                            sample.masks.to(device))
+    return None if sample is None else DiagnosticSample(
+        sample.images.to(device), sample.labels.to(device), sample.masks.to(device))

@@ -1,7 +1,5 @@
 """User-facing errors: each one is printed as a single line and exits with code 2."""
 
-from __future__ import annotations
-
 import argparse
 import sys
 

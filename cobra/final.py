@@ -6,8 +6,6 @@ The final run scores every image of the seed split, a trial only `seeds.max_imag
 its metrics are logged as `final/<name>` (`final/seed_miou`): in the MLflow run list they sit in
 their own columns, never beside the trials' as if the final run had won the sweep."""
 
-from __future__ import annotations
-
 import shutil
 from pathlib import Path
 from typing import Any
@@ -141,8 +139,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
     source = tracking.best_trial(store, experiment, sweep_name=sweep, run_id=run_id)
     # a directory of an earlier `final` of this trial (one that failed, say) is left alone: this
     # one gets the same name and a timestamp
-    layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}",
-                     stamp_if_taken=True)
+    layout = new_run(runs_dir, f"final-{source.run_name}-{source.run_id[:8]}", stamp_if_taken=True)
     try:
         tracking.download_trial(store, source.run_id, layout.root)
         cfg = load_config(layout.config, final_overrides(overrides), saved=True)
@@ -166,9 +163,7 @@ def run_final(experiment: str, sweep: str | None, run_id: str | None, overrides:
         reporter.close("FAILED")
         raise
     tracking.set_description(store, final_id, describe(source, metrics, cfg))
-    mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what
-                             for name, what in models.items()})
+    mlflow_reporter.set_tags({f"{tag.MODEL_PREFIX}{name}": what for name, what in models.items()})
     reporter.close("FINISHED")
     return {**metrics, "source_run_id": source.run_id, "source_run_name": source.run_name,
-            "final_run_id": final_id, "run_dir": str(layout.root),
-            "models": models}
+            "final_run_id": final_id, "run_dir": str(layout.root), "models": models}

@@ -18,10 +18,7 @@
       segment/pred/<id>.png  segmentation predictions
       image_counts/<stage>.npz  each scored image's (3, K) IoU counts behind the stage's
                              headline score (seeds, masks, segment)
-      pictures/*.png         overlays for humans
-"""
-
-from __future__ import annotations
+      pictures/*.png         overlays for humans"""
 
 import errno
 import json
@@ -193,16 +190,14 @@ def check_run_name(name: str, parent: Path) -> None:
                          f"'{parent}' allows {limit}; choose a shorter --name (run.name)")
 
 
-def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False
-            ) -> RunLayout:
+def new_run(parent: str | Path, name: str | None, *, stamp_if_taken: bool = False) -> RunLayout:
     """Create a fresh run directory that this process alone owns.
 
     The directory is made with an exclusive `mkdir` (no exist-check beforehand), so two
     processes can never share one: with an explicit `name` the second one is refused (or, with
     `stamp_if_taken`, gets the name plus a timestamp and a random suffix: a command the user
     cannot name, such as `final`); a default (timestamped) name gets a random suffix and a
-    fresh one on the rare collision.
-    """
+    fresh one on the rare collision."""
     parent = Path(parent).expanduser().resolve()
     if name is not None:
         check_run_name(name, parent)

@@ -4,8 +4,6 @@ a crashed process never leaves a stale lock. Local filesystems only: flock over 
 dependable, which is why a sweep on remote storage is not locked (see `cobra.sweep.tuner`).
 `hold` refuses at once when another process holds the lock, `locked` waits for it."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import os

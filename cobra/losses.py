@@ -3,10 +3,7 @@
 Shapes: B batch, C foreground classes (index 0 = background in every C+1 tensor), N_h × N_w
 patch grid, M = N_h·N_w patches, D projection size. The guiding side of each complementary loss
 is detached (one-way knowledge transfer): L_cap learns from the ViT's affinity, L_sap from the
-CNN's CAM. The slow references these must match live in tests/test_losses.py.
-"""
-
-from __future__ import annotations
+CNN's CAM. The slow references these must match live in tests/test_losses.py."""
 
 import functools
 import math
@@ -28,8 +25,7 @@ def full_precision(fn: _Fn) -> _Fn:
     logits z·zᵀ/τ would carry that rounding times 1/τ (10× at τ = 0.1) into exp and log-sum-exp,
     and the CAM differences and means over thousands of terms compound it: on CPUs with native
     bf16 L_cap came out 7.7 % off. The network's own bf16 rounding stays in the inputs; the
-    losses add none. They are a sliver of the step's FLOPs, so fp32 costs nothing measurable.
-    """
+    losses add none. They are a sliver of the step's FLOPs, so fp32 costs nothing measurable."""
 
     def upcast(value):  # half-width floats only: fp64 (the tests' references) stays fp64
         if torch.is_tensor(value) and value.is_floating_point() and value.element_size() < 4:
@@ -51,8 +47,7 @@ def full_precision(fn: _Fn) -> _Fn:
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Multi-label soft-margin loss (what both codebases use where the paper says "softmax").
 
-    logits, labels: (B, C).
-    """
+    logits, labels: (B, C)."""
     return F.multilabel_soft_margin_loss(logits, labels)
 
 
@@ -66,8 +61,7 @@ def cam_consistency_loss(cam_cnn: torch.Tensor, cam_vit: torch.Tensor, labels: t
     first mean only, upsampled with `align_corners=True` (their positive-class term is computed
     but left out of the loss).
 
-    cam_cnn, cam_vit: (B, C+1, N_h, N_w); labels: (B, C) multi-hot; size: (H, W).
-    """
+    cam_cnn, cam_vit: (B, C+1, N_h, N_w); labels: (B, C) multi-hot; size: (H, W)."""
     if form not in ("paper", "code"):
         raise ValueError(f"form must be 'paper' or 'code', got '{form}'")
     corners = form == "code"
@@ -91,8 +85,7 @@ def info_nce(z: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, tau:
 
     z: (B, M, D) L2-normalised; pos_idx: (B, M, Kp), neg_idx: (B, M, Kn) long indices into M.
     `neg_exp_over_tau` reproduces the authors' SAP bug, negatives weighted e^{s}/τ instead of
-    e^{s/τ}. Computed in log space, so small τ cannot overflow.
-    """
+    e^{s/τ}. Computed in log space, so small τ cannot overflow."""
     sim = torch.bmm(z, z.transpose(1, 2))  # (B, M, M)
     pos = sim.gather(2, pos_idx) / tau  # (B, M, Kp)
     neg_sim = sim.gather(2, neg_idx)  # (B, M, Kn)
@@ -139,8 +132,7 @@ def cap_loss(z_cnn: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: int
     """L_cap (Eq. 1): every CNN patch vector is an anchor; positives / negatives are the patches
     with the highest / lowest ViT affinity in its row.
 
-    z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way).
-    """
+    z_cnn: (B, M, D) or (B, D, N_h, N_w); affinity: (B, M, M), detached here (one-way)."""
     z = _flatten_patches(z_cnn)
     pos_idx, neg_idx = select_pairs(affinity.detach(), k_pos, k_neg, exclude_self)
     return info_nce(z, pos_idx, neg_idx, tau)
@@ -151,8 +143,7 @@ def sap_pseudo_labels(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str =
     """Pseudo class per patch: the argmax of `sap_class_scores` (B, M) long in 0..C.
 
     With the background channel (`bg=None`) the argmax is taken after a softmax over
-    background + the image's classes, as the paper writes it (the softmax does not change it).
-    """
+    background + the image's classes, as the paper writes it (the softmax does not change it)."""
     return sap_class_scores(cam_cnn, labels, absent, bg).argmax(dim=1)
 
 
@@ -166,8 +157,7 @@ def sap_class_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = 
     `bg=t`: each present class's ReLU'd map max-normalised over the image (as seeds are), absent
     classes removed, and background scored 2t − max_c s_c, which wins the argmax exactly where
     every class score is below t and ranks patches by how far they are from every class.
-    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C).
-    """
+    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C)."""
     if absent not in ("mask", "zero"):
         raise ValueError(f"absent must be 'mask' or 'zero', got '{absent}'")
     scores = cam_cnn.flatten(2)  # (B, C+1, M)
@@ -198,8 +188,7 @@ def seed_space(cam: torch.Tensor, labels: torch.Tensor, bg: float) -> torch.Tens
     so a contrast over the whole map (`model.proj_head: cam`) can be met there; here every
     direction the contrast moves is one the seed reads. In fp32 under autocast, as the losses
     that read it: its max-normalisation would otherwise add bf16 rounding of its own.
-    cam: (B, C+1, N_h, N_w), same shape out.
-    """
+    cam: (B, C+1, N_h, N_w), same shape out."""
     classes = _present_class_maps(cam.flatten(2), labels, absent_value=0.0)
     background = 2 * bg - classes.amax(dim=1, keepdim=True)
     return torch.cat([background, classes], dim=1).view_as(cam)
@@ -209,8 +198,7 @@ def sap_scores(cam_cnn: torch.Tensor, labels: torch.Tensor, absent: str = "mask"
                bg: float | None = None) -> torch.Tensor:
     """L_sap's ranking scores: row i holds every patch's score for anchor i's pseudo class.
 
-    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M, M).
-    """
+    cam_cnn: (B, C+1, N_h, N_w); labels: (B, C). Returns (B, M, M)."""
     class_scores = sap_class_scores(cam_cnn, labels, absent, bg)  # (B, C+1, M)
     pseudo = class_scores.argmax(dim=1)  # (B, M)
     if bg is None:  # the raw channels: absent classes must not leak -inf into a row
@@ -226,8 +214,7 @@ def sap_loss(z_vit: torch.Tensor, cam_cnn: torch.Tensor, labels: torch.Tensor, k
     CAM), positives / negatives are the patches with the highest / lowest CNN score for c.
 
     z_vit: (B, M, D) or (B, D, N_h, N_w); cam_cnn: (B, C+1, N_h, N_w), detached here (one-way);
-    labels: (B, C) multi-hot; `bg`: see `sap_class_scores`.
-    """
+    labels: (B, C) multi-hot; `bg`: see `sap_class_scores`."""
     z = _flatten_patches(z_vit)
     rows = sap_scores(cam_cnn.detach(), labels, absent, bg)
     pos_idx, neg_idx = select_pairs(rows, k_pos, k_neg, exclude_self)

@@ -2,10 +2,7 @@
 
 mIoU follows the field's protocol (SPEC "Evaluation"): accumulate a single confusion matrix over
 every pixel of every image (never an average of per-image scores), ignore label 255, include
-background, and leave classes absent from both prediction and ground truth out of the mean.
-"""
-
-from __future__ import annotations
+background, and leave classes absent from both prediction and ground truth out of the mean."""
 
 import warnings
 
@@ -18,16 +15,14 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
 
     pred, gt: integer arrays of the same shape with values in [0, K) (gt may hold ignore_index).
     Works in the inputs' own dtype until the one int64 index bincount needs (a VOC-sized set
-    costs about what bare bincount does; benchmarks/bench.py measures it).
-    """
+    costs about what bare bincount does; benchmarks/bench.py measures it)."""
     pred, gt = np.asarray(pred).reshape(-1), np.asarray(gt).reshape(-1)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction has {pred.size} pixels but ground truth has {gt.size}")
     keep = gt != ignore_index
     pred, gt = pred[keep], gt[keep]
     _check_range(pred, num_classes, "prediction values must lie in")
-    _check_range(gt, num_classes, "ground-truth values must lie in",
-                 f" or be {ignore_index}")
+    _check_range(gt, num_classes, "ground-truth values must lie in", f" or be {ignore_index}")
     counts = np.bincount(gt.astype(np.int64) * num_classes + pred,
                          minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
@@ -35,8 +30,7 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
 
 def _check_range(values: np.ndarray, num_classes: int, what: str, tail: str = "") -> None:
     if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(f"{what} [0, {num_classes}){tail}, "
-                         f"got [{values.min()}, {values.max()}]")
+        raise ValueError(f"{what} [0, {num_classes}){tail}, got [{values.min()}, {values.max()}]")
 
 
 def iou_per_class(confusion: np.ndarray) -> np.ndarray:
@@ -59,8 +53,7 @@ def mean_iou(confusion: np.ndarray) -> tuple[float, np.ndarray]:
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the precision-recall step curve for one class (ties share one threshold).
 
-    scores: (N,) any real; positives: (N,) bool. NaN when there is no positive.
-    """
+    scores: (N,) any real; positives: (N,) bool. NaN when there is no positive."""
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives).astype(bool)
     n_pos = int(positives.sum())

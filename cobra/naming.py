@@ -4,8 +4,6 @@ name shows every searched value where MLflow's run list has room for about twent
 A key is shortened to the initials of its last part's words (`k_sap_neg` → `ksn`); a one-word
 key keeps its word (`tau`, `seed`); keys whose initials would collide keep their last part."""
 
-from __future__ import annotations
-
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any

@@ -4,8 +4,7 @@ over the images two cells share) and which training seed was drawn (the spread o
 A corpus-level mIoU is a ratio of pixel counts summed over images, so resampling images needs
 each image's counts (`cobra.metrics.iou_counts`), not its own mIoU. Two cells scored on the same
 images are compared image by image: one draw of images is applied to both, and the difference
-of their mIoUs is what is bootstrapped. Plain numpy in, plain data out: no MLflow here.
-"""
+of their mIoUs is what is bootstrapped. Plain numpy in, plain data out: no MLflow here."""
 
 from __future__ import annotations
 
@@ -58,10 +57,6 @@ class ImageCounts:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, self.to_bytes())
-
-    @classmethod
-    def load(cls, path: Path) -> ImageCounts:
-        return cls.from_bytes(Path(path).read_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ImageCounts:

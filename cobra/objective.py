@@ -2,10 +2,7 @@
 
 L_total = L_cls + λ1 L_cam + λ2 (L_sap + L_cap); Table 12 weighs L_sap and L_cap apart.
 Kept apart from the training loop so the gating rules (Table 3's switches, delayed starts,
-the authors' fidelity quirks) are testable on their own.
-"""
-
-from __future__ import annotations
+the authors' fidelity quirks) are testable on their own."""
 
 from dataclasses import dataclass
 
@@ -92,7 +89,6 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
 
     both = out.cam_cnn is not None and out.cam_vit is not None
     on = active_terms(cfg, epoch, both)
-    code = cfg.fidelity == "code"
     cam = cap = sap = zero
     if on["cam"]:
         cam = losses.cam_consistency_loss(
@@ -105,7 +101,7 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
     if on["sap"]:
         sap = losses.sap_loss(z_vit, out.cam_cnn, labels, cfg.k_sap_pos, cfg.k_sap_neg,
                               cfg.tau, **sap_options(cfg), exclude_self=cfg.exclude_self_pair,
-                              neg_exp_over_tau=code)
+                              neg_exp_over_tau=cfg.fidelity == "code")
     terms = LossTerms(total=zero, cls=cls, cam=cam, cap=cap, sap=sap)
     terms.total = sum(terms.weighted(cfg).values())
     return terms
@@ -114,9 +110,7 @@ def compute_losses(out: CoBraOutput, labels: torch.Tensor, cfg: LossConfig, epoc
 def projections_never_start(loss: LossConfig, epochs: int, both_branches: bool) -> str | None:
     """A warning when L_cap / L_sap are on but start after the last epoch, else None: such a
     run (and a sweep over k±, λ or D) trains exactly as with the projections off."""
-    if not both_branches or not (loss.use_cap or loss.use_sap):
-        return None
-    if loss.proj_start_epoch < epochs:
+    if not both_branches or not (loss.use_cap or loss.use_sap) or loss.proj_start_epoch < epochs:
         return None
     return (f"warning: loss.proj_start_epoch={loss.proj_start_epoch} but train.epochs={epochs}: "
             f"L_cap and L_sap never switch on, so k±, λ2 and model.embed_dim change nothing; "

@@ -2,8 +2,6 @@
 (CoBra, Tables 4, 10, 11 and 12; numbers copied exactly from the text), so `launch.py report`
 can print them beside a reproduction's cells."""
 
-from __future__ import annotations
-
 from typing import Any
 
 _K = (5, 10, 15, 20)
@@ -28,8 +26,7 @@ PAPER_TABLES: dict[str, tuple[str, tuple[str, ...], dict[tuple, float]]] = {
         [57.8, 57.4, 59.9, 60.5],
         [58.1, 58.6, 60.1, 62.3]])),
     # Table 11: the projection size D
-    "embed_dim": ("Table 11", ("model.embed_dim",), {(128,): 61.9, (256,): 62.3,
-                                                     (384,): 60.4}),
+    "embed_dim": ("Table 11", ("model.embed_dim",), {(128,): 61.9, (256,): 62.3, (384,): 60.4}),
     # Table 12: λ of L_sap, λ of L_cap (seven of the nine pairs are published)
     "lambda": ("Table 12", ("loss.lambda_sap", "loss.lambda_cap"), {
         (0.05, 0.05): 59.5, (0.05, 0.1): 60.6, (0.1, 0.05): 59.4, (0.1, 0.1): 62.3,

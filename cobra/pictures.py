@@ -1,7 +1,5 @@
 """Pictures for humans: label maps in the VOC palette, CAM heat maps, and side-by-side strips."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from pathlib import Path
 

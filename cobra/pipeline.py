@@ -1,8 +1,6 @@
 """Compositions of stages: one sweep trial (train → seeds) and the final stage chain."""
 
-from __future__ import annotations
-
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from cobra.config import Config
@@ -32,12 +30,9 @@ def run_trial(cfg: Config, layout: RunLayout, reporter: Reporter,
 
 
 def run_stages(cfg: Config, layout: RunLayout, reporter: Reporter,
-               stages: Iterable[str] = POST_TRAIN_STAGES, force: bool = False,
-               on_stage: Callable[[str], None] | None = None) -> dict[str, float]:
+               stages: Iterable[str] = POST_TRAIN_STAGES, force: bool = False) -> dict[str, float]:
     """Run post-training stages in order over an existing run directory; merged metrics."""
     metrics: dict[str, float] = {}
     for name in stages:
-        if on_stage:
-            on_stage(name)
         metrics.update(get_stage(name)(cfg, layout, reporter, force=force))
     return metrics

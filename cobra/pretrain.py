@@ -11,8 +11,6 @@ Writes are atomic (a temporary name, then a rename) and serialised by a lock fil
 pretraining leaves no weights file that would be used and two trials starting together train once.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json
@@ -59,12 +57,8 @@ def weights_dir(cfg: PretrainConfig) -> Path:
 
 def backbones_of(cfg: Config) -> list[tuple[str, str]]:
     """(role, timm name) of every backbone the run's branches build."""
-    roles = []
-    if cfg.model.branches in ("both", "cnn"):
-        roles.append(("cnn", cfg.model.cnn))
-    if cfg.model.branches in ("both", "vit"):
-        roles.append(("vit", cfg.model.vit))
-    return roles
+    return [(role, name) for role, name in (("cnn", cfg.model.cnn), ("vit", cfg.model.vit))
+            if cfg.model.branches in ("both", role)]
 
 
 def resolve(pretrained: bool | str, cfg: Config, roles: list[tuple[str, str]]) -> bool | str:
@@ -72,8 +66,7 @@ def resolve(pretrained: bool | str, cfg: Config, roles: list[tuple[str, str]]) -
     missing); any other value is returned unchanged."""
     if pretrained != BUILTIN:
         return pretrained
-    return str(ensure(cfg.pretrain, roles, progress=cfg.train.progress,
-                      device=cfg.train.device)[0])
+    return str(ensure(cfg.pretrain, roles, progress=cfg.train.progress, device=cfg.train.device)[0])
 
 
 def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = True,
@@ -89,15 +82,13 @@ def ensure(cfg: PretrainConfig, roles: list[tuple[str, str]], progress: bool = T
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / ".lock"):
             # checked again under the lock: another process may have made some meanwhile
-            todo = [(role, name) for role, name in roles
-                    if not _usable(folder, name, repair=True)]
+            todo = [(role, name) for role, name in roles if not _usable(folder, name, repair=True)]
             if todo:
                 print(f"making the builtin weights of {', '.join(name for _, name in todo)}: "
                       f"pretraining on the procedural corpus, once (cached in {folder})",
                       file=sys.stderr, flush=True)
                 _pretrain_all(cfg, todo, folder, progress, resolve_device(device))
-            scores = {name: json.loads((folder / f"{name}.json").read_text())
-                      for _, name in roles}
+            scores = {name: json.loads((folder / f"{name}.json").read_text()) for _, name in roles}
     return folder, scores
 
 
@@ -164,8 +155,7 @@ def _pretrain_all(cfg: PretrainConfig, todo: list[tuple[str, str]], folder: Path
 def _pretrain_in_process(cfg: PretrainConfig, role: str, name: str, folder: Path,
                          progress: bool, threads: int, position: int) -> None:
     torch.set_num_threads(threads)
-    _pretrain_one(cfg, role, name, _corpus(cfg), folder, progress, torch.device("cpu"),
-                  position)
+    _pretrain_one(cfg, role, name, _corpus(cfg), folder, progress, torch.device("cpu"), position)
 
 
 def check_supported(role: str, name: str) -> None:
@@ -181,9 +171,8 @@ def check_supported(role: str, name: str) -> None:
                           f"or set model.pretrained to true, false or a weights directory")
     if role == "cnn" and (is_vit or not hasattr(model, "feature_info")):
         raise ConfigError(f"model.pretrained=builtin cannot pretrain '{name}' as the CNN branch: "
-                          f"it has no convolutional feature maps; use a timm CNN such as "
-                          f"resnet18, or set model.pretrained to true, false or a weights "
-                          f"directory")
+                          "it has no convolutional feature maps; use a timm CNN such as resnet18, "
+                          "or set model.pretrained to true, false or a weights directory")
 
 
 def _corpus(cfg: PretrainConfig) -> dict[str, dict[str, np.ndarray]]:
@@ -283,9 +272,8 @@ def score_pretrainer(net: _Pretrainer, split: dict[str, np.ndarray], batch: int 
             "map": round(metrics.mean_average_precision(scores, labels), 2)}
 
 
-def _pretrain_one(cfg: PretrainConfig, role: str, name: str,
-                  data: dict[str, dict[str, np.ndarray]], folder: Path, progress: bool,
-                  device: torch.device, position: int = 0) -> None:
+def _pretrain_one(cfg: PretrainConfig, role: str, name: str, data: dict[str, dict[str, np.ndarray]],
+                  folder: Path, progress: bool, device: torch.device, position: int = 0) -> None:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1])
     net = _Pretrainer(role, name, cfg).to(device)
@@ -335,6 +323,5 @@ def run(cfg: Config) -> dict[str, Any]:
     """`launch.py pretrain`: make (or find) the builtin weights of the config's backbones."""
     folder, scores = ensure(cfg.pretrain, backbones_of(cfg), progress=cfg.train.progress,
                             device=cfg.train.device)
-    return {"weights_dir": str(folder),
-            **{f"{name}_top1": s["top1"] for name, s in scores.items()},
+    return {"weights_dir": str(folder), **{f"{name}_top1": s["top1"] for name, s in scores.items()},
             **{f"{name}_map": s["map"] for name, s in scores.items()}}

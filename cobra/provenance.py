@@ -1,8 +1,6 @@
 """What data a run read, described for the tracker (MLflow's Datasets column): one entry per
 split, with a digest of its image list so two runs on the same images show the same dataset."""
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -45,9 +43,8 @@ def dataset_splits(cfg: Config, stages: Sequence[str] = ("train", "seeds")
     scored = [s for s in SCORED_ON_SEED_SPLIT if s in stages]
     trained = [s for s in TRAINED_ON_SEED_SPLIT if s in stages]
     context = _context("scored", scored) + (f"; {_context('trains', trained)}" if trained else "")
-    entries.append({"name": f"{cfg.data.dataset}/{cfg.data.seed_split}{cap}",
-                    "context": context, "source": root,
-                    "digest": _digest(seed_ids), "num_images": len(seed_ids)})
+    entries.append({"name": f"{cfg.data.dataset}/{cfg.data.seed_split}{cap}", "context": context,
+                    "source": root, "digest": _digest(seed_ids), "num_images": len(seed_ids)})
     return entries
 
 

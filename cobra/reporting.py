@@ -4,8 +4,6 @@ Training code calls these methods and knows nothing else. The file reporter ship
 package plugs in Ray and MLflow reporters with the same methods, so training never imports either.
 """
 
-from __future__ import annotations
-
 import json
 import math
 import time

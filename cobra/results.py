@@ -2,10 +2,7 @@
 (a metric pivoted by one or two swept config keys) and the cells with their noise.
 
 MLflow is reached only through `cobra.tracking`, which keeps this module importable (and
-testable) with plain TrialRecords.
-"""
-
-from __future__ import annotations
+testable) with plain TrialRecords."""
 
 import math
 from collections.abc import Sequence
@@ -130,10 +127,8 @@ def ablation_table(trials: list[TrialRecord], metric: str, rows: str | None = No
         table = table.loc[sorted(table.index, key=_sort_key)]
         kind = "column"
     elif len(axes) == 2:
-        table = frame.pivot_table(index=axes[0], columns=axes[1], values=metric,
-                                  aggfunc="mean")
-        table = table.loc[sorted(table.index, key=_sort_key),
-                          sorted(table.columns, key=_sort_key)]
+        table = frame.pivot_table(index=axes[0], columns=axes[1], values=metric, aggfunc="mean")
+        table = table.loc[sorted(table.index, key=_sort_key), sorted(table.columns, key=_sort_key)]
         kind = "grid"
     else:
         grouped = frame.groupby(axes, dropna=False)[metric]
@@ -164,12 +159,6 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def render_terminal(df: pd.DataFrame, title: str) -> str:
-    """The table as aligned plain text under `title`."""
-    header, body = _cells(df)
-    return render_rows(header, body, title)
-
-
 def render_rows(header: list[str], body: list[list[str]], title: str) -> str:
     """Rows of strings as aligned plain text under `title`."""
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -192,16 +181,9 @@ def markdown_table(header: list[str], body: list[list[str]], numeric: bool = Fal
 
 
 def write_markdown(df: pd.DataFrame, path: Path) -> None:
-    """The table as markdown, under what its cells are."""
     metric = df.attrs.get("metric")
     preface = f"Mean `{metric}` per cell.\n\n" if metric else ""
     Path(path).write_text(preface + markdown_table(*_cells(df), numeric=True) + "\n")
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """The table as CSV (index kept unless the table is flat)."""
-    # %.6g: means like 0.35000000000000003 are float noise, not precision.
-    df.to_csv(path, index=df.attrs.get("kind") != "flat", float_format="%.6g")
 
 
 def _heat_matrix(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str, list[list[tuple]]]:
@@ -399,11 +381,6 @@ def _pad(text: str) -> str:
     return f"&nbsp;{text}&nbsp;" if text else text
 
 
-def cells_markdown(cells: list[cells_mod.Cell], axes: list[str], metric: str,
-                   link=None, padded: bool = False) -> str:
-    return markdown_table(*cells_mod.rows(cells, axes, metric, link), padded=padded)
-
-
 @dataclass
 class SweepNoise:
     """What a sweep's verdicts count besides the values: each run's per-image counts (by run
@@ -461,14 +438,16 @@ def sweep_cells(trials: list[TrialRecord], metric: str, mode: str, sweep: str | 
     return cells_mod.rank_cells(cells, mode, noise.earlier_seed_noise), axes
 
 
-def seed_noise_used(cells: list[cells_mod.Cell], noise: SweepNoise) -> SeedNoise | None:
+def _seed_noise_used(cells: list[cells_mod.Cell], noise: SweepNoise) -> SeedNoise | None:
     """The seed noise the verdicts counted (the sweep's own replicates first)."""
     return cells_mod.seed_noise_of(cells) or noise.earlier_seed_noise
 
 
-def noise_notes(cells: list[cells_mod.Cell], noise: SweepNoise, metric: str) -> list[str]:
-    """How to read the table's n and *vs best*, and which noise each verdict counted."""
-    seeds = seed_noise_used(cells, noise)
+def noise_notes(cells: list[cells_mod.Cell], noise: SweepNoise, metric: str,
+                axes: list[str], paper: str) -> list[str]:
+    """How to read the names, the table's n and *vs best*, which noise each verdict counted,
+    where the threshold was chosen and the published value (`paper`, "" for none)."""
+    seeds = _seed_noise_used(cells, noise)
     seed_line = (f"Seed noise: {seeds.describe()}; a gap is beyond it when larger than "
                  f"t(df={seeds.df}) x std x sqrt(1/n_best + 1/n)." if seeds else
                  f"Seed noise: unmeasured (one run per cell and no earlier sweep on this base "
@@ -478,9 +457,11 @@ def noise_notes(cells: list[cells_mod.Cell], noise: SweepNoise, metric: str) -> 
                   f"cells scored (per-image counts, {tested} of {len(cells)} cells)."
                   if tested else f"Image noise: not tested (the trials logged no per-image "
                                  f"counts of `{metric}`).")
-    return ["*n*: training seeds (runs) per cell; `± std` over them where n >= 2. *images*: "
+    return [f"Names: {naming.legend(axes)}.",
+            "*n*: training seeds (runs) per cell; `± std` over them where n >= 2. *images*: "
             "images each score covers; *95% CI (images)*: bootstrap over images. *vs best*: "
-            "`behind` only when the gap is beyond both noises.", seed_line, image_line]
+            "`behind` only when the gap is beyond both noises.", seed_line, image_line,
+            threshold_note(metric), heldout_note(cells), paper]
 
 
 def point_label(cell: cells_mod.Cell, axes: list[str]) -> str:
@@ -488,13 +469,16 @@ def point_label(cell: cells_mod.Cell, axes: list[str]) -> str:
     return naming.point_name({a: cell.point[a] for a in axes})
 
 
+def _best_line(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
+    best = cells[0]
+    return (f"**Best `{metric}`: {point_label(best, axes)} = {cells_mod.format_value(best)}** "
+            f"({best.n} seed{'s' if best.n != 1 else ''})")
+
+
 def headline(cells: list[cells_mod.Cell], axes: list[str], metric: str) -> str:
     """One line a collapsed description still shows: the best cell and its standing against
     the runner-up (the verdict that says whether "best" means anything)."""
-    best = cells[0]
-    seeds = f"{best.n} seed{'s' if best.n != 1 else ''}"
-    line = (f"**Best `{metric}`: {point_label(best, axes)} = {cells_mod.format_value(best)}** "
-            f"({seeds})")
+    line = _best_line(cells, axes, metric)
     if len(cells) < 2:
         return line + "; the only cell."
     runner = cells[1]
@@ -540,11 +524,10 @@ def sweep_results(store: Store, parent_run_id: str, trials: list[TrialRecord], m
     shown = cells[:MAX_NOTE_CELLS]  # a run description holds 8,000 characters
     more = (f"{len(cells) - len(shown)} more cells: `launch.py report`."
             if len(cells) > len(shown) else "")
-    notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
-             threshold_note(metric), heldout_note(cells),
-             f"*paper*: the published value ({paper})." if paper else "", more]
+    notes = [*noise_notes(cells, noise, metric, axes,
+                          f"*paper*: the published value ({paper})." if paper else ""), more]
     full = (headline(cells, axes, metric) + "\n\n"
-            + cells_markdown(shown, axes, metric, link, padded=True)
+            + markdown_table(*cells_mod.rows(shown, axes, metric, link), padded=True)
             + "\n\n" + "\n\n".join(n for n in notes if n))
     return SweepResults(short_note(cells, axes, metric, links), full, cells[0].mean)
 
@@ -553,10 +536,7 @@ def short_note(cells: list[cells_mod.Cell], axes: list[str], metric: str,
                links: Sequence[str] = ()) -> str:
     """The best cell in one line, then a table of the best and the runner-up with the
     runner-up's verdict: short enough that MLflow shows it whole, without "Show more"."""
-    best = cells[0]
-    seeds = f"{best.n} seed{'s' if best.n != 1 else ''}"
-    line = " · ".join([f"**Best `{metric}`: {point_label(best, axes)} = "
-                       f"{cells_mod.format_value(best)}** ({seeds})", *links])
+    line = " · ".join([_best_line(cells, axes, metric), *links])
     value = f"{metric} (mean ± std)" if any(c.n >= 2 for c in cells) else metric
     rows = ["| " + " | ".join(_pad(c) for c in ("cell", value, "n", "vs best")) + " |",
             "|" + " --- |" * 4]
@@ -590,28 +570,27 @@ def make_report(store: Store, experiment: str, sweep_name: str | None, out_dir: 
     title = f"sweep {name}: mean {metric} ({mode}) over FINISHED trials"
     files = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.png"]
     write_markdown(table, files[0])
-    notes = [f"Names: {naming.legend(axes)}.", *noise_notes(cells, noise, metric),
-             threshold_note(metric), heldout_note(cells),
-             f"paper: {paper_table(name)}" if paper_table(name) else ""]
+    notes = noise_notes(cells, noise, metric, axes,
+                        f"paper: {paper_table(name)}" if paper_table(name) else "")
     plots, plot_notes = optuna_plots(parent, out_dir)
     notes = [n for n in (*notes, *plot_notes) if n]
     with files[0].open("a") as fh:
         fh.write("\n## Cells, best first, with their noise\n\n"
                  + headline(cells, axes, metric) + "\n\n"
-                 + cells_markdown(cells, axes, metric) + "\n\n" + "\n\n".join(notes) + "\n")
-    write_csv(table, files[1])
-    write_heatmap(table, files[2], title, cells, seed_noise_used(cells, noise))
+                 + markdown_table(*cells_mod.rows(cells, axes, metric)) + "\n\n"
+                 + "\n\n".join(notes) + "\n")
+    # %.6g: means like 0.35000000000000003 are float noise, not precision
+    table.to_csv(files[1], index=table.attrs.get("kind") != "flat", float_format="%.6g")
+    write_heatmap(table, files[2], title, cells, _seed_noise_used(cells, noise))
     files += plots
     log_files(store, parent_id, files, subdir="report")
-    header, body = cells_mod.rows(cells, axes, metric)
-    cells_text = render_rows(header, body, "cells, best first (vs best: is the gap more than "
-                                           "noise?)")
-    text = "\n\n".join(t for t in (render_terminal(table, title),
+    cells_text = render_rows(*cells_mod.rows(cells, axes, metric),
+                             "cells, best first (vs best: is the gap more than noise?)")
+    text = "\n\n".join(t for t in (render_rows(*_cells(table), title),
                                     headline(cells, axes, metric).replace("**", ""),
                                     cells_text, "\n".join(notes)) if t)
     return {"table": text, "files": [str(f) for f in files], "sweep": name,
             "parent_run_id": parent_id,
             "cells": [{"point": c.point, "mean": round(c.mean, 4),
-                       "std": None if c.n < 2 else round(c.std, 4), "n": c.n,
-                       "paper": c.paper, "verdict": str(c.verdict),
-                       "verdict_label": c.verdict.label} for c in cells]}
+                       "std": None if c.n < 2 else round(c.std, 4), "n": c.n, "paper": c.paper,
+                       "verdict": str(c.verdict), "verdict_label": c.verdict.label} for c in cells]}

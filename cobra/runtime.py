@@ -2,8 +2,6 @@
 device named by `train.device`, checked before any work; the warm-up + poly schedule; and one
 epoch of training that reads its losses without stalling the device."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -52,9 +50,6 @@ class LossMeter:
         self.steps += 1
         bad = torch.logical_not(torch.isfinite(total.detach())) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, step, self.first_bad_step)
-
-    def due(self, step: int) -> bool:
-        return (step + 1) % self.CHECK_EVERY == 0
 
     def check(self, what: str, epoch: int, hint: str) -> None:
         """Raise NonFiniteLossError if any step so far had a NaN/inf loss (one device sync)."""
@@ -132,7 +127,7 @@ def train_one_epoch(batches: Iterable[dict], loss_fn: LossFn, optimizer: torch.o
         loss.backward()
         optimizer.step()
         meter.add(step, terms, loss)
-        if meter.due(step):  # not every step: reading a loss stalls the device's queue
+        if (step + 1) % meter.CHECK_EVERY == 0:  # not every step: a read stalls the device queue
             meter.check(info.what, info.epoch, info.hint)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()

@@ -6,8 +6,6 @@ Where: the sweep's `optuna_storage:` key, else `$COBRA_OPTUNA_STORAGE`, else `op
 (SQLite) beside the default MLflow store. The study is named after the sweep. Optuna is imported
 inside the functions: `launch.py report` on a grid sweep never needs it."""
 
-from __future__ import annotations
-
 import importlib.util
 import os
 import warnings
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra.errors import ConfigError
+from cobra.tracking.store import sqlite_path
 from cobra.uris import redact
 
 STORAGE_ENV = "COBRA_OPTUNA_STORAGE"
@@ -30,11 +29,8 @@ def storage_url(sweep_key: str | None, tracking_uri: str) -> str:
     url = (sweep_key or os.environ.get(STORAGE_ENV, "")).strip()
     if url:
         return url
-    folder = Path.cwd()
-    if tracking_uri.startswith("sqlite:///"):
-        db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        if db and db != ":memory:":
-            folder = Path(db).expanduser().resolve().parent
+    db = sqlite_path(tracking_uri)
+    folder = Path.cwd() if db is None else db.expanduser().resolve().parent
     return f"sqlite:///{folder / DEFAULT_FILE}"
 
 

@@ -3,8 +3,6 @@ lists): UTF-8, with or without a byte-order mark. A file it cannot read is named
 wrong and the encoding it wants, as the caller's error class (exit code 2), never a
 UnicodeDecodeError traceback."""
 
-from __future__ import annotations
-
 import codecs
 from pathlib import Path
 

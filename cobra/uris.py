@@ -3,8 +3,6 @@
 URI or an error that may quote one is printed, logged or returned. No heavy imports: the error
 path of every command uses it."""
 
-from __future__ import annotations
-
 import os
 import re
 import urllib.parse

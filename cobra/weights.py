@@ -3,10 +3,7 @@ is given to, and a local weights file (`model.pretrained: DIR`, `builtin`) must 
 key for key. timm loads a file that does not fit with a warning about unexpected keys and trains
 from random initialisation, a silently wrong run; here it is a ConfigError naming the file.
 
-Every check builds the network on the meta device: shapes and names, no memory, no time.
-"""
-
-from __future__ import annotations
+Every check builds the network on the meta device: shapes and names, no memory, no time."""
 
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from torch import nn
 from cobra.config import Config
 from cobra.errors import ConfigError
 from cobra.models import backbones
+from cobra.pretrain import backbones_of
 
 # Keys timm adapts itself when it loads a file (resized to the input size), so their shapes may
 # differ from the network's.
@@ -112,8 +110,7 @@ def check_backbones(cfg: Config, pretrained: bool | str | None = None) -> None:
     """Each backbone builds its branch, and its local weights file (if any) fits it.
     `pretrained`: the resolved weight source (builtin → its cache directory), if not cfg's."""
     source = cfg.model.pretrained if pretrained is None else pretrained
-    roles = [(role, name) for role, name in (("cnn", cfg.model.cnn), ("vit", cfg.model.vit))
-             if cfg.model.branches in ("both", role)]
+    roles = backbones_of(cfg)
     for role, name in roles:
         if not timm.is_model(name):
             raise ConfigError(f"model.{role} '{name}' is not a timm model name; see "

@@ -12,14 +12,5 @@ from cobra.data.datasets import (
 from cobra.data.source import Source
 from cobra.data.transforms import normalize_image
 
-__all__ = [
-    "EvalDataset",
-    "Source",
-    "TrainDataset",
-    "build_eval_dataset",
-    "build_source",
-    "build_train_dataset",
-    "data_root",
-    "normalize_image",
-    "resolve_train_split",
-]
+__all__ = ["EvalDataset", "Source", "TrainDataset", "build_eval_dataset", "build_source",
+           "build_train_dataset", "data_root", "normalize_image", "resolve_train_split"]

@@ -5,10 +5,7 @@
 
 Category ids (1..90 with gaps) map to contiguous class indices 1..80 in id order. Image ids are the
 file stems (`COCO_train2014_000000000009`). Only images with at least one non-crowd annotation are
-listed, as in the usual WSSS COCO lists (an image with no label cannot train a classifier).
-"""
-
-from __future__ import annotations
+listed, as in the usual WSSS COCO lists (an image with no label cannot train a classifier)."""
 
 import contextlib
 import io

@@ -14,10 +14,7 @@ mildly textured and jittered in colour, scale and position, over a smooth colour
 markers. Every scene also has its category map (per pixel), for token labeling. The scenes are
 kept clean on purpose: with the clutter of the segmentation set, small networks stay at chance
 for the few hundred steps two CPU cores allow (measured), and clean scenes teach the same edges,
-colours, shapes and parts.
-"""
-
-from __future__ import annotations
+colours, shapes and parts."""
 
 import numpy as np
 
@@ -147,12 +144,10 @@ def _scene(rng: np.random.Generator, size: int
         r = rng.uniform(20, 36) * u
         cy, cx = rng.uniform(r, s - r), rng.uniform(r, s - r)
         body = SHAPES[name.partition("_")[0]](cv, cy, cx, r)
-        fill = texture(rng, cv, rng.uniform(40, 235, 3).astype(np.float32),
-                       rng.uniform(0.0, 0.12))
+        fill = texture(rng, cv, rng.uniform(40, 235, 3).astype(np.float32), rng.uniform(0.0, 0.12))
         paint(cv, body, fill, cls=cat + 1, inst=inst)
         mark, colour = _marker(rng, cv, name, cy, cx, r)
-        paint(cv, mark & body if name.endswith("_mark") else mark, colour, cls=cat + 1,
-              inst=inst)
+        paint(cv, mark & body if name.endswith("_mark") else mark, colour, cls=cat + 1, inst=inst)
         drawn.append((inst, cat, body, mark))
     labels = np.zeros(len(CATEGORY_NAMES), np.float32)
     ok = True

@@ -1,9 +1,6 @@
 """Pick a dataset reader from the config, and wrap it as torch Datasets for training / evaluation.
 
-Items are `{"image": (3, S, S) float32 normalized, "label": (C,) float32 multi-hot, "id": str}`.
-"""
-
-from __future__ import annotations
+Items are `{"image": (3, S, S) float32 normalized, "label": (C,) float32 multi-hot, "id": str}`."""
 
 from pathlib import Path
 from typing import Any

@@ -17,10 +17,7 @@ file name, size and mtime, and the Pillow version that decodes them.
 a killed build leaves nothing that would be used. A lock file (flock, as `cobra.pretrain`'s) makes
 concurrent builders wait for the first instead of decoding too, and lets the next builder remove a
 killed one's temporary file. Readers never take the lock: a store they find is complete, and a
-rename never changes what an open map holds.
-"""
-
-from __future__ import annotations
+rename never changes what an open map holds."""
 
 import contextlib
 import hashlib
@@ -47,11 +44,6 @@ PIXELS = "pixels.npy"
 INDEX = "index.npz"
 # Left free on the cache's filesystem: other trials write checkpoints there too.
 FREE_SPACE_MARGIN = 1 << 30
-
-
-def decoded_root() -> Path:
-    """$COBRA_CACHE/decoded: one folder per fingerprint."""
-    return cache_dir() / "decoded"
 
 
 def fingerprint(source: Source) -> str:
@@ -102,7 +94,7 @@ class DecodedImages:
 def decoded_images(source: Source, root: Path | None = None) -> DecodedImages | None:
     """The decoded images of `source`, made on first use under `root` (default
     $COBRA_CACHE/decoded); None when the cache's filesystem has no room for them."""
-    folder = (root if root is not None else decoded_root()) / fingerprint(source)
+    folder = (root if root is not None else cache_dir() / "decoded") / fingerprint(source)
     found = _open(folder, source.ids)
     if found is not None:
         return found
@@ -112,7 +104,8 @@ def decoded_images(source: Source, root: Path | None = None) -> DecodedImages | 
         found = _open(folder, source.ids)
         if found is not None:
             return found
-        _remove_leftovers(folder)
+        for leftover in folder.glob(".*.tmp"):  # a killed writer's: none is live under the lock
+            leftover.unlink(missing_ok=True)
         if not _write(source, folder):
             return None
     found = _open(folder, source.ids)
@@ -161,8 +154,7 @@ def _write(source: Source, folder: Path) -> bool:
           f"({total / 2**20:.0f} MiB, once)", file=sys.stderr)
     with _temporary(folder, PIXELS) as tmp:
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total,))
-        for image_id, offset, size, shape in zip(source.ids, offsets, sizes, shapes,
-                                                 strict=True):
+        for image_id, offset, size, shape in zip(source.ids, offsets, sizes, shapes, strict=True):
             image = source.load_image(image_id)
             if image.shape != tuple(shape):
                 raise DataError(f"image '{source.image_path(image_id)}' decodes to "
@@ -194,12 +186,6 @@ def _temporary(folder: Path, name: str) -> Iterator[Path]:
         yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _remove_leftovers(folder: Path) -> None:
-    """Temporary files of a killed writer (only called under the lock, so none is live)."""
-    for path in folder.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
 
 
 def _stat(path: Path) -> list[int]:

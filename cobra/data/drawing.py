@@ -2,8 +2,6 @@
 pretraining corpus): boolean (S, S) regions on pixel-centre coordinates, colour fields, and a
 cluttered background. Pure numpy, deterministic for a given random generator."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import numpy as np

@@ -1,7 +1,5 @@
 """The `Source` interface every dataset reader implements, and the checks readers share."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager

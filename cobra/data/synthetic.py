@@ -25,10 +25,7 @@ renamed into place, so a reader never sees half a dataset.
 
 `data.synthetic.shape: voc` writes the same scenes at PASCAL VOC's shape (README, "Data"). The
 default `demo` shape writes exactly what it wrote before the option existed (GENERATOR_VERSION 2;
-tests/test_data.py pins its pixels).
-"""
-
-from __future__ import annotations
+tests/test_data.py pins its pixels)."""
 
 import contextlib
 import hashlib
@@ -141,13 +138,9 @@ def _leaf(rng: np.random.Generator, cv: Canvas, cy: float, cx: float, ry: float,
     paint(cv, region & segment(cv, top, bot, 1.2 * cv.u), jitter(rng, np.array([40, 95, 35])))
 
 
-def _part_color(rng: np.random.Generator, red: bool) -> np.ndarray:
-    return jitter(rng, _RED if red else _BLUE, 12)
-
-
 def _mark_color(rng: np.random.Generator) -> np.ndarray:
     """Red, blue or black: the part colours shared by several classes and the distractors."""
-    return [_part_color(rng, True), _part_color(rng, False), jitter(rng, _BLACK)][
+    return [jitter(rng, _RED, 12), jitter(rng, _BLUE, 12), jitter(rng, _BLACK)][
         int(rng.integers(0, 3))]
 
 
@@ -339,15 +332,21 @@ def _finish(cv: Canvas, parts: list[tuple[int, int, np.ndarray]], size: int,
     return image, mask, ok
 
 
+def _first_good_scene(rng: np.random.Generator, name: str, size: int,
+                      specs: tuple[ClassSpec, ...] = DEMO_CLASSES,
+                      shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    for _ in range(50):  # almost always the first scene; redraws come from the same stream
+        image, mask, ok = _scene(rng, size, specs, shape)
+        if ok:
+            return image, mask
+    raise RuntimeError(f"synthetic image {name} could not be drawn")  # a bug
+
+
 def render_image(seed: int, split_index: int, index: int, size: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(S, S, 3) uint8 image and (S, S) uint8 mask of one synthetic image, deterministic."""
     rng = np.random.default_rng([seed, split_index, index])
-    for _ in range(50):  # almost always the first scene; redraws come from the same stream
-        image, mask, ok = _scene(rng, size)
-        if ok:
-            return image, mask
-    raise RuntimeError(f"synthetic image {split_index}/{index} could not be drawn")  # a bug
+    return _first_good_scene(rng, f"{split_index}/{index}", size)
 
 
 def voc_image_shape(seed: int, split_index: int, index: int, long_side: int) -> tuple[int, int]:
@@ -368,11 +367,7 @@ def render_voc_image(seed: int, split_index: int, index: int, long_side: int
     shape = voc_image_shape(seed, split_index, index, long_side)
     # a stream apart from the demo's: the same index draws another scene here
     rng = np.random.default_rng([seed, split_index, index, 2])
-    for _ in range(50):
-        image, mask, ok = _scene(rng, long_side, VOC_SHAPE_CLASSES, shape)
-        if ok:
-            return image, mask
-    raise RuntimeError(f"synthetic image {split_index}/{index} could not be drawn")  # a bug
+    return _first_good_scene(rng, f"{split_index}/{index}", long_side, VOC_SHAPE_CLASSES, shape)
 
 
 # ----------------------------------------------------------------------------------------------

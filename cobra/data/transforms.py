@@ -2,10 +2,7 @@
 
 Every random draw uses torch's global RNG (`torch.randint`, `torch.rand`), so a DataLoader with a
 seeded generator reproduces the same batches; Python's `random` and numpy's global state are never
-touched.
-"""
-
-from __future__ import annotations
+touched."""
 
 import numpy as np
 import torch
@@ -37,9 +34,8 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(3, H, W) float -> (3, height, width), bilinear with antialiasing when shrinking."""
     if image.shape[-2:] == (height, width):
         return image
-    out = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
-                        antialias=True)[0]
-    return out
+    return F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
 
 
 def random_resize_long(image: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -52,17 +48,14 @@ def random_resize_long(image: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 def random_hflip(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     """(3, H, W) -> the same, mirrored left-right with probability p."""
-    if torch.rand(()).item() < p:
-        return image.flip(-1)
-    return image
+    return image.flip(-1) if torch.rand(()).item() < p else image
 
 
 def _crop_window(h: int, w: int, size: int) -> tuple[slice, slice, slice, slice]:
     """(source rows, source cols, canvas rows, canvas cols) of one random size x size window.
 
     Per axis: a crop offset into the image when it is larger, a paste offset into the canvas if
-    not (IRN's random_crop).
-    """
+    not (IRN's random_crop)."""
     ch, cw = min(h, size), min(w, size)
     sy = int(torch.randint(0, h - size + 1, ()).item()) if h > size else 0
     sx = int(torch.randint(0, w - size + 1, ()).item()) if w > size else 0

@@ -5,10 +5,7 @@
       SegmentationClass/<id>.png   palette PNG, pixel value = class index, 255 = ignore
       SegmentationClassAug/<id>.png  optional (SBD-augmented masks for train_aug)
       ImageSets/Segmentation/<split>.txt
-      classes.txt                  optional: one name a line, background first
-"""
-
-from __future__ import annotations
+      classes.txt                  optional: one name a line, background first"""
 
 import sys
 from pathlib import Path
@@ -60,11 +57,9 @@ def read_class_names(root: Path) -> list[str]:
     if len(names) < 2 or names[0] != "background":
         raise DataError(f"'{path}' must list 'background' first and at least one class, "
                         f"one name a line; fix it or delete it to use the VOC names")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:  # per-class results are keyed by name: a duplicate hides a class
-            raise DataError(f"'{path}' lists class '{name}' twice; class names must be unique")
-        seen.add(name)
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:  # per-class results are keyed by name: a duplicate hides a class
+        raise DataError(f"'{path}' lists class '{twice}' twice; class names must be unique")
     return names
 
 
@@ -187,9 +182,8 @@ class VOCSource(Source):
         size = self.image_size(image_id)
         if tuple(shape[:2]) != size:
             raise DataError(f"mask '{path}' is {shape[1]}x{shape[0]} but its image "
-                            f"'{self.image_path(image_id)}' is {size[1]}x{size[0]}; make the "
-                            f"mask the image's size or remove '{image_id}' from split "
-                            f"'{self.split}'")
+                            f"'{self.image_path(image_id)}' is {size[1]}x{size[0]}; make the mask "
+                            f"the image's size or remove '{image_id}' from split '{self.split}'")
 
     def labels(self, image_id: str) -> np.ndarray:
         """(C,) float32 multi-hot of the classes in the mask other than 0 and 255 (cached)."""

@@ -1,7 +1,5 @@
 """CoBra's two branches over timm backbones, and one constructor for the whole model."""
 
-from __future__ import annotations
-
 import torch
 
 from cobra.config import ModelConfig

@@ -4,10 +4,7 @@
 init, a path → local weights: a file (one branch) or a directory holding `<timm name>.safetensors`
 (or .pth/.pt/.bin) per backbone. Local files go through timm's own loader (`pretrained_cfg_overlay`
 with `file=`), so position embeddings are resized and classifier heads dropped exactly as for hub
-weights.
-"""
-
-from __future__ import annotations
+weights."""
 
 from pathlib import Path
 from typing import Any
@@ -73,17 +70,13 @@ def undo_last_stride(stage: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
             module.stride = (1, 1)
         elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) and module.stride not in (1, (1, 1)):
-            module.stride = 1
-            module.kernel_size = 1
-            module.padding = 0
+            module.stride, module.kernel_size, module.padding = 1, 1, 0
 
 
 def projection_head(cfg: ModelConfig, channels: int) -> nn.Conv2d | None:
     """A branch's CAP/SAP head: a 1x1 conv to `model.embed_dim` (paper), or None when
     `model.proj_head` is `cam` and the branch's class map itself is the projection."""
-    if cfg.proj_head == "cam":
-        return None
-    return nn.Conv2d(channels, cfg.embed_dim, 1, bias=False)
+    return None if cfg.proj_head == "cam" else nn.Conv2d(channels, cfg.embed_dim, 1, bias=False)
 
 
 def project(head: nn.Conv2d | None, features: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,7 @@ from cobra.models import backbones
 def detaches_stage2(cfg: ModelConfig) -> bool:
     """Whether gradients stop below the second stage: `model.detach_stage2`, or when unset, on
     for pretrained backbones only (a random-init CNN must learn its low-level filters)."""
-    if cfg.detach_stage2 is not None:
-        return cfg.detach_stage2
-    return cfg.pretrained is not False
-
-
-def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return cfg.detach_stage2 if cfg.detach_stage2 is not None else cfg.pretrained is not False
 
 
 def _stages_above(cnn: str, reductions: list[int], names: list[str], stride: int) -> list[str]:
@@ -71,8 +65,9 @@ class CNNBranch(nn.Module):
     def train(self, mode: bool = True) -> CNNBranch:
         super().train(mode)
         if self.freeze_bn:  # frozen running statistics (IRN): BatchNorm stays in eval mode
-            for module in _batchnorms(self.backbone):
-                module.eval()
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,5 @@
 """CoBra: the CNN (CAK) and ViT (SAK) branches side by side, one typed output."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,8 +77,7 @@ class CoBra(nn.Module):
         `groups="code"` reproduces the authors' two optimizers: the CNN projection head is in
         neither, and the ViT's 10× group is its last two registered tensors, the CAM-head bias
         and the projection weight (their `head.bias` + `embed.weight`), so the CAM-head weight
-        trains at the backbone lr.
-        """
+        trains at the backbone lr."""
         if groups not in ("paper", "code"):
             raise ValueError(f"groups must be 'paper' or 'code', got '{groups}'")
         backbone, heads = [], []
@@ -97,8 +94,6 @@ class CoBra(nn.Module):
                 cam_head = branch.cam_head
                 backbone.append(cam_head.weight)
                 heads += [p for p in (cam_head.bias, *parts["proj"]) if p is not None]
-        return [
-            {"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
-            {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,
-             "name": "heads"},
-        ]
+        return [{"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
+                {"params": heads, "lr": lr * head_lr_mult, "weight_decay": weight_decay,
+                 "name": "heads"}]

@@ -2,8 +2,7 @@
 stride are squeezed, brought to stride 4 and fused into one class-agnostic boundary map.
 
 The displacement-field branch of IRN (instance centroids) is left out: semantic masks need only
-the boundary map, which defines the random walk's affinities.
-"""
+the boundary map, which defines the random walk's affinities."""
 
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ class BoundaryNet(nn.Module):
 
     `layout="irn"` is IRN's edge branch: five levels, the stem after its max-pool (stride 4)
     and every stage, the last one at stride 16 instead of 32 (stride 1 without dilation).
-    `layout="native"` takes the stages at stride ≥ 4 with the backbone's own strides (4–32).
-    """
+    `layout="native"` takes the stages at stride ≥ 4 with the backbone's own strides (4–32)."""
 
     def __init__(self, timm_name: str, pretrained: bool | str, freeze_backbone: bool,
                  width: int = 32, layout: str = "irn") -> None:
@@ -65,8 +63,7 @@ class BoundaryNet(nn.Module):
             feats = self.backbone(x)
             if self.pool_first:
                 feats[0] = F.max_pool2d(feats[0], kernel_size=3, stride=2, padding=1)
-        maps = [F.interpolate(squeeze(feats[i]), size=(h, w), mode="bilinear",
-                              align_corners=False)
+        maps = [F.interpolate(squeeze(feats[i]), size=(h, w), mode="bilinear", align_corners=False)
                 for squeeze, i in zip(self.squeeze, self.levels, strict=True)]
         return torch.sigmoid(self.fuse(torch.cat(maps, dim=1)))[:, 0]
 

@@ -1,7 +1,5 @@
 """The one typed output of CoBra, identical in train and eval mode."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch
@@ -12,8 +10,7 @@ class CoBraOutput:
     """Everything the losses, validation and seed making need from one forward pass.
 
     A field is None when its branch is switched off (`model.branches`). Grids are N_h × N_w
-    patches at output stride 16 (both branches share it), M = N_h·N_w, L = ViT layers.
-    """
+    patches at output stride 16 (both branches share it), M = N_h·N_w, L = ViT layers."""
 
     logits_cnn: torch.Tensor | None  # (B, C): GAP of the CNN CAM's foreground channels
     logits_vit: torch.Tensor | None  # (B, C)

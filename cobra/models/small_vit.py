@@ -5,10 +5,7 @@ CoBra needs for A_obj and the patch affinity) whose patch embedding is a stack o
 convolutions instead of one 8x8 projection: the convolutional stem of Xiao et al., "Early
 Convolutions Help Transformers See Better" (2021). It trains far faster and more stably than a
 patchify stem, which is what lets a ViT learn in the minutes two CPU cores give it. Patch 8 gives
-a 12x12 grid at 96 px, fine enough for seeds on small images.
-"""
-
-from __future__ import annotations
+a 12x12 grid at 96 px, fine enough for seeds on small images."""
 
 from typing import Any
 
@@ -29,8 +26,7 @@ class ConvStemPatchEmbed(PatchEmbed):
         if patch != 2**stages or self.patch_size[0] != self.patch_size[1]:
             raise ValueError(f"a convolutional stem needs a square power-of-two patch, got "
                              f"{self.patch_size}")
-        embed_dim = self.proj.out_channels
-        in_chans = self.proj.in_channels
+        embed_dim, in_chans = self.proj.out_channels, self.proj.in_channels
         layers: list[nn.Module] = []
         width = max(embed_dim // 2 ** (stages - 1), 16)
         for _ in range(stages):
@@ -48,10 +44,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
             "first_conv": "patch_embed.proj.0", "classifier": "head", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({  # timm's registry reads this module attribute
-    "cobra_vit_c8_tiny": _cfg(),
-    "cobra_vit_c8_micro": _cfg(),
-})
+# timm's registry reads this module attribute
+default_cfgs = generate_default_cfgs({"cobra_vit_c8_tiny": _cfg(), "cobra_vit_c8_micro": _cfg()})
 
 
 def _conv_stem_vit(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:

@@ -1,8 +1,6 @@
 """SAK branch: a timm ViT whose patch tokens feed a CAM head and a SAP projection head, and whose
 attention maps of every layer give the patch affinity and A_obj."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
@@ -30,8 +28,7 @@ class ViTBranch(nn.Module):
         self.num_prefix = int(self.backbone.num_prefix_tokens)
         width = int(self.backbone.embed_dim)
         k = cfg.vit_cam_kernel
-        self.cam_head = nn.Conv2d(width, num_classes + 1, k, padding=k // 2,
-                                  bias=cfg.vit_cam_bias)
+        self.cam_head = nn.Conv2d(width, num_classes + 1, k, padding=k // 2, bias=cfg.vit_cam_bias)
         self.proj_head = backbones.projection_head(cfg, width)
         self._captured: list[torch.Tensor] = []
         self._class_row_only = False
@@ -76,8 +73,7 @@ class ViTBranch(nn.Module):
         tokens = self.backbone.forward_features(x)  # (B, T, E)
         attention = torch.stack(self._captured, dim=1)  # (B, L, T, T), or (B, L, 1, T)
         self._captured = []
-        patches = tokens[:, self.num_prefix:].transpose(1, 2)  # (B, E, M)
-        patches = patches.reshape(x.shape[0], -1, nh, nw)
+        patches = tokens[:, self.num_prefix:].transpose(1, 2).reshape(x.shape[0], -1, nh, nw)
         cam = self.cam_head(patches)
         proj = backbones.project(self.proj_head, patches, cam)
         return cam, proj, attention, patches

@@ -3,10 +3,7 @@
 IR labels (255 = unknown) at the network's stride define, for every pixel p and offset o, a
 pair (p, p+o): positive foreground (same class), positive background (both 0) or negative
 (different labels). The boundary map B gives a_pq = 1 − max B on the segment p→q, pushed to 1 on
-positive pairs and to 0 on negative ones.
-"""
-
-from __future__ import annotations
+positive pairs and to 0 on negative ones."""
 
 from collections.abc import Sequence
 
@@ -30,8 +27,7 @@ def _shifted(ir: torch.Tensor, offsets: Sequence[Offset]) -> torch.Tensor:
 def pair_labels(ir: torch.Tensor, offsets: Sequence[Offset]) -> dict[str, torch.Tensor]:
     """(B, h, w) long labels (255 unknown) → {'pos_fg', 'pos_bg', 'neg'}: bool (B, O, h, w).
 
-    Pairs with an unknown pixel or a partner outside the image belong to no set.
-    """
+    Pairs with an unknown pixel or a partner outside the image belong to no set."""
     if ir.dim() != 3:
         raise ValueError(f"ir must be (B, h, w), got shape {tuple(ir.shape)}")
     ir = ir.long()
@@ -63,8 +59,7 @@ def affinity_loss(boundary: torch.Tensor, ir: torch.Tensor, offsets: Sequence[Of
     neg = mean_neg[−log(1 − a)], each mean over its own pair count, as IRN's training loop (and
     the authors') sums them; an empty set contributes 0 (IRN divides by count + eps).
     Offsets o and −o give the same pairs (the segment maximum is symmetric), so only one of each
-    is evaluated, which leaves every mean unchanged for a symmetric list and halves the work.
-    """
+    is evaluated, which leaves every mean unchanged for a symmetric list and halves the work."""
     if boundary.shape != ir.shape:
         raise ValueError(f"boundary {tuple(boundary.shape)} and ir {tuple(ir.shape)} differ")
     half = _half_offsets(offsets)
@@ -75,8 +70,7 @@ def affinity_loss(boundary: torch.Tensor, ir: torch.Tensor, offsets: Sequence[Of
 
     def mean(mask: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         # Masked sum over its count; an empty set gives an exact 0 that keeps the graph intact.
-        count = mask.sum()
-        return (loss * mask).sum() / count.clamp_min(1)
+        return (loss * mask).sum() / mask.sum().clamp_min(1)
 
     pos = -torch.log(a + eps)
     neg = -torch.log(1.0 + eps - a)

@@ -4,10 +4,7 @@ Everything here works on one image's class maps `cam: (K, H, W)` for its K posit
 `keys` (1..C) and is shared by the `seeds` stage, its evaluation and the IR-label stage.
 Two background protocols are kept side by side because they are not comparable (SPEC "Seeds"):
 a fixed background score swept over a grid (IRN), and a per-image score taken as the θ-th
-percentile of the normalised A_obj (the paper's).
-"""
-
-from __future__ import annotations
+percentile of the normalised A_obj (the paper's)."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,8 +25,7 @@ def fuse(m_cnn, m_tran, mode: str = "fuse"):
     """Combine the two branches' class maps (numpy arrays or tensors of one shape; Table 5).
 
     `fuse` is the paper's M_fuse = max((M_cnn + M_tran) / 2, M_tran); `fuse_code` evaluates the
-    authors' written form (max(M_cnn, M_tran) + M_tran) / 2, which is the same function.
-    """
+    authors' written form (max(M_cnn, M_tran) + M_tran) / 2, which is the same function."""
     if mode == "cnn":
         return m_cnn
     if mode == "tran":
@@ -62,8 +58,7 @@ def cams_to_label(cam: np.ndarray, keys: np.ndarray, bg_score: float) -> np.ndar
     """(K, H, W) maps + a background score → (H, W) int64 class ids (0 = background).
 
     A pixel takes the class with the highest map unless no map beats `bg_score` (a tie goes to
-    background, as argmax over [bg, maps] does).
-    """
+    background, as argmax over [bg, maps] does)."""
     peak, label = _best_class(cam, keys)
     return np.where(peak > bg_score, label, 0)
 
@@ -140,5 +135,5 @@ class ThresholdSweep:
 
     def curve(self) -> dict[float, float]:
         """mIoU % at every threshold (for plots and the eval file)."""
-        return {float(t): mean_iou(c)[0] for t, c in zip(self.thresholds, self.confusions,
-                                                          strict=True)}
+        return {float(t): mean_iou(c)[0]
+                for t, c in zip(self.thresholds, self.confusions, strict=True)}

@@ -2,10 +2,7 @@
 
 Two background scores split each image's class maps into confident foreground (class ids),
 confident background (0) and unknown (255); both hard maps are refined by denseCRF first.
-`aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1).
-"""
-
-from __future__ import annotations
+`aobj_thresholds` gives the authors' per-image scores derived from A_obj (paper §9.1)."""
 
 import math
 from typing import Any
@@ -22,9 +19,7 @@ def _conf_map(image: np.ndarray, cam: np.ndarray, id_map: np.ndarray, score: flo
     """(K, H, W) maps + a background score → (H, W) class ids after a CRF over K+1 labels."""
     padded = np.concatenate([np.full((1, *cam.shape[1:]), score, dtype=cam.dtype), cam])
     # argmax picks the first maximum, so a map equal to the score counts as background (IRN).
-    hard = padded.argmax(axis=0)
-    refined = crf_label(image, hard, cam.shape[0] + 1, **crf)
-    return id_map[refined]
+    return id_map[crf_label(image, padded.argmax(axis=0), cam.shape[0] + 1, **crf)]
 
 
 def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: float,
@@ -33,8 +28,7 @@ def ir_label(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: floa
 
     Confident foreground (a map beats `conf_fg` after CRF) keeps its class id, confident
     background (no map beats `conf_bg` after CRF, so background under both scores) is 0, the rest
-    is 255. `crf` holds keyword arguments for `crf_label` (gt_prob, iters, gauss_sxy, ...).
-    """
+    is 255. `crf` holds keyword arguments for `crf_label` (gt_prob, iters, gauss_sxy, ...)."""
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 3:
         raise ValueError(f"cam must be (K, H, W), got shape {cam.shape}")
@@ -63,8 +57,7 @@ def aobj_thresholds(a_obj: np.ndarray, percentile: float, step: float,
     below when p sits exactly on a multiple, as their `get_bounds` does. conf_fg = conf_bg + `gap`
     (authors: 0.5). Nothing is clipped, as in their code: p ≥ 0.5 + step gives conf_fg ≥ 1, so
     no class map (max-normalised to < 1) is confident foreground; p = 0 gives conf_bg < 0, so no
-    pixel is confident background.
-    """
+    pixel is confident background."""
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     p = float(np.percentile(np.asarray(a_obj, dtype=np.float64), percentile))
@@ -79,10 +72,8 @@ def ir_label_quality(ir: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     """(H, W) IR label + (H, W) ground truth → (confident, correct, total) pixel counts.
 
     Only pixels with gt != 255 count; precision = correct / confident and coverage =
-    confident / total, accumulated over a whole set by the caller.
-    """
-    ir = np.asarray(ir)
-    gt = np.asarray(gt)
+    confident / total, accumulated over a whole set by the caller."""
+    ir, gt = np.asarray(ir), np.asarray(gt)
     if ir.shape != gt.shape:
         raise ValueError(f"IR label {ir.shape} and ground truth {gt.shape} differ in size")
     valid = gt != UNKNOWN

@@ -2,10 +2,7 @@
 
 Both functions take an (H, W, 3) uint8 RGB image and run pydensecrf's mean-field inference with
 one Gaussian (smoothness) and one bilateral (appearance) pairwise term, as IRN's
-`crf_inference_label` and the authors' mask CRF do.
-"""
-
-from __future__ import annotations
+`crf_inference_label` and the authors' mask CRF do."""
 
 import numpy as np
 
@@ -29,8 +26,7 @@ def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, iters: int, gaus
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
     d.addPairwiseBilateral(sxy=bi_sxy, srgb=bi_srgb, rgbim=image, compat=bi_compat)
-    q = d.inference(iters)
-    return np.array(q, dtype=np.float32).reshape(n_labels, h, w)
+    return np.array(d.inference(iters), dtype=np.float32).reshape(n_labels, h, w)
 
 
 def crf_label(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: float = 0.7,
@@ -39,8 +35,7 @@ def crf_label(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: 
     """(H, W, 3) uint8 image + (H, W) labels in 0..n_labels-1 → (H, W) int64 refined labels.
 
     Every label (0 included) is a real class (`zero_unsure=False`), each pixel trusting its
-    label with probability `gt_prob` (must lie in (0, 1), as pydensecrf asserts).
-    """
+    label with probability `gt_prob` (must lie in (0, 1), as pydensecrf asserts)."""
     labels = np.asarray(labels)
     if n_labels <= 1:
         # One label: nothing to refine, and unary_from_labels would divide by n_labels - 1 = 0.
@@ -63,8 +58,7 @@ def crf_probs(image: np.ndarray, probs: np.ndarray, *, iters: int = 10, gauss_sx
     """(H, W, 3) uint8 image + (K, H, W) probabilities → (K, H, W) float32 CRF marginals.
 
     Defaults are the authors' mask CRF (SPEC: sxy 2 compat 3; bilateral sxy 45 srgb 5 compat 4).
-    Probabilities are clipped to [1e-5, 1] so that −log stays finite.
-    """
+    Probabilities are clipped to [1e-5, 1] so that −log stays finite."""
     probs = np.asarray(probs, dtype=np.float32)
     k = probs.shape[0]
     img = _image(image)

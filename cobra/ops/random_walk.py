@@ -3,10 +3,7 @@
 Pixels p and q = p + o (0 < |o| < radius) are linked with affinity a = (1 − max B on the
 segment p→q)^β, where B is the boundary map (1 = boundary); every pixel also links to itself
 with weight 1. Rows are normalised, so the walk x ← T x averages each pixel's neighbours and
-leaves a constant field unchanged; 2^exp_times steps equal IRN's repeated squaring of T.
-"""
-
-from __future__ import annotations
+leaves a constant field unchanged; 2^exp_times steps equal IRN's repeated squaring of T."""
 
 import warnings
 from collections.abc import Sequence
@@ -39,12 +36,9 @@ def segment_pixels(dy: int, dx: int, samples: int | None = None) -> tuple[Offset
     max(|dy|, |dx|) + 1, one per row or column crossed), endpoints included."""
     n = samples if samples is not None else max(abs(dy), abs(dx)) + 1
     m = max(int(n) - 1, 1)
-    pts: set[Offset] = set()
-    for k in range(m + 1):
-        # Exact integer arithmetic so rounding never depends on float noise.
-        for y in _round_both(k * dy, m):
-            for x in _round_both(k * dx, m):
-                pts.add((y, x))
+    # Exact integer arithmetic so rounding never depends on float noise.
+    pts = {(y, x) for k in range(m + 1)
+           for y in _round_both(k * dy, m) for x in _round_both(k * dx, m)}
     return tuple(sorted(pts))
 
 
@@ -54,8 +48,7 @@ def path_max(boundary: torch.Tensor, offsets: Sequence[Offset],
 
     A pixel whose target p+o lies outside the image gets 1.0 (no connection). Differentiable:
     with grad enabled the maximum is located without grad and then gathered, so autograd keeps
-    one index per output (like max-pooling) instead of every sampled slice.
-    """
+    one index per output (like max-pooling) instead of every sampled slice."""
     if boundary.dim() < 2:
         raise ValueError(f"boundary must be (*, H, W), got shape {tuple(boundary.shape)}")
     lead, (h, w) = boundary.shape[:-2], boundary.shape[-2:]
@@ -95,8 +88,7 @@ def affinity(boundary: torch.Tensor, radius: int,
 
     Pixels are indexed row-major (y·W + x). Edges p→p+o carry (1 − path_max)^β, edges leaving
     the image are dropped, each pixel keeps a self-loop of weight 1 (so no row is empty), and
-    each row is divided by its sum. The affinities are symmetric, so T = D⁻¹A.
-    """
+    each row is divided by its sum. The affinities are symmetric, so T = D⁻¹A."""
     h, w = boundary.shape
     n = h * w
     b = boundary.float()
@@ -134,8 +126,7 @@ def random_walk(x: torch.Tensor, boundary: torch.Tensor, radius: int, beta: floa
     """(K, H, W) maps + (H, W) boundary → (K, H, W) maps after `steps` steps x ← T x.
 
     `damp_boundary` first multiplies the maps by (1 − boundary), as IRN's `propagate_to_edge`
-    does: CAM mass sitting on a boundary is not trusted to belong to either side.
-    """
+    does: CAM mass sitting on a boundary is not trusted to belong to either side."""
     k, h, w = x.shape
     if boundary.shape != (h, w):
         raise ValueError(f"boundary {tuple(boundary.shape)} does not match maps {(h, w)}")
@@ -153,8 +144,7 @@ def masks_from_rw(rw: np.ndarray, keys: np.ndarray, bg_score: float) -> np.ndarr
     """(K, H, W) non-negative walk maps + (K,) ids → (H, W) uint8 mask (IRN sem_seg_bg_thres).
 
     Maps are divided by their global maximum, a background plane of `bg_score` is put first and
-    the argmax (ties to background) is mapped through [0, *keys].
-    """
+    the argmax (ties to background) is mapped through [0, *keys]."""
     rw = np.asarray(rw, dtype=np.float32)
     if rw.shape[0] == 0:
         return np.zeros(rw.shape[1:], dtype=np.uint8)
@@ -172,8 +162,7 @@ def relative_labels(rw: np.ndarray, theta: float) -> np.ndarray:
     Reading of `θ·max_c + min_c`: class c claims pixel p where rw_c(p) ≥ θ·max(rw_c) + min(rw_c)
     (max and min over the image, taken literally, not θ·(max − min) + min). Where several
     classes claim p the one with the largest raw rw_c(p) wins (the authors zero unclaimed values
-    and take the argmax); unclaimed pixels are background 0.
-    """
+    and take the argmax); unclaimed pixels are background 0."""
     rw = np.asarray(rw, dtype=np.float32)
     if rw.shape[0] == 0:
         return np.zeros(rw.shape[1:], dtype=np.int64)

@@ -6,13 +6,5 @@ from cobra.segmenter.infer import predict, predict_and_score
 from cobra.segmenter.model import PaddedSegmenter, build_segmenter
 from cobra.segmenter.train import param_groups, train_segmenter
 
-__all__ = [
-    "MaskDataset",
-    "PaddedSegmenter",
-    "build_segmenter",
-    "predict_and_score",
-    "param_groups",
-    "predict",
-    "read_mask",
-    "train_segmenter",
-]
+__all__ = ["MaskDataset", "PaddedSegmenter", "build_segmenter", "predict_and_score", "param_groups",
+           "predict", "read_mask", "train_segmenter"]

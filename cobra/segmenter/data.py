@@ -1,7 +1,5 @@
 """Training pairs for stage `segment`: dataset images with the pseudo masks of stage `masks`."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +18,8 @@ def read_mask(path: Path) -> np.ndarray:
     try:
         return read_label_png(path)
     except LabelFileError as exc:
-        missing = not path.exists()
-        raise StageInputError(f"mask {exc}; run stage 'masks' {'first' if missing else 'again'}"
-                              ) from None
+        raise StageInputError(f"mask {exc}; run stage 'masks' "
+                              f"{'again' if path.exists() else 'first'}") from None
 
 
 class MaskDataset(Dataset):
@@ -30,18 +27,14 @@ class MaskDataset(Dataset):
 
     Augmentation: long side resized uniformly in `resize_long`, horizontal flip, random crop of
     side `crop` (image padded with 0 after normalization, mask with 255). Every draw uses torch's
-    global RNG, so a seeded DataLoader reproduces the same crops.
-    """
+    global RNG, so a seeded DataLoader reproduces the same crops."""
 
     def __init__(self, source: Source, mask_dir: Path | Callable[[str], Path], ids: list[str],
                  crop: int, resize_long: tuple[int, int] | list[int]) -> None:
         lo, hi = (int(v) for v in resize_long)
         if not 1 <= lo <= hi:
             raise ValueError(f"resize_long must be [lo, hi] with 1 <= lo <= hi, got {resize_long}")
-        self.source = source
-        self.mask_dir = mask_dir
-        self.ids = list(ids)
-        self.crop = int(crop)
+        self.source, self.mask_dir, self.ids, self.crop = source, mask_dir, list(ids), int(crop)
         self.resize_long = (lo, hi)
 
     def mask_path(self, image_id: str) -> Path:

@@ -1,7 +1,5 @@
 """Multi-scale (+ flip) inference of the segmentation network and mIoU on a split."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,8 +54,7 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
     Writes `out_dir/<id>.png` palette PNGs when out_dir is set; scores one confusion matrix over
     all pixels when the source has masks. Returns {"seg_miou": % or None, "per_class":
     {name: IoU % or None (class absent)}, "num_images": n, "image_counts": (n, 3, K) each
-    image's `iou_counts` (for an interval over images)}; without masks the scores are empty.
-    """
+    image's `iou_counts` (for an interval over images)}; without masks the scores are empty."""
     ids = list(ids)
     if cfg.max_images is not None:
         ids = ids[:cfg.max_images]
@@ -85,11 +82,9 @@ def predict_and_score(model: nn.Module, source: Source, ids: list[str], cfg: Seg
     if not scored:
         return {"seg_miou": None, "per_class": {}, "num_images": len(ids), "image_counts": None}
     miou, per_class = mean_iou(confusion)
-    return {
-        "seg_miou": None if np.isnan(miou) else miou,
-        "per_class": {name: None if np.isnan(v) else float(v)
-                      for name, v in zip(source.class_names, per_class, strict=True)},
-        "num_images": len(ids),
-        "image_counts": np.stack(image_counts) if image_counts else np.zeros(
-            (0, 3, num_labels), dtype=np.int64),
-    }
+    return {"seg_miou": None if np.isnan(miou) else miou,
+            "per_class": {name: None if np.isnan(v) else float(v)
+                          for name, v in zip(source.class_names, per_class, strict=True)},
+            "num_images": len(ids),
+            "image_counts": np.stack(image_counts) if image_counts else np.zeros(
+                (0, 3, num_labels), dtype=np.int64)}

@@ -1,7 +1,5 @@
 """The segmentation network of stage `segment`: an smp DeepLabV3+ or SegFormer for any input size."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch
@@ -22,8 +20,7 @@ class PaddedSegmenter(nn.Module):
 
     def __init__(self, net: nn.Module, multiple: int = _MIN_MULTIPLE) -> None:
         super().__init__()
-        self.net = net
-        self.multiple = multiple
+        self.net, self.multiple = net, multiple
 
     @property
     def encoder(self) -> nn.Module:
@@ -40,8 +37,7 @@ class PaddedSegmenter(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), value=0.0)
         logits = self.net(x)
         if logits.shape[-2:] != x.shape[-2:]:  # a decoder that stops short of full resolution
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 
 

@@ -1,7 +1,5 @@
 """Fully supervised training of the segmentation network on the pseudo masks (SPEC "Segmentation")."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable
 
@@ -30,8 +28,7 @@ def build_optimizer(model: nn.Module, cfg: SegmentConfig) -> torch.optim.Optimiz
     groups = param_groups(model, cfg.lr, cfg.head_lr_mult)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -63,8 +60,7 @@ def train_segmenter(model: nn.Module, dataset: Dataset, cfg: SegmentConfig,
     """SGD or AdamW + (warm-up and) poly lr, cross-entropy (255 ignored) over batches {"image": (B,3,S,S), "mask": (B,S,S)}.
 
     Returns {"seg_loss": mean loss of the last epoch}; `on_epoch(epoch, metrics)` (epoch from 0)
-    gets {"seg_loss", "lr"} after every epoch. A NaN/inf loss raises NonFiniteLossError.
-    """
+    gets {"seg_loss", "lr"} after every epoch. A NaN/inf loss raises NonFiniteLossError."""
     n = len(dataset)
     if n == 0:
         raise ValueError("the segmentation training set is empty")

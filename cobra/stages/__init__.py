@@ -5,10 +5,7 @@ Each stage is one module with `run(cfg, layout, reporter, force=False) -> dict[s
 earlier stage wrote (`cobra.stages.outputs`), never from that stage's module, and is skipped when
 its fingerprint (`cobra.stages.common`) says its outputs are current. Importing this package
 imports every stage module, so they keep heavy imports (segmentation-models-pytorch,
-pydensecrf) inside the functions that need them.
-"""
-
-from __future__ import annotations
+pydensecrf) inside the functions that need them."""
 
 from collections.abc import Callable
 
@@ -19,25 +16,13 @@ from cobra.stages import ir_labels, irn, masks, seeds, segment, train
 POST_TRAIN_STAGES = ("seeds", "ir_labels", "irn", "masks", "segment")
 ALL_STAGES = ("train", *POST_TRAIN_STAGES)
 
+_MODULES = {"train": train, "seeds": seeds, "ir_labels": ir_labels, "irn": irn, "masks": masks,
+            "segment": segment}
 # Stage name → the metrics it reports, each declared by the stage itself.
-METRICS: dict[str, tuple[str, ...]] = {
-    "train": train.METRICS,
-    "seeds": seeds.METRICS,
-    "ir_labels": ir_labels.METRICS,
-    "irn": irn.METRICS,
-    "masks": masks.METRICS,
-    "segment": segment.METRICS,
-}
-
+METRICS: dict[str, tuple[str, ...]] = {name: stage.METRICS for name, stage in _MODULES.items()}
 # Stage name → the function that runs it.
 STAGES: dict[str, Callable[..., dict[str, float]]] = {
-    "train": train.run,
-    "seeds": seeds.run,
-    "ir_labels": ir_labels.run,
-    "irn": irn.run,
-    "masks": masks.run,
-    "segment": segment.run,
-}
+    name: stage.run for name, stage in _MODULES.items()}
 
 
 def get_stage(name: str) -> Callable[..., dict[str, float]]:

@@ -1,8 +1,6 @@
 """What post-training stages share: which images they cover, input checks, parallel maps,
 fingerprints that tell a complete output from a stale one, and the skip-or-redo decision."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import multiprocessing
@@ -114,8 +112,7 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, d
 
     One pool serves the whole call, and `items` is read lazily, a few per worker ahead of the
     results: a producer in this process (the boundary network on the GPU) keeps working while
-    the pool does, memory stays bounded, and workers start once, not once per batch of images.
-    """
+    the pool does, memory stays bounded, and workers start once, not once per batch of images."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)
     workers = workers or os.cpu_count() or 1

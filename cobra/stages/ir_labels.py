@@ -4,10 +4,7 @@ seeds, each side refined with denseCRF (IRN's `cam_to_ir_label`, SPEC "Masks").
 Thresholds are fixed (`masks.ir_labels.conf_fg` / `conf_bg`, IRN) or per image from A_obj
 (`masks.ir_labels.threshold_source=aobj`, the paper's idea in the authors' rule). Scored against
 ground truth as precision (confident pixels that are right) and coverage (pixels that are
-confident).
-"""
-
-from __future__ import annotations
+confident)."""
 
 from typing import Any
 

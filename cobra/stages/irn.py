@@ -2,10 +2,7 @@
 
 Pixel pairs within `masks.irn.pair_radius` (at stride 4) whose IR labels are both known supervise
 the affinity a = 1 − max boundary on the segment between them: same-class pairs pull it to 1,
-different-class pairs to 0. Unknown (255) pixels supervise nothing.
-"""
-
-from __future__ import annotations
+different-class pairs to 0. Unknown (255) pixels supervise nothing."""
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -93,8 +90,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
                                 weight_decay=cfg.train.weight_decay)
     dataset = IRLabelDataset(source, layout, ids, m.crop)
     loader = DataLoader(dataset, batch_size=m.batch_size, shuffle=True,
-                        drop_last=len(dataset) > m.batch_size,
-                        num_workers=cfg.data.num_workers,
+                        drop_last=len(dataset) > m.batch_size, num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     offsets = neighbour_offsets(m.pair_radius)
     schedule = PolyLR(optimizer, max(1, len(loader) * m.epochs), cfg.train.poly_power)

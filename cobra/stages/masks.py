@@ -7,10 +7,7 @@ the fused seed, or the ViT-side M_tran as the authors walk) brought to that grid
 can be swept offline. Two mask rules are made and scored: `irn` (background score
 `masks.rule.sem_seg_bg`, then the soft second CRF) and `relative` (the authors' per-class
 θ·max_c + min_c, then a hard-label CRF); `masks.rule.name` picks the one written and reported as
-mask_miou, with and without its CRF (`masks.rule.crf`).
-"""
-
-from __future__ import annotations
+mask_miou, with and without its CRF (`masks.rule.crf`)."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -79,9 +76,8 @@ def walk(cfg: Config, boundary: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     small = F.interpolate(torch.from_numpy(cam)[None].to(boundary), size=boundary.shape,
                           mode="bilinear", align_corners=False)[0]
     w = cfg.masks.walk
-    rw = random_walk(small, boundary, w.radius, w.beta, 2 ** w.exp_times,
-                     damp_boundary=w.boundary_damp)
-    return rw.float().cpu().numpy()
+    return random_walk(small, boundary, w.radius, w.beta, 2 ** w.exp_times,
+                       damp_boundary=w.boundary_damp).float().cpu().numpy()
 
 
 def to_image_size(rw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,8 +112,7 @@ def rule_masks(cfg: Config, rule: str, image: np.ndarray, rw_up: np.ndarray, key
         plain = ids[labels].astype(np.uint8)
         if not m.crf.enabled:
             return plain, plain
-        refined = crf_label(image, labels, len(ids), gt_prob=m.crf.gt_prob,
-                            **mask_crf_args(cfg))
+        refined = crf_label(image, labels, len(ids), gt_prob=m.crf.gt_prob, **mask_crf_args(cfg))
         return plain, ids[refined].astype(np.uint8)
     raise ValueError(f"unknown mask rule '{rule}'; choose one of {', '.join(MASK_RULES)}")
 
@@ -200,8 +195,7 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     net = load_boundary_net(layout, device)
     chosen = switch(cfg, "masks.rule.name")
     k = source.num_classes + 1
-    conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES
-            for crf in (False, True)}
+    conf = {(rule, crf): np.zeros((k, k), np.int64) for rule in MASK_RULES for crf in (False, True)}
     # the written masks' per-image counts: a bootstrap interval over images, and a sweep's
     # paired test of two trials over the images both scored
     image_counts: dict[str, np.ndarray] = {}
@@ -239,12 +233,10 @@ def _scores(cfg: Config, layout: RunLayout, reporter: Reporter, source: Source,
     lo, hi = bootstrap_miou_ci(scored.counts)
     metrics.update(mask_miou_ci_lo=round(lo, 4), mask_miou_ci_hi=round(hi, 4),
                    mask_num_images=num_images)
-    names = list(source.class_names)
     per_class = mean_iou(conf[switch(cfg, "masks.rule.name"), True])[1]
+    iou = [None if np.isnan(v) else round(float(v), 3) for v in per_class]
     # one table artifact, not one metric chart per class
-    reporter.log_table({"class": names, "iou": [None if np.isnan(v) else round(float(v), 3)
-                                                for v in per_class]},
-                       "masks/per_class_iou.json")
+    reporter.log_table({"class": list(source.class_names), "iou": iou}, "masks/per_class_iou.json")
     reporter.log_artifact(layout.mask_image_counts, IMAGE_COUNTS_DIR)
     return metrics
 

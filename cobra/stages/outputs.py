@@ -2,8 +2,6 @@
 trained boundary network. They live here, not in the stage that writes them, so that no stage
 module imports another (each stage depends on its inputs' files, not on its producer's code)."""
 
-from __future__ import annotations
-
 import zipfile
 from pathlib import Path
 

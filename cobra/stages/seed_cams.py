@@ -1,10 +1,7 @@
 """The seed stage's CAM maths: multi-scale + flip CAMs of both branches for a batch of images of
 one size (SPEC "Seeds"). Every scale and its flip go through the trained model; CAMs of the
 image's positive classes are ReLU'd, upsampled to image size and summed; M_tran is taken as
-ReLU(M_tran ⊗ A_obj); each class map is max-normalised.
-"""
-
-from __future__ import annotations
+ReLU(M_tran ⊗ A_obj); each class map is max-normalised."""
 
 import numpy as np
 import torch
@@ -30,8 +27,7 @@ def scale_weight(a_obj: torch.Tensor, weighting: str) -> torch.Tensor:
     A_obj's raw mean falls like 1/tokens (each layer's class-token row sums to at most 1), so
     `raw` (the authors) lets small scales dominate the sum over scales; `normalized` divides
     each pass by its own maximum so that every scale counts alike; `none` keeps that A_obj for
-    the percentile protocol but leaves M_tran unweighted.
-    """
+    the percentile protocol but leaves M_tran unweighted."""
     if weighting == "raw":
         return a_obj
     if weighting in ("normalized", "none"):
@@ -46,8 +42,7 @@ def multiscale_cams(model: CoBra, image: np.ndarray, keys: np.ndarray, scales: l
 
     Returns float32 arrays: `cam_cnn`/`cam_tran` (K, H, W) max-normalised to [0, 1] (absent when
     the branch is off) and `a_obj` (H, W) normalised to [0, 1] (ViT only). `aobj_weighting`
-    (`seeds.aobj_weighting`) says how each pass's A_obj enters both sums.
-    """
+    (`seeds.aobj_weighting`) says how each pass's A_obj enters both sums."""
     return multiscale_cams_batch(model, [image], [keys], scales, flip, aobj_weighting)[0]
 
 

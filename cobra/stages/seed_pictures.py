@@ -1,8 +1,6 @@
 """What the seed stage draws: a strip per image for the first few images, and the threshold
 curve."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from cobra.config import Config
@@ -36,11 +34,6 @@ def save_pictures(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
         path = layout.pictures / f"seeds_{image_id}.png"
         save_strip(path, panels, titles)
         reporter.log_artifact(path, "pictures")
-
-
-def per_class_table(per_class: dict[str, float | None]) -> dict[str, list]:
-    """{"class": [...], "iou": [...]}: a table MLflow shows in the run's artifacts."""
-    return {"class": list(per_class), "iou": list(per_class.values())}
 
 
 def save_threshold_curve(fixed: dict, path: Path) -> None:

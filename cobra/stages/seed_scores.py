@@ -1,8 +1,6 @@
 """Scoring the seed stage's seeds against ground truth, under both background-threshold
 protocols side by side (they are not comparable), and the headline metrics a sweep ranks on."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from cobra.config import Config
@@ -36,8 +34,7 @@ def score_seeds(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
     the paper does; `miou_heldout` scores each image at a threshold chosen on the other images
     (two folds), and `ci95` is a bootstrap interval over images at the chosen threshold.
     Also returns each image's counts at the chosen threshold (a sweep's paired test of two
-    trials over the images both scored).
-    """
+    trials over the images both scored)."""
     num_classes = source.num_classes + 1
     thresholds = sorted({*cfg.seeds.threshold_grid, cfg.seeds.fixed_bg})
     fixed = ThresholdSweep(num_classes, thresholds)
@@ -60,8 +57,7 @@ def score_seeds(cfg: Config, layout: RunLayout, source: Source, ids: list[str]
     heldout, heldout_thresholds = fixed.cross_fitted() if ids else (float("nan"), [])
     result = {"fusion": cfg.seeds.fusion, "num_images": len(ids),
               "fixed": {"threshold": threshold, "miou": miou,
-                        "threshold_chosen_on": THRESHOLD_CHOSEN_ON,
-                        "ci95": [ci_lo, ci_hi],
+                        "threshold_chosen_on": THRESHOLD_CHOSEN_ON, "ci95": [ci_lo, ci_hi],
                         "miou_heldout": heldout, "heldout_thresholds": heldout_thresholds,
                         "miou_at_default": curve[cfg.seeds.fixed_bg],
                         "default_threshold": cfg.seeds.fixed_bg,

@@ -1,10 +1,7 @@
 """Stage `seeds`: multi-scale + flip CAMs of both branches written per image (`seed_cams`), then
 scored (`seed_scores`) and drawn (`seed_pictures`); `run` composes the three, as IRN keeps
 `make_cam` and `eval_cam` apart. `RUN/seeds/<id>.npz` keeps M_cnn, M_tran and A_obj apart so
-fusion modes and thresholds can be swept offline without the network.
-"""
-
-from __future__ import annotations
+fusion modes and thresholds can be swept offline without the network."""
 
 import json
 from dataclasses import replace
@@ -25,7 +22,7 @@ from cobra.stages import seed_scores
 from cobra.stages.common import Stamp, file_signature, fingerprint, stage_ids
 from cobra.stages.outputs import load_weights
 from cobra.stages.seed_cams import multiscale_cams_batch, size_groups
-from cobra.stages.seed_pictures import per_class_table, save_pictures, save_threshold_curve
+from cobra.stages.seed_pictures import save_pictures, save_threshold_curve
 
 METRICS = seed_scores.METRICS  # what `run` returns and a sweep can rank on
 
@@ -52,9 +49,8 @@ def check_inputs(cfg: Config, source: Source) -> None:
             # one pixel budget for image size and scale alike: the pass's memory follows both
             raise DataError(f"image '{source.image_path(image_id)}' is {w}x{h}; at seeds scale "
                             f"{top_scale:g} the seed pass runs at {round(max(h, w) * top_scale)} "
-                            f"px, larger than seeds.max_side={cfg.seeds.max_side}; downscale "
-                            f"it, drop the scale or raise seeds.max_side (memory grows with "
-                            f"the area)")
+                            f"px, larger than seeds.max_side={cfg.seeds.max_side}; downscale it, "
+                            "drop the scale or raise seeds.max_side (memory grows with the area)")
         if source.has_masks and hasattr(source, "check_mask_size"):
             source.check_mask_size(image_id)
     if source.has_masks and not any((source.load_mask(i) != 255).any() for i in ids):
@@ -91,10 +87,8 @@ def make(cfg: Config, layout: RunLayout, source: Source, force: bool = False) ->
     model.to(device).eval()
     stamp.clear()
     layout.seeds.mkdir(parents=True, exist_ok=True)
-    groups = size_groups(ids, [source.image_size(i) for i in ids], cfg.seeds.batch_images)
-    bar = tqdm(total=len(ids), desc="seeds", disable=not cfg.train.progress, leave=False,
-               unit="img")
-    for group in groups:
+    bar = tqdm(total=len(ids), desc="seeds", disable=not cfg.train.progress, leave=False, unit="img")
+    for group in size_groups(ids, [source.image_size(i) for i in ids], cfg.seeds.batch_images):
         keys = [np.flatnonzero(source.labels(image_id)) + 1 for image_id in group]
         cams = multiscale_cams_batch(model, [source.load_image(i) for i in group], keys,
                                      cfg.seeds.scales, cfg.seeds.flip,
@@ -122,7 +116,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     save_pictures(cfg, layout, source, ids, evaluation["fixed"]["threshold"], reporter)
     metrics = seed_scores.headline(evaluation)
     # per-class IoU is in seeds/eval.json (and a table in MLflow), not one chart per class
-    reporter.log_table(per_class_table(evaluation["fixed"]["per_class"]),
+    per_class = evaluation["fixed"]["per_class"]
+    reporter.log_table({"class": list(per_class), "iou": list(per_class.values())},
                        "seeds/per_class_iou.json")
     reporter.log_artifact(layout.seeds_eval, "seeds")
     reporter.log_artifact(layout.seed_image_counts, IMAGE_COUNTS_DIR)

@@ -2,8 +2,6 @@
 trained on the masks of the seed split, scored on `segment.eval_split` with multi-scale + flip
 inference and optional denseCRF; VOC-server PNGs for `segment.test_split`."""
 
-from __future__ import annotations
-
 import torch
 
 from cobra import pretrain
@@ -83,9 +81,8 @@ def run(cfg: Config, layout: RunLayout, reporter: Reporter, force: bool = False
     train_source = build_source(cfg, cfg.data.seed_split)
     ids = stage_ids(cfg, train_source, cfg.masks.max_images)
     require_files({i: layout.mask_file(i) for i in ids}, "masks", "masks")
-    current = Stamp(layout.segment, fingerprint(
-        masks=stamp_of(layout.masks), seed=cfg.train.seed,
-        segment=vars(s)))
+    current = Stamp(layout.segment, fingerprint(masks=stamp_of(layout.masks), seed=cfg.train.seed,
+                                                segment=vars(s)))
     if (recorded := skip_if_current(current, layout, "seg_", force)) is not None:
         return recorded
     device = resolve_device(cfg.train.device)

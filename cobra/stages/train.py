@@ -3,10 +3,7 @@
 SGD (the paper's) or AdamW (`train.optimizer`) with an optional linear warm-up and poly decay,
 new heads at `head_lr_mult` × lr, L_cam and the projection losses switched on
 after their start epochs, per-epoch classification mAP of each branch over the whole validation
-set, an atomic checkpoint every epoch. Reports through a `Reporter`; knows nothing of Ray/MLflow.
-"""
-
-from __future__ import annotations
+set, an atomic checkpoint every epoch. Reports through a `Reporter`; knows nothing of Ray/MLflow."""
 
 import math
 import random

@@ -10,10 +10,7 @@ its resources), no trial, no MLflow run or experiment, no Optuna study on disk.
   (its CPUs and GPUs divided by a trial's share).
 - time: the median wall time of earlier FINISHED trials of the same base config
   (tag `cobra.base_config`) and stages in the MLflow store; with none, a rough figure per
-  training image and epoch (`ROUGH_S_PER_IMAGE_EPOCH`), said to be an estimate.
-"""
-
-from __future__ import annotations
+  training image and epoch (`ROUGH_S_PER_IMAGE_EPOCH`), said to be an estimate."""
 
 import math
 import os
@@ -34,8 +31,7 @@ from cobra.sweep.tuner import TPE_STARTUP_TRIALS, _optuna_search
 # the trial's share of the card. Training only: seeds and later stages come on top.
 ROUGH_S_PER_IMAGE_EPOCH = {"cpu": (0.027, 96), "gpu": (0.005, 224)}
 # Training images per split when the dataset is not on this machine to count.
-KNOWN_SPLIT_SIZES = {("voc", "train_aug"): 10582, ("voc", "train"): 1464,
-                     ("coco", "train"): 82783}
+KNOWN_SPLIT_SIZES = {("voc", "train_aug"): 10582, ("voc", "train"): 1464, ("coco", "train"): 82783}
 
 
 @dataclass(frozen=True)
@@ -116,18 +112,10 @@ def training_images(spec: SweepSpec) -> int:
         split = cfg.data.train_split or ("train" if cfg.data.dataset == "coco" else "train_aug")
         listed = (Path(cfg.data.root or ".") / "ImageSets" / "Segmentation" / f"{split}.txt")
         images = (len(listed.read_text().split()) if cfg.data.dataset == "voc"
-                  and listed.is_file() else KNOWN_SPLIT_SIZES.get((cfg.data.dataset, split),
-                                                                  10582))
+                  and listed.is_file() else KNOWN_SPLIT_SIZES.get((cfg.data.dataset, split), 10582))
     if cfg.train.max_steps_per_epoch:
         images = min(images, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
     return images
-
-
-def _most_epochs(spec: SweepSpec) -> int:
-    domain = spec.space.get("train.epochs")
-    if domain is None:
-        return spec.base.train.epochs
-    return int(max(domain.values) if domain.kind == "choice" else domain.high)
 
 
 def rough_trial_time(spec: SweepSpec) -> TrialTime:
@@ -136,7 +124,8 @@ def rough_trial_time(spec: SweepSpec) -> TrialTime:
     per_image, at_size = ROUGH_S_PER_IMAGE_EPOCH[device]
     share = spec.gpu if device == "gpu" else spec.cpu
     per_image *= (spec.base.data.image_size / at_size) ** 2 / share
-    images, epochs = training_images(spec), _most_epochs(spec)
+    images = training_images(spec)
+    epochs = spec.extreme("train.epochs", spec.base.train.epochs, max)
     return TrialTime(images * epochs * per_image, 0,
                      f"ESTIMATE, nothing measured: {images} images × {epochs} epochs × "
                      f"{per_image:.3g} s per image-epoch on {share:g} {device.upper()} (a rough "
@@ -155,9 +144,8 @@ def measured_trial_time(spec: SweepSpec, store: tracking.Store) -> TrialTime | N
     if not seconds:
         return None
     return TrialTime(statistics.median(seconds), len(seconds),
-                     f"median of {len(seconds)} earlier FINISHED trials of this base config "
-                     f"(tag {tracking.tags.BASE_CONFIG}={spec.base_digest()}) in "
-                     f"{store.redacted}")
+                     f"median of {len(seconds)} earlier FINISHED trials of this base config (tag "
+                     f"{tracking.tags.BASE_CONFIG}={spec.base_digest()}) in {store.redacted}")
 
 
 def plan_sweep(spec: SweepSpec, capacity: Capacity | None = None) -> dict[str, Any]:
@@ -172,9 +160,8 @@ def plan_sweep(spec: SweepSpec, capacity: Capacity | None = None) -> dict[str, A
             # names a TPE search picks from results are not known yet: only the others
             "trials": names[:known], "resources_per_trial": {"cpu": spec.cpu, "gpu": spec.gpu},
             "cluster": {"where": capacity.where, "cpu": capacity.cpus, "gpu": capacity.gpus},
-            "concurrent": at_once, "waves": waves,
-            "trial_s": round(time.seconds, 1), "measured_trials": time.measured,
-            "estimate_basis": time.basis,
+            "concurrent": at_once, "waves": waves, "trial_s": round(time.seconds, 1),
+            "measured_trials": time.measured, "estimate_basis": time.basis,
             "wall_s": round(waves * time.seconds, 1) if waves else None,
             "cpu_hours": round(spec.num_trials * time.seconds * spec.cpu / 3600, 3),
             "gpu_hours": round(spec.num_trials * time.seconds * spec.gpu / 3600, 3)}
@@ -191,8 +178,7 @@ def format_plan(plan: dict[str, Any], spec: SweepSpec) -> str:
     lines = [f"sweep {spec.name}: {spec.algorithm}, {spec.num_trials} trials, ranked by "
              f"{spec.metric} ({spec.mode}); each runs {' → '.join(('train', *spec.stages))}",
              "trials (their MLflow run names):"]
-    for number, name in enumerate(plan["trials"], 1):
-        lines.append(f"  {number:3d}  {name}")
+    lines += [f"  {number:3d}  {name}" for number, name in enumerate(plan["trials"], 1)]
     if len(plan["trials"]) < spec.num_trials:
         lines.append(f"  {len(plan['trials']) + 1:3d}-{spec.num_trials}  picked by TPE from "
                      f"the results of the trials before them")

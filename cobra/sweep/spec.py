@@ -24,10 +24,7 @@
                                       # the default MLflow store (`cobra.study`)
     mlflow: {experiment: cobra}       # a non-empty name
 
-Every mistake is a ConfigError naming the key, with a close match when there is one.
-"""
-
-from __future__ import annotations
+Every mistake is a ConfigError naming the key, with a close match when there is one."""
 
 import dataclasses
 import hashlib
@@ -179,19 +176,20 @@ class SweepSpec:
         text = json.dumps(sorted(kept.items()), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def extreme(self, key: str, default: int, pick) -> int:
+        """`pick` (min or max) of the values the space allows for `key`; `default` unsearched."""
+        domain = self.space.get(key)
+        if domain is None:
+            return default
+        return int(pick(domain.values) if domain.kind == "choice"
+                   else pick((domain.low, domain.high)))
+
     def projection_warning(self) -> str | None:
         """A warning when some trial's projection losses start after its last epoch: the
         latest start the space allows against the fewest epochs it allows."""
-        def extreme(key: str, default: int, pick) -> int:
-            domain = self.space.get(key)
-            if domain is None:
-                return default
-            return int(pick(domain.values) if domain.kind == "choice"
-                       else pick((domain.low, domain.high)))
-
         base = self.base
-        start = extreme("loss.proj_start_epoch", base.loss.proj_start_epoch, max)
-        epochs = extreme("train.epochs", base.train.epochs, min)
+        start = self.extreme("loss.proj_start_epoch", base.loss.proj_start_epoch, max)
+        epochs = self.extreme("train.epochs", base.train.epochs, min)
         loss = dataclasses.replace(base.loss, proj_start_epoch=start)
         return projections_never_start(loss, epochs, base.model.branches == "both")
 
@@ -223,8 +221,7 @@ def _metric(value: Any, stages: tuple[str, ...]) -> str:
     for stage, metrics in STAGE_METRICS.items():
         if value in metrics:
             raise ConfigError(f"sweep key 'metric' is {value!r}, which the '{stage}' stage "
-                              f"reports; add it to the trials' stages: `stages: [seeds, "
-                              f"{stage}]`")
+                              f"reports; add it to the trials' stages: `stages: [seeds, {stage}]`")
     hint = suggest(str(value), reported) or suggest(str(value).lower(), reported)
     raise ConfigError(f"sweep key 'metric' must be a metric trials report "
                       f"({', '.join(reported)}), got {value!r}{hint}")
@@ -418,10 +415,9 @@ def _num_trials(spec: SweepSpec, num_trials: int | None) -> int:
     return grid_size if num_trials is None else num_trials
 
 
-def trial_name(params: dict[str, Any]) -> str:
-    """`ksn6·kcp2`: a trial's searched values under short names of their keys
-    (`cobra.naming`), so MLflow's run list shows every value without cutting the name."""
-    return naming.point_name(params)
+# `ksn6·kcp2`: a trial's searched values under short names of their keys (`cobra.naming`), so
+# MLflow's run list shows every value without cutting the name
+trial_name = naming.point_name
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:

@@ -2,10 +2,7 @@
 
 The training code only sees a `Reporter`; `RayReporter` turns each epoch into a
 `ray.tune.report(metrics, checkpoint=...)` so schedulers can stop a trial and a crashed trial can
-be restored from its last checkpoint.
-"""
-
-from __future__ import annotations
+be restored from its last checkpoint."""
 
 import dataclasses
 import os
@@ -91,8 +88,7 @@ def _staged_checkpoint(layout: RunLayout) -> Iterator[str]:
     """A directory holding only `last.pt`, for Ray to persist; removed afterwards.
 
     It sits in the run directory so that `last.pt` can be hard-linked (no bytes copied) rather
-    than copied; a filesystem without hard links gets a copy.
-    """
+    than copied; a filesystem without hard links gets a copy."""
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=layout.root))
     try:
         try:
@@ -102,12 +98,6 @@ def _staged_checkpoint(layout: RunLayout) -> Iterator[str]:
         yield str(staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove_stale_staging(layout: RunLayout) -> None:
-    """Staging directories left by an attempt that died inside `tune.report`."""
-    for stale in layout.root.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _maybe_crash(epoch: int, layout: RunLayout) -> None:
@@ -120,7 +110,9 @@ def _maybe_crash(epoch: int, layout: RunLayout) -> None:
 
 def _restore(layout: RunLayout) -> Path | None:
     """The last checkpoint Ray kept for this trial (after a crash or a resumed sweep)."""
-    _remove_stale_staging(layout)
+    # staging directories left by an attempt that died inside `tune.report`
+    for stale in layout.root.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -128,12 +120,6 @@ def _restore(layout: RunLayout) -> Path | None:
         layout.checkpoints.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(directory) / "last.pt", layout.last_checkpoint)
     return layout.last_checkpoint
-
-
-def _earlier_attempt(ctx: TrialContext, trial_id: str) -> tracking.TrialRecord | None:
-    """The MLflow run an earlier attempt of this Ray trial made, if any."""
-    existing = tracking.find_trial_run(ctx.store, ctx.parent_run_id, trial_id)
-    return tracking.get_trial(ctx.store, existing) if existing else None
 
 
 def _mlflow_run(ctx: TrialContext, trial_id: str, name: str,
@@ -225,7 +211,9 @@ def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     layout = RunLayout(trial_run_dir(ctx, Path(tune_ctx.get_trial_dir())))
     layout.root.mkdir(parents=True, exist_ok=True)
     cfg = trial_config(ctx, params)
-    earlier = _earlier_attempt(ctx, trial_id)
+    # the MLflow run an earlier attempt of this Ray trial made, if any
+    existing = tracking.find_trial_run(ctx.store, ctx.parent_run_id, trial_id)
+    earlier = tracking.get_trial(ctx.store, existing) if existing else None
     if earlier is not None and earlier.status == "FINISHED":
         # Ray restarted a trial that had ended: its driver died before the next snapshot of the
         # experiment's state recorded the ending. MLflow holds the trial's result; hand that to
@@ -242,8 +230,7 @@ def _run_sweep_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # the worker's pid lets an operator (or a fault drill) find the process of a trial
     mlflow_reporter.set_tags({tag.SEARCHED: ",".join(params), tag.RAY_WORKER_PID: os.getpid()})
     try:
-        metrics = run_trial(cfg, layout, reporter, resume_from=_restore(layout),
-                            stages=ctx.stages)
+        metrics = run_trial(cfg, layout, reporter, resume_from=_restore(layout), stages=ctx.stages)
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would diverge again. End this trial as
         # failed with its reason and let the sweep go on.

@@ -1,8 +1,6 @@
 """Run a sweep: Optuna proposes, Ray Tune schedules, MLflow records (parent run + one child per
 trial). `RAY_ADDRESS` selects an existing cluster; otherwise a local Ray starts for the sweep."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import shutil
@@ -76,8 +74,7 @@ def _optuna_search(spec: SweepSpec, storage=None):
     elif spec.algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed,
-                                             n_startup_trials=TPE_STARTUP_TRIALS)
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=TPE_STARTUP_TRIALS)
     return SeedMetricOptunaSearch(space=distributions, metric=spec.metric, mode=spec.mode,
                                   sampler=sampler, study_name=spec.name, storage=storage)
 
@@ -95,8 +92,7 @@ def _scheduler(spec: SweepSpec):
         return FIFOScheduler()
     return ASHAScheduler(metric=spec.scheduler_metric, mode=spec.scheduler_mode,
                          time_attr="epoch", max_t=spec.base.train.epochs,
-                         grace_period=spec.grace_period,
-                         reduction_factor=spec.reduction_factor)
+                         grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
 
 
 def _preflight(spec: SweepSpec, resume: bool) -> tracking.Store:
@@ -104,7 +100,9 @@ def _preflight(spec: SweepSpec, resume: bool) -> tracking.Store:
     the tracker, the data, the weights, the experiment directory. Returns the tracking store."""
     warnings = [spec.projection_warning()]
     if not _cluster_address():  # a local Ray gets this machine's CPUs and GPUs
-        check_resources(spec, os.cpu_count() or 1, _local_gpus(), "this machine")
+        import torch
+
+        check_resources(spec, os.cpu_count() or 1, torch.cuda.device_count(), "this machine")
         warnings.append(accel.slow_amp_warning(spec.base.train.amp,
                                                resolve_device(spec.base.train.device)))
     for warning in filter(None, warnings):
@@ -149,12 +147,6 @@ def _lock_sweep(spec: SweepSpec) -> Path | None:
     return lock
 
 
-def _local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str) -> None:
     """A trial asking for more than one node has would wait, PENDING, forever."""
     if spec.cpu > cpus:
@@ -185,11 +177,10 @@ def _note(spec: SweepSpec, results: str | None = None, view_link: str | None = N
                       for key, d in spec.space.items())
     repeats = (f", each point with {spec.repeats} training seeds (`train.seed`)"
                if spec.repeats > 1 else "")
-    note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), "
-            f"ranked by `{spec.metric}` ({spec.mode}); trials run "
-            f"{' → '.join(('train', *spec.stages))}.\n\nSearched:\n{space}\n\nEvery config "
-            f"key is a param of each trial: in Compare, switch on *Show diff only* to see just "
-            f"these.")
+    note = (f"Sweep `{spec.name}` ({spec.algorithm}, {spec.num_trials} trials{repeats}), ranked by "
+            f"`{spec.metric}` ({spec.mode}); trials run "
+            f"{' → '.join(('train', *spec.stages))}.\n\nSearched:\n{space}\n\nEvery config key is "
+            "a param of each trial: in Compare, switch on *Show diff only* to see just these.")
     if view_link:
         note = f"{view_link}\n\n{note}"
     if results:
@@ -201,8 +192,7 @@ def _save_view(spec: SweepSpec, store: tracking.Store, parent: str) -> str:
     """The sweep's saved view in the MLflow UI (its trials, its metric against the searched
     keys); returns the markdown link that opens it."""
     return tracking.save_sweep_view(store, parent, spec.name, spec.metric, spec.mode,
-                                    list(spec.space),
-                                    REPLICATE_KEY if spec.repeats > 1 else None)
+                                    list(spec.space), REPLICATE_KEY if spec.repeats > 1 else None)
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, str]:
@@ -283,9 +273,8 @@ def _run_sweep(spec: SweepSpec, resume: bool) -> dict[str, Any]:
     datasets = tuple(dataset_splits(spec.base, ("train", *spec.stages)))
     parent = _parent_run(spec, store, datasets, resume, optuna_url)
     ctx = TrialContext(base_config=spec.base, store=store, parent_run_id=parent,
-                       metric=spec.metric,
-                       experiment_dir=spec.experiment_dir, stages=spec.stages,
-                       cpus=spec.cpu, datasets=datasets)
+                       metric=spec.metric, experiment_dir=spec.experiment_dir,
+                       stages=spec.stages, cpus=spec.cpu, datasets=datasets)
     try:
         tuner = _tuner(spec, ctx, resume, optuna_storage)
         # num_to_keep=1 (one checkpoint per trial) makes Ray snapshot the experiment state at
@@ -322,8 +311,7 @@ def _sigterm_as_ctrl_c():
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    previous = signal.signal(signal.SIGTERM,
-                             lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         yield
     finally:
@@ -372,8 +360,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, resume: bool, optuna_storage):
             name=spec.name, storage_path=spec.storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            stop=InputErrorStopper(),
-            verbose=1))
+            stop=InputErrorStopper(), verbose=1))
 
 
 def _remove_staging_leftovers(spec: SweepSpec) -> None:

@@ -11,8 +11,7 @@ Ray worker processes. Run structure (tag names in `tags`):
       final-<trial run name>  cobra.kind=final, source_run_id
 
 Modules, one concern each, importing one way: `tags` < `mlflow_api` < `store` < `reporter` <
-`queries` (reading runs back) < `runs` (their lifecycle) < `views`.
-"""
+`queries` (reading runs back) < `runs` (their lifecycle) < `views`."""
 
 from cobra.tracking import tags
 from cobra.tracking.queries import (
@@ -49,22 +48,16 @@ from cobra.tracking.runs import (
     start_sweep_run,
     start_trial_run,
 )
-from cobra.tracking.store import (
-    Store,
-    check_reachable,
-    open_store,
-    redact,
-    resolve_tracking_uri,
-)
+from cobra.tracking.store import Store, check_reachable, open_store, redact, resolve_tracking_uri
 from cobra.tracking.views import save_sweep_view
 
 __all__ = [
     "MlflowReporter", "ModelVersionInfo", "Store", "SweepRecord", "TrialRecord", "artifact_bytes",
-    "artifact_link", "artifact_size", "best_trial", "check_reachable",
-    "download_trial", "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
-    "get_or_create_experiment", "get_sweep", "get_trial", "list_trials", "log_dataset_inputs", "log_files",
-    "log_torch_model", "open_store", "pick_best", "redact", "reopen_run", "resolve_tracking_uri", "run_link",
-    "sanitize_key", "save_sweep_view", "scored_trials", "set_description", "start_final_run",
-    "start_sweep_run",
-    "start_trial_run", "sweeps_with_base", "tags", "trials_of",
+    "artifact_link", "artifact_size", "best_trial", "check_reachable", "download_trial",
+    "find_sweep_run", "finished_trial_seconds", "find_trial_run", "finish_sweep",
+    "get_or_create_experiment", "get_sweep", "get_trial", "list_trials", "log_dataset_inputs",
+    "log_files", "log_torch_model", "open_store", "pick_best", "redact", "reopen_run",
+    "resolve_tracking_uri", "run_link", "sanitize_key", "save_sweep_view", "scored_trials",
+    "set_description", "start_final_run", "start_sweep_run", "start_trial_run", "sweeps_with_base",
+    "tags", "trials_of",
 ]

@@ -5,8 +5,6 @@ an MLflow upgrade) sees every MLflow name CoBra depends on in this file. The opt
 (system metrics, PyTorch model flavour, dataset entities) are imported where they are used:
 most processes never need them."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

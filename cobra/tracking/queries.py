@@ -1,8 +1,6 @@
 """Reading sweeps back from MLflow (which outlives Ray's results directory): a sweep's trials as
 plain `TrialRecord`s, the best of them, and the files `launch.py final` continues from."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile
@@ -89,9 +87,8 @@ def get_run(store: Store, run_id: str) -> Run:
     try:
         return store.client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"run {run_id} not found in {store.redacted}; check the run id "
-                            f"(the MLflow UI lists a sweep's trials under its parent run)"
-                            ) from exc
+        raise TrackingError(f"run {run_id} not found in {store.redacted}; check the run id (the "
+                            f"MLflow UI lists a sweep's trials under its parent run)") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,7 +96,6 @@ def get_run(store: Store, run_id: str) -> Run:
 
 
 def get_trial(store: Store, run_id: str) -> TrialRecord:
-    """One run by id."""
     return _record(get_run(store, run_id))
 
 
@@ -163,8 +159,7 @@ class SweepRecord:
 
 
 def get_sweep(store: Store, experiment: str, sweep_name: str | None = None,
-              metric: str | None = None, mode: str | None = None,
-              remedy: str = "") -> SweepRecord:
+              metric: str | None = None, mode: str | None = None, remedy: str = "") -> SweepRecord:
     """The sweep `sweep_name` (the newest when None), its metric and mode those its parent
     records unless given; TrackingError (ending in `remedy`) when it records none usable."""
     parent_id, trials = list_trials(store, experiment, sweep_name)
@@ -177,8 +172,7 @@ def get_sweep(store: Store, experiment: str, sweep_name: str | None = None,
     if mode not in ("max", "min"):
         raise TrackingError(f"mode '{mode}' (tag {tag.MODE} of sweep run {parent_id}) is not "
                             f"'max' or 'min'{remedy}")
-    return SweepRecord(parent, parent.tags.get(tag.SWEEP, parent.run_name), metric, mode,
-                       trials)
+    return SweepRecord(parent, parent.tags.get(tag.SWEEP, parent.run_name), metric, mode, trials)
 
 
 def best_trial(store: Store, experiment: str, sweep_name: str | None = None,
@@ -191,10 +185,9 @@ def best_trial(store: Store, experiment: str, sweep_name: str | None = None,
     sweep = get_sweep(store, experiment, sweep_name, metric, mode, "; pick a trial with --run")
     best = pick_best(sweep.trials, sweep.metric, sweep.mode)
     if best is None:
-        raise TrackingError(
-            f"sweep '{sweep.name}' has no FINISHED trial with metric '{sweep.metric}' "
-            f"({len(sweep.trials)} trials in all); wait for a trial to finish or pick one with "
-            f"--run")
+        raise TrackingError(f"sweep '{sweep.name}' has no FINISHED trial with metric "
+                            f"'{sweep.metric}' ({len(sweep.trials)} trials in all); wait for a "
+                            f"trial to finish or pick one with --run")
     return best
 
 
@@ -257,9 +250,8 @@ def download_trial(store: Store, run_id: str, dst: Path) -> Path:
     """Fetch a trial's config.yaml and checkpoints/last.pt into `dst` (a run directory)."""
     client = store.client
     get_run(store, run_id)
-    have_ckpt = any(Path(a.path).name == "last.pt"
-                    for a in client.list_artifacts(run_id, "checkpoints"))
-    if not have_ckpt:
+    if not any(Path(a.path).name == "last.pt"
+               for a in client.list_artifacts(run_id, "checkpoints")):
         raise TrackingError(f"run {run_id} has no checkpoint artifact (checkpoints/last.pt); "
                             f"it did not finish training — pick another with --run")
     if not any(a.path == "config.yaml" for a in client.list_artifacts(run_id)):

@@ -3,8 +3,6 @@
 It buffers what a store that is away (a restarting server) cannot take yet, so training goes on
 through an outage, and it skips what a restarted trial logs a second time."""
 
-from __future__ import annotations
-
 import math
 import numbers
 import os
@@ -73,8 +71,6 @@ def str_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 class MlflowReporter(Reporter):
-    """Reporter hooks logged to one MLflow run, by id."""
-
     def __init__(self, store: Store, run_id: str, resumed: bool = False,
                  system_metrics: bool = False) -> None:
         self.store = store
@@ -164,9 +160,8 @@ class MlflowReporter(Reporter):
             if time.time() > deadline:
                 raise TrackingError(
                     f"MLflow store {self.store.redacted} unreachable while {action}; "
-                    f"{len(self._pending)} "
-                    f"metric values of run {self.run_id} are only in the run directory's "
-                    f"metrics.jsonl - bring the server back and resume the sweep")
+                    f"{len(self._pending)} metric values of run {self.run_id} are only in the run "
+                    "directory's metrics.jsonl - bring the server back and resume the sweep")
             time.sleep(2.0)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float],
@@ -184,8 +179,7 @@ class MlflowReporter(Reporter):
             self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
-        """Headline metrics, without a step."""
-        self.log_metrics(metrics)
+        self.log_metrics(metrics)  # without a step
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values stringified, truncated to MLflow's limit)."""
@@ -201,7 +195,6 @@ class MlflowReporter(Reporter):
         self.client.log_table(self.run_id, pd.DataFrame(dict(columns)), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Store `text` as the artifact `artifact_file` (e.g. failure.txt)."""
         self.client.log_text(self.run_id, text, artifact_file)
 
     def close(self, status: str = "FINISHED") -> None:

@@ -2,8 +2,6 @@
 found again (resume, retry), reopened and finished; what each run says about itself
 (description, links, source tags, dataset inputs) and the files and models logged to it."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import re
@@ -149,12 +147,11 @@ def finish_sweep(store: Store, parent_run_id: str, best_run_id: str | None,
 
 def start_final_run(store: Store, experiment: str, source: TrialRecord) -> str:
     """Create the run that retrains / evaluates the chosen trial, and return its id."""
-    client = store.client
     exp_id = get_or_create_experiment(store, experiment)
     tags = {**source_tags(), tag.KIND: "final", tag.SOURCE_RUN: source.run_id}
     if tag.SWEEP in source.tags:
         tags[tag.SWEEP] = source.tags[tag.SWEEP]
-    run = client.create_run(exp_id, tags=tags, run_name=f"final-{source.run_name}")
+    run = store.client.create_run(exp_id, tags=tags, run_name=f"final-{source.run_name}")
     return run.info.run_id
 
 
@@ -256,7 +253,6 @@ def _register(client: MlflowClient, run_id: str, model_uri: str, model_id: str, 
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    made = client.create_model_version(name, model_uri, run_id=run_id,
-                                       tags=str_tags(version.tags),
+    made = client.create_model_version(name, model_uri, run_id=run_id, tags=str_tags(version.tags),
                                        description=version.description, model_id=model_id)
     return f"registered {name} v{made.version}"

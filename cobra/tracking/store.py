@@ -1,8 +1,6 @@
 """Where the tracking store is and whether it can be used: the URI, its password kept out of
 every message, and the checks that fail a command before Ray starts rather than mid-sweep."""
 
-from __future__ import annotations
-
 import base64
 import functools
 import json

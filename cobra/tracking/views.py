@@ -11,8 +11,6 @@ own columns, saved per browser), or change the legacy Compare page (its parallel
 print every numeric param with five decimals; its scatter and contour plots open on the
 alphabetically first params and metrics)."""
 
-from __future__ import annotations
-
 import json
 import time
 
@@ -53,8 +51,7 @@ def sweep_view_state(sweep: str, metric: str, mode: str, searched: list[str],
     shown = [*searched, *([replicate_key] if replicate_key else [])]
     state = {
         "orderByKey": _column("metrics", metric), "orderByAsc": mode == "min",
-        "selectedColumns": [_column("metrics", metric),
-                            *(_column("params", k) for k in shown)],
+        "selectedColumns": [_column("metrics", metric), *(_column("params", k) for k in shown)],
         "compareRunCharts": charts,
         "compareRunSections": [{"uuid": SECTION, "name": f"sweep {sweep}: {metric}",
                                 "display": True, "isReordered": False, "deleted": False,
@@ -65,8 +62,7 @@ def sweep_view_state(sweep: str, metric: str, mode: str, searched: list[str],
         "runsHiddenMode": "SHOW_ALL",
     }
     if "'" not in sweep:  # MLflow's filter grammar has no escape for a quote
-        state["searchFilter"] = (f"tags.`{tag.SWEEP}` = '{sweep}' and "
-                                 f"tags.`{tag.KIND}` = 'trial'")
+        state["searchFilter"] = f"tags.`{tag.SWEEP}` = '{sweep}' and tags.`{tag.KIND}` = 'trial'"
     return state
 
 
