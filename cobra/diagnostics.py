@@ -13,7 +13,8 @@ and leaks onto background.
   object pixels whose (max-normalised, ReLU'd) CAM of their class reaches the seed threshold
   `seeds.fixed_bg`, and the share of those above-threshold pixels that are background.
 
-Every function here is pure tensor maths; `DiagnosticProbe` reads nothing but what it is given."""
+Every function here is pure tensor maths; `GradientProbe` and `MechanismMonitor` read nothing
+but what they are given."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
