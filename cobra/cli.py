@@ -93,13 +93,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         resume_from = layout.last_checkpoint if layout.last_checkpoint.exists() else None
     else:
         resume_from = None
-    for warning in (projections_never_start(cfg.loss, cfg.train.epochs,
-                                            cfg.model.branches == "both"),
-                    slow_amp_warning(cfg.train.amp, resolve_device(cfg.train.device))):
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
     reporter = FileReporter(layout.metrics)
     try:
+        # inside the try: a device this machine lacks is bad input, and its run goes away
+        for warning in (projections_never_start(cfg.loss, cfg.train.epochs,
+                                                cfg.model.branches == "both"),
+                        slow_amp_warning(cfg.train.amp, resolve_device(cfg.train.device))):
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         if args.no_seeds:
             metrics = train.run(cfg, layout, reporter, resume_from=resume_from)
         else:
