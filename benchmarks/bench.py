@@ -502,6 +502,23 @@ def print_table(rows: list[dict]) -> None:
               f"{ratio!s:>7}  {r['target']} {met}")
 
 
+def demo_sweep_precision_row(demo: Config, device: torch.device) -> dict:
+    """The demo step at the demo sweep's precision (sweeps/demo.yaml's train.amp and
+    train.channels_last) against fp32: what brings its twelve trials under ten minutes."""
+    import yaml
+
+    overrides = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())["overrides"]
+    amp, nhwc = overrides["train.amp"], overrides["train.channels_last"]
+    fp32 = train_step_row("demo", demo, device, 16, 8, "none")
+    fast = train_step_row("demo", replace(demo, train=replace(demo.train, channels_last=nhwc)),
+                          device, 16, 8, amp)
+    ratio = fast["value"] / fp32["value"]
+    return row(f"train demo sweep ({amp}, channels_last={nhwc}) / fp32 ({device.type}, B16)",
+               fast["value"], "img/s", baseline=fp32["value"], ratio=round(ratio, 2),
+               target="ratio >= 1.4 (the demo sweep under 10 min)", met=ratio >= 1.4,
+               native_bf16=accel.slow_amp_warning("bf16", device) is None)
+
+
 Add = Callable[[Callable[[], "dict | list[dict]"]], None]
 
 
@@ -512,6 +529,7 @@ def cpu_rows(wanted: set[str], add: Add) -> None:
         demo_step = train_step_row("demo", demo, cpu, 16, 3, "none")
         add(lambda: demo_step)
         add(lambda: loader_row("demo", demo, demo_step, 16, 8))
+        add(lambda: demo_sweep_precision_row(demo, cpu))
         add(lambda: train_step_row("paper", load_config(None, PAPER_MODEL), cpu, 2, 2, "none"))
     if "seeds" in wanted:
         add(lambda: seeds_row(demo, cpu, 1, VOC_SCALES))
